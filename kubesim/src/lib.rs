@@ -1,1 +1,2 @@
 //! kubesim: a Kubernetes API server simulator. See the crate README.
+pub mod selector;

@@ -1,0 +1,66 @@
+# lookout — build, demo, test, bench.
+#
+# Everything a fresh Debian machine lacks is installed on demand: system packages (apt),
+# Debian's kubectl (for kubesim fidelity tests and the kubectl benchmark) and the tansu
+# Kafka-protocol broker (for the Kafka end-to-end tests). Tools are cached outside the
+# checkout, in $(TOOLS), so repeated runs are fast.
+
+SHELL := /bin/bash
+TOOLS ?= $(HOME)/.cache/lookout/tools
+SYSTEM_PACKAGES := gcc g++ make pkg-config libssl-dev zlib1g-dev cmake python3
+KUBECTL_DEB_DIR := $(TOOLS)/kubectl-deb
+export KUBECTL ?= $(KUBECTL_DEB_DIR)/root/usr/bin/kubectl
+export TANSU ?= $(TOOLS)/bin/tansu
+TANSU_VERSION ?= 0.6.0
+CARGO ?= cargo
+
+.PHONY: all build demo test test-fast bench soak deps kubectl tansu tools fmt lint clean-tools
+
+all: build
+
+## System packages the build needs (Debian/Ubuntu); installs only what is missing.
+deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+## Debian's kubectl (client-go v1.20), unpacked into $(TOOLS) without touching /usr/bin.
+kubectl: $(KUBECTL)
+$(KUBECTL):
+	@mkdir -p $(KUBECTL_DEB_DIR)
+	@SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	cd $(KUBECTL_DEB_DIR) && { ls kubernetes-client_*.deb >/dev/null 2>&1 || { $$SUDO apt-get update -qq; apt-get download kubernetes-client; }; } \
+	  && dpkg-deb -x kubernetes-client_*.deb root
+	@$(KUBECTL) version --client
+
+## The tansu broker (about 15 minutes to build once; cached in $(TOOLS)).
+tansu: $(TANSU)
+$(TANSU):
+	@mkdir -p $(TOOLS)
+	CARGO_TARGET_DIR=$(HOME)/.cache/lookout/tansu-target $(CARGO) install tansu --version $(TANSU_VERSION) \
+	  --locked --features dynostore --root $(TOOLS)
+
+tools: kubectl tansu
+
+build: deps
+	$(CARGO) build --release --locked
+
+## The main job on the embedded simulator: a seeded, churning cluster, changes on stdout.
+demo: deps
+	$(CARGO) run --release --locked --bin lookout -- demo --duration 20s
+
+## Every test: unit, kubesim fidelity (kube-rs + kubectl), pipeline end to end, Kafka (tansu).
+test: deps tools
+	$(CARGO) nextest run --workspace --locked --no-fail-fast
+
+bench: deps tools
+	$(CARGO) run --release --locked -p kubesim --example watch_throughput
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings

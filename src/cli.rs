@@ -1,0 +1,101 @@
+//! Command-line interface: `run`, `check`, `demo`, `sim`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigError};
+use crate::pipeline::{Pipeline, PipelineError};
+
+/// Exit status for configuration errors.
+pub const EXIT_CONFIG: u8 = 2;
+
+/// lookout: forwards Kubernetes changes (add / update / delete, with diffs) to Kafka,
+/// webhooks and stdout.
+#[derive(Debug, Parser)]
+#[command(name = "lookout", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Watch the configured resources and forward their changes until SIGTERM.
+    Run {
+        /// Config file (YAML); `LOOKOUT_*` environment variables override it.
+        #[arg(short, long, env = "LOOKOUT_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a config and print the effective config with secrets masked.
+    Check {
+        /// Config file (YAML).
+        #[arg(short, long, env = "LOOKOUT_CONFIG")]
+        config: PathBuf,
+        /// Also ask the API server (from the kubeconfig) whether it serves every kind.
+        #[arg(long)]
+        server: bool,
+    },
+}
+
+/// Runs the CLI; returns the process exit status.
+pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run { config } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            crate::telemetry::init(config.log.format, &config.log.level);
+            let client = kube::Client::try_default().await?;
+            run_pipeline(config, client, crate::shutdown::signal()).await
+        }
+        Command::Check { config, server } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            if server {
+                crate::telemetry::init(config.log.format, "warn");
+                let client = kube::Client::try_default().await?;
+                if let Err(e) = Pipeline::build(config.clone(), client).await {
+                    eprintln!("lookout: {e}");
+                    return Ok(ExitCode::from(EXIT_CONFIG));
+                }
+            }
+            print!("{}", config.to_masked_yaml());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Builds and runs the pipeline until `shutdown`; config problems found while building
+/// (a kind the server does not serve) exit 2.
+pub async fn run_pipeline(
+    config: Config,
+    client: kube::Client,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<ExitCode> {
+    match Pipeline::build(config, client).await {
+        Ok(p) => {
+            p.run(shutdown).await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ PipelineError::Resource { .. })
+        | Err(e @ PipelineError::Sink { .. })
+        | Err(e @ PipelineError::Transform(_)) => {
+            eprintln!("lookout: {e}");
+            Ok(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(Some(path)).map_err(|e: ConfigError| {
+        eprintln!("lookout: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}

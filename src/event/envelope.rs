@@ -1,0 +1,286 @@
+//! The change-event envelope: one JSON object per change. A public contract — see the README
+//! section "Event envelope" before changing anything here.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use json_patch::Patch;
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::object;
+
+/// What happened to the object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    /// The object appeared (or was listed for the first time).
+    Add,
+    /// The object changed; the envelope carries a patch.
+    Update,
+    /// The object is gone; `object` is its last known state.
+    Delete,
+}
+
+impl Op {
+    /// `add`, `update` or `delete`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Add => "add",
+            Op::Update => "update",
+            Op::Delete => "delete",
+        }
+    }
+}
+
+/// One change of one object, as sinks receive it.
+///
+/// Built once per change and shared (`Arc`) by every sink it is routed to; the JSON encoding
+/// is computed once, on first use.
+#[derive(Debug)]
+pub struct Envelope {
+    /// UUID v7: time-ordered, unique per change.
+    pub id: Uuid,
+    /// What happened.
+    pub op: Op,
+    /// When the agent saw the change (RFC 3339).
+    pub time: SystemTime,
+    /// `cluster` from the config.
+    pub cluster: Arc<str>,
+    /// The object's `apiVersion`.
+    pub api_version: Arc<str>,
+    /// The object's kind.
+    pub kind: Arc<str>,
+    /// Namespace; `None` for cluster-scoped objects.
+    pub namespace: Option<String>,
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.uid`: the Kafka key, and with `resource_version` the deduplication key.
+    pub uid: String,
+    /// `metadata.resourceVersion` of `object`.
+    pub resource_version: String,
+    /// The object after the change (for deletes, the last known state), transformed.
+    pub object: Arc<Value>,
+    /// For updates: the RFC 6902 patch from the previously emitted object of this uid.
+    pub patch: Option<Patch>,
+    /// The previous object. Always kept for updates (text output, coalescing); serialized
+    /// only when `include_old` is set.
+    pub old: Option<Arc<Value>>,
+    /// Serialize `old`.
+    pub include_old: bool,
+    /// The add comes from the first list of this run.
+    pub initial_list: bool,
+    /// A delete the agent inferred (the object vanished while the watch was down).
+    pub final_state_unknown: bool,
+    /// When the change arrived from the API server (end-to-end latency starts here).
+    pub observed: Instant,
+    /// How many sinks still have to acknowledge this event.
+    pending_acks: AtomicUsize,
+    encoded: OnceLock<Bytes>,
+}
+
+/// The wire form: field order and names are the contract.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Wire<'a> {
+    id: &'a Uuid,
+    op: Op,
+    time: String,
+    cluster: &'a str,
+    api_version: &'a str,
+    kind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace: Option<&'a str>,
+    name: &'a str,
+    uid: &'a str,
+    resource_version: &'a str,
+    object: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<&'a Patch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    old: Option<&'a Value>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    initial_list: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    final_state_unknown: bool,
+}
+
+impl Envelope {
+    /// The envelope as one JSON object (no trailing newline), encoded once.
+    pub fn to_json(&self) -> &Bytes {
+        self.encoded.get_or_init(|| {
+            let wire = Wire {
+                id: &self.id,
+                op: self.op,
+                time: rfc3339(self.time),
+                cluster: &self.cluster,
+                api_version: &self.api_version,
+                kind: &self.kind,
+                namespace: self.namespace.as_deref(),
+                name: &self.name,
+                uid: &self.uid,
+                resource_version: &self.resource_version,
+                object: &self.object,
+                patch: self.patch.as_ref(),
+                old: if self.include_old {
+                    self.old.as_deref()
+                } else {
+                    None
+                },
+                initial_list: self.initial_list,
+                final_state_unknown: self.final_state_unknown,
+            };
+            Bytes::from(serde_json::to_vec(&wire).expect("a JSON value always serializes"))
+        })
+    }
+
+    /// The API group (`""` for the core group), for topic templates and CloudEvents.
+    pub fn group(&self) -> &str {
+        self.api_version
+            .split_once('/')
+            .map(|(g, _)| g)
+            .unwrap_or("")
+    }
+
+    /// The time as RFC 3339 with milliseconds.
+    pub fn time_rfc3339(&self) -> String {
+        rfc3339(self.time)
+    }
+
+    /// `namespace/name` or `name`.
+    pub fn display_name(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{ns}/{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+
+    /// Records that `n` sinks must acknowledge this event before it counts as delivered.
+    pub fn expect_acks(&self, n: usize) {
+        self.pending_acks.store(n, Ordering::Release);
+    }
+
+    /// One sink acknowledged; true when it was the last one.
+    pub fn ack_one(&self) -> bool {
+        self.pending_acks.fetch_sub(1, Ordering::AcqRel) == 1
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Builds envelopes for one resource type of one cluster.
+#[derive(Debug, Clone)]
+pub struct EnvelopeBuilder {
+    /// `cluster` from the config.
+    pub cluster: Arc<str>,
+    /// `apiVersion` of the resource type.
+    pub api_version: Arc<str>,
+    /// Kind of the resource type.
+    pub kind: Arc<str>,
+    /// Serialize `old` on updates.
+    pub include_old: bool,
+}
+
+impl EnvelopeBuilder {
+    /// A new envelope for `object`; identity fields are read from its metadata.
+    pub fn build(
+        &self,
+        op: Op,
+        object: Arc<Value>,
+        old: Option<Arc<Value>>,
+        patch: Option<Patch>,
+        observed: Instant,
+    ) -> Envelope {
+        Envelope {
+            id: Uuid::now_v7(),
+            op,
+            time: SystemTime::now(),
+            cluster: self.cluster.clone(),
+            api_version: self.api_version.clone(),
+            kind: self.kind.clone(),
+            namespace: object::namespace(&object).map(str::to_string),
+            name: object::name(&object).to_string(),
+            uid: object::uid(&object).to_string(),
+            resource_version: object::resource_version(&object).to_string(),
+            object,
+            patch,
+            old,
+            include_old: self.include_old,
+            initial_list: false,
+            final_state_unknown: false,
+            observed,
+            pending_acks: AtomicUsize::new(0),
+            encoded: OnceLock::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn builder() -> EnvelopeBuilder {
+        EnvelopeBuilder {
+            cluster: "c1".into(),
+            api_version: "apps/v1".into(),
+            kind: "Deployment".into(),
+            include_old: false,
+        }
+    }
+
+    #[test]
+    fn envelope_json_has_the_documented_fields() {
+        let obj = Arc::new(json!({"metadata": {"name": "web", "namespace": "default",
+            "uid": "u1", "resourceVersion": "7"}}));
+        let mut e = builder().build(Op::Add, obj, None, None, Instant::now());
+        e.initial_list = true;
+        let v: Value = serde_json::from_slice(e.to_json()).unwrap();
+        assert_eq!(v["op"], "add");
+        assert_eq!(v["cluster"], "c1");
+        assert_eq!(v["apiVersion"], "apps/v1");
+        assert_eq!(v["kind"], "Deployment");
+        assert_eq!(v["namespace"], "default");
+        assert_eq!(v["name"], "web");
+        assert_eq!(v["uid"], "u1");
+        assert_eq!(v["resourceVersion"], "7");
+        assert_eq!(v["initialList"], true);
+        assert!(v.get("finalStateUnknown").is_none());
+        assert!(v.get("patch").is_none());
+        assert!(v.get("old").is_none());
+        assert_eq!(
+            Uuid::parse_str(v["id"].as_str().unwrap())
+                .unwrap()
+                .get_version_num(),
+            7
+        );
+        assert!(humantime::parse_rfc3339(v["time"].as_str().unwrap()).is_ok());
+        assert_eq!(e.group(), "apps");
+    }
+
+    #[test]
+    fn cluster_scoped_objects_have_no_namespace_field() {
+        let obj = Arc::new(json!({"metadata": {"name": "n1", "uid": "u", "resourceVersion": "1"}}));
+        let e = builder().build(Op::Delete, obj, None, None, Instant::now());
+        let v: Value = serde_json::from_slice(e.to_json()).unwrap();
+        assert!(v.get("namespace").is_none());
+    }
+
+    #[test]
+    fn old_is_serialized_only_when_asked() {
+        let obj = Arc::new(json!({"metadata": {"name": "a"}}));
+        let old = Some(Arc::new(json!({"metadata": {"name": "a", "x": 1}})));
+        let e = builder().build(Op::Update, obj.clone(), old.clone(), None, Instant::now());
+        assert!(!String::from_utf8_lossy(e.to_json()).contains("\"old\""));
+        let mut b = builder();
+        b.include_old = true;
+        let e = b.build(Op::Update, obj, old, None, Instant::now());
+        let v: Value = serde_json::from_slice(e.to_json()).unwrap();
+        assert_eq!(v["old"]["metadata"]["x"], 1);
+    }
+}

@@ -1,0 +1,8 @@
+//! Change events: the envelope (a public contract), diffs and object transforms.
+
+pub mod diff;
+pub mod envelope;
+pub mod object;
+pub mod transform;
+
+pub use envelope::{Envelope, EnvelopeBuilder, Op};

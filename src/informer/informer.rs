@@ -1,0 +1,407 @@
+//! One shared informer: list, then watch from the list's resourceVersion; resume the watch
+//! after disconnects, re-list only when the server answers 410 Gone.
+//!
+//! Why not kube-runtime's `watcher`: it swallows BOOKMARK events, and the agent needs them —
+//! the resourceVersion they carry is where a reconnect resumes, and their arrival is how
+//! `/readyz` knows a quiet watch is still alive. The list/watch/410 state handling below
+//! follows kube-runtime's; the requests go through kube's `Api`.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::StreamExt;
+use kube::Api;
+use kube::api::{ListParams, WatchEvent, WatchParams};
+use kube::core::ApiResource;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::store::{Entry, Store};
+use super::{Handler, InformerKey, RawObject};
+use crate::event::diff;
+use crate::event::object;
+use crate::event::transform::ObjectTransform;
+
+/// Page size of the initial list (a 100k-object list never sits in memory at once).
+const LIST_PAGE_SIZE: u32 = 500;
+/// Server-side watch timeout; the server ends the stream after it and we resume from the
+/// last resourceVersion (no re-list).
+const WATCH_TIMEOUT_SECS: u32 = 290;
+
+/// Counters an operator wants per informer; read by metrics and `/readyz`.
+#[derive(Debug, Default)]
+pub struct InformerStats {
+    /// The first list of this run has completed.
+    pub synced: AtomicBool,
+    /// Milliseconds since the informer started when the API server was last heard from
+    /// (list page, watch event or bookmark); 0 = never.
+    pub last_heard_ms: AtomicU64,
+    /// Full re-lists after the first one (410 Gone).
+    pub relists: AtomicU64,
+    /// Watch (re)connections after the first one.
+    pub watch_restarts: AtomicU64,
+    /// Watch events received (all types, bookmarks included).
+    pub events_received: AtomicU64,
+}
+
+/// A list+watch of one resource type with its cache and handlers.
+pub struct SharedInformer {
+    key: InformerKey,
+    resource: ApiResource,
+    api: Api<RawObject>,
+    transform: Arc<ObjectTransform>,
+    store: Store,
+    handlers: Mutex<Vec<Arc<dyn Handler>>>,
+    stats: InformerStats,
+    started: Instant,
+    task: Mutex<Option<(CancellationToken, JoinHandle<()>)>>,
+}
+
+impl SharedInformer {
+    pub(super) fn new(
+        key: InformerKey,
+        resource: ApiResource,
+        api: Api<RawObject>,
+        transform: Arc<ObjectTransform>,
+    ) -> Self {
+        Self {
+            key,
+            resource,
+            api,
+            transform,
+            store: Store::default(),
+            handlers: Mutex::new(Vec::new()),
+            stats: InformerStats::default(),
+            started: Instant::now(),
+            task: Mutex::new(None),
+        }
+    }
+
+    /// What this informer watches.
+    pub fn key(&self) -> &InformerKey {
+        &self.key
+    }
+
+    /// The resolved API resource (group, version, plural, ...).
+    pub fn resource(&self) -> &ApiResource {
+        &self.resource
+    }
+
+    /// The local cache.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &InformerStats {
+        &self.stats
+    }
+
+    /// Time since the API server was last heard from, `None` before the first answer.
+    pub fn since_last_heard(&self) -> Option<Duration> {
+        match self.stats.last_heard_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(
+                self.started
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(ms)),
+            ),
+        }
+    }
+
+    /// True once the first list has been delivered to the handlers.
+    pub fn has_synced(&self) -> bool {
+        self.stats.synced.load(Ordering::Acquire)
+    }
+
+    /// Registers a handler. Register before `start` to see the initial list.
+    pub fn add_handler(&self, handler: Arc<dyn Handler>) {
+        self.handlers.lock().expect("handlers lock").push(handler);
+    }
+
+    /// Starts the list+watch loop (idempotent).
+    pub fn start(self: &Arc<Self>) {
+        let mut task = self.task.lock().expect("task lock");
+        if task.is_some() {
+            return;
+        }
+        let cancel = CancellationToken::new();
+        let this = self.clone();
+        let token = cancel.clone();
+        let handle = tokio::spawn(async move { this.run(token).await });
+        *task = Some((cancel, handle));
+    }
+
+    /// Stops watching and waits until the loop has ended; the cache stays readable.
+    pub async fn stop(&self) {
+        let task = self.task.lock().expect("task lock").take();
+        if let Some((cancel, handle)) = task {
+            cancel.cancel();
+            let _ = handle.await;
+        }
+    }
+
+    fn heard(&self) {
+        let ms = self.started.elapsed().as_millis().max(1) as u64;
+        self.stats.last_heard_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn handlers(&self) -> Vec<Arc<dyn Handler>> {
+        self.handlers.lock().expect("handlers lock").clone()
+    }
+
+    async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let mut backoff = new_backoff();
+        // The resourceVersion to resume the watch from; None = (re-)list first.
+        let mut resume: Option<String> = None;
+        let mut first_list = true;
+        let mut first_watch = true;
+        loop {
+            if cancel.is_cancelled() {
+                return;
+            }
+            let rv = match resume.take() {
+                Some(rv) => rv,
+                None => {
+                    let listed = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        r = self.list_and_sync(first_list) => r,
+                    };
+                    match listed {
+                        Ok(rv) => {
+                            if !first_list {
+                                self.stats.relists.fetch_add(1, Ordering::Relaxed);
+                            }
+                            first_list = false;
+                            self.stats.synced.store(true, Ordering::Release);
+                            backoff = new_backoff();
+                            rv
+                        }
+                        Err(e) => {
+                            warn!(informer = %self.key, error = %e, "list failed; retrying");
+                            if !sleep_or_cancel(&mut backoff, &cancel).await {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
+                }
+            };
+            if !first_watch {
+                self.stats.watch_restarts.fetch_add(1, Ordering::Relaxed);
+            }
+            first_watch = false;
+            match self.watch_from(rv, &cancel).await {
+                WatchEnd::Cancelled => return,
+                WatchEnd::Resume(rv) => {
+                    debug!(informer = %self.key, rv, "watch ended; resuming");
+                    backoff = new_backoff();
+                    resume = Some(rv);
+                }
+                WatchEnd::Retry(rv, why) => {
+                    warn!(informer = %self.key, error = %why, "watch failed; resuming after backoff");
+                    resume = Some(rv);
+                    if !sleep_or_cancel(&mut backoff, &cancel).await {
+                        return;
+                    }
+                }
+                WatchEnd::Gone => {
+                    info!(informer = %self.key, "watch history expired (410); re-listing");
+                }
+            }
+        }
+    }
+
+    /// Lists every page, brings the cache and handlers in line with it, and returns the
+    /// list's resourceVersion.
+    async fn list_and_sync(&self, first_list: bool) -> Result<String, kube::Error> {
+        let mut params = ListParams {
+            label_selector: self.key.label_selector.clone(),
+            field_selector: self.key.field_selector.clone(),
+            limit: Some(LIST_PAGE_SIZE),
+            ..ListParams::default()
+        };
+        let mut seen = HashSet::new();
+        let rv = loop {
+            let page = match self.api.list(&params).await {
+                Ok(page) => page,
+                // A continue token that outlived the server's history: start the list over
+                // (objects already compared compare equal the second time).
+                Err(kube::Error::Api(s)) if s.code == 410 && params.continue_token.is_some() => {
+                    params.continue_token = None;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            self.heard();
+            for item in page.items {
+                let mut obj = item.value;
+                self.transform.apply(&mut obj);
+                seen.insert(object::cache_key(&obj));
+                self.apply(obj, first_list).await;
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params.continue_token = Some(token),
+                None => break page.metadata.resource_version.unwrap_or_default(),
+            }
+        };
+        // Objects cached before this list that it no longer contains were deleted while the
+        // watch was down: nobody will ever send their DELETED event.
+        for key in self.store.keys() {
+            if !seen.contains(&key)
+                && let Some(entry) = self.store.remove(&key)
+            {
+                self.emit_delete(&entry.current, true).await;
+            }
+        }
+        debug!(informer = %self.key, objects = self.store.len(), rv, "list synced");
+        Ok(rv)
+    }
+
+    async fn watch_from(&self, mut rv: String, cancel: &CancellationToken) -> WatchEnd {
+        let params = WatchParams {
+            label_selector: self.key.label_selector.clone(),
+            field_selector: self.key.field_selector.clone(),
+            timeout: Some(WATCH_TIMEOUT_SECS),
+            bookmarks: true,
+            ..WatchParams::default()
+        };
+        let stream = tokio::select! {
+            _ = cancel.cancelled() => return WatchEnd::Cancelled,
+            s = self.api.watch(&params, &rv) => s,
+        };
+        let stream = match stream {
+            Ok(s) => s,
+            Err(kube::Error::Api(s)) if s.code == 410 => return WatchEnd::Gone,
+            Err(e) => return WatchEnd::Retry(rv, e.to_string()),
+        };
+        self.heard();
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            let next = tokio::select! {
+                _ = cancel.cancelled() => return WatchEnd::Cancelled,
+                n = stream.next() => n,
+            };
+            let event = match next {
+                None => return WatchEnd::Resume(rv),
+                Some(Ok(e)) => e,
+                Some(Err(e)) => return WatchEnd::Retry(rv, e.to_string()),
+            };
+            self.heard();
+            self.stats.events_received.fetch_add(1, Ordering::Relaxed);
+            match event {
+                WatchEvent::Added(o) | WatchEvent::Modified(o) => {
+                    let mut obj = o.value;
+                    rv = object::resource_version(&obj).to_string();
+                    self.transform.apply(&mut obj);
+                    self.apply(obj, false).await;
+                }
+                WatchEvent::Deleted(o) => {
+                    let mut obj = o.value;
+                    rv = object::resource_version(&obj).to_string();
+                    self.transform.apply(&mut obj);
+                    let key = object::cache_key(&obj);
+                    if self.store.remove(&key).is_some() {
+                        self.emit_delete(&Arc::new(obj), false).await;
+                    }
+                }
+                WatchEvent::Bookmark(b) => rv = b.metadata.resource_version,
+                WatchEvent::Error(status) if status.code == 410 => return WatchEnd::Gone,
+                WatchEvent::Error(status) => {
+                    return WatchEnd::Retry(rv, format!("{} ({})", status.message, status.code));
+                }
+            }
+        }
+    }
+
+    /// Brings one (transformed) object into the cache and tells the handlers what changed.
+    async fn apply(&self, obj: Value, initial_list: bool) {
+        let key = object::cache_key(&obj);
+        let Some(entry) = self.store.get(&key) else {
+            let obj = Arc::new(obj);
+            self.store.insert(
+                key,
+                Entry {
+                    current: obj.clone(),
+                    emitted: None,
+                },
+            );
+            for h in self.handlers() {
+                h.on_add(&obj, initial_list).await;
+            }
+            return;
+        };
+        if object::uid(&entry.current) != object::uid(&obj) {
+            // Deleted and re-created under the same name while we were not watching.
+            self.emit_delete(&entry.current, true).await;
+            self.store.remove(&key);
+            return Box::pin(self.apply(obj, initial_list)).await;
+        }
+        let base = entry.base().clone();
+        let patch = diff::diff(&base, &obj);
+        let obj = Arc::new(obj);
+        if diff::only_ignored_changes(&patch, &self.transform.ignore) {
+            self.store.insert(
+                key,
+                Entry {
+                    current: obj,
+                    emitted: Some(base),
+                },
+            );
+            return;
+        }
+        self.store.insert(
+            key,
+            Entry {
+                current: obj.clone(),
+                emitted: None,
+            },
+        );
+        for h in self.handlers() {
+            h.on_update(&base, &obj, patch.clone()).await;
+        }
+    }
+
+    async fn emit_delete(&self, last_known: &Arc<Value>, final_state_unknown: bool) {
+        for h in self.handlers() {
+            h.on_delete(last_known, final_state_unknown).await;
+        }
+    }
+}
+
+enum WatchEnd {
+    /// Shutdown requested.
+    Cancelled,
+    /// The stream ended normally (server timeout): watch again from this resourceVersion.
+    Resume(String),
+    /// The stream broke: watch again from this resourceVersion after a backoff.
+    Retry(String, String),
+    /// 410 Gone: the resourceVersion is older than the server's history; re-list.
+    Gone,
+}
+
+fn new_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(30))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Sleeps for the next backoff step; false when cancelled meanwhile.
+async fn sleep_or_cancel(
+    backoff: &mut impl Iterator<Item = Duration>,
+    cancel: &CancellationToken,
+) -> bool {
+    let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(delay) => true,
+    }
+}

@@ -1,0 +1,64 @@
+//! Shared informers: one list+watch per distinct (kind, namespace, selectors), a local cache,
+//! and add / update / delete callbacks to every registered handler.
+
+mod factory;
+mod informer;
+mod raw;
+mod store;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use json_patch::Patch;
+use serde_json::Value;
+
+pub use factory::{InformerError, InformerFactory};
+pub use informer::{InformerStats, SharedInformer};
+pub use raw::RawObject;
+pub use store::{Entry, Store};
+
+/// Identifies a shared informer: two registrations with equal keys share one list+watch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InformerKey {
+    /// `v1`, `apps/v1`, ...
+    pub api_version: String,
+    /// Kind, e.g. `Pod`.
+    pub kind: String,
+    /// Namespace scope; `None` = all namespaces.
+    pub namespace: Option<String>,
+    /// Label selector sent to the API server.
+    pub label_selector: Option<String>,
+    /// Field selector sent to the API server.
+    pub field_selector: Option<String>,
+}
+
+impl std::fmt::Display for InformerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.api_version, self.kind)?;
+        if let Some(ns) = &self.namespace {
+            write!(f, " ns={ns}")?;
+        }
+        if let Some(l) = &self.label_selector {
+            write!(f, " labels={l}")?;
+        }
+        if let Some(fs) = &self.field_selector {
+            write!(f, " fields={fs}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Receives an informer's changes, in order, one object at a time.
+///
+/// Calls are awaited one after the other: a handler that waits (a full sink queue) slows the
+/// informer down, which is the backpressure that keeps memory bounded.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// An object appeared. `initial_list`: it comes from the first list of this run.
+    async fn on_add(&self, obj: &Arc<Value>, initial_list: bool);
+    /// An object changed; `patch` turns `old` (the last emitted state) into `new`.
+    async fn on_update(&self, old: &Arc<Value>, new: &Arc<Value>, patch: Patch);
+    /// An object is gone; `last_known` is its final (or last seen) state.
+    /// `final_state_unknown`: inferred from a re-list, the delete itself was not seen.
+    async fn on_delete(&self, last_known: &Arc<Value>, final_state_unknown: bool);
+}

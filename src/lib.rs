@@ -1,0 +1,15 @@
+//! lookout: a Kubernetes change-event forwarding agent.
+//!
+//! Data flows one way: [`informer`] (list+watch, cache, diff) → [`pipeline`] handlers build
+//! [`event::Envelope`]s → [`router`] → sink queues ([`sinks::util`]) → [`sinks`] →
+//! acknowledgement.
+
+pub mod cli;
+pub mod config;
+pub mod event;
+pub mod informer;
+pub mod pipeline;
+pub mod router;
+pub mod shutdown;
+pub mod sinks;
+pub mod telemetry;

@@ -1,0 +1,10 @@
+//! Plumbing shared by every sink: the bounded queue, batching, retries with backoff and
+//! acknowledgement. Sinks never retry or acknowledge on their own.
+
+mod batch;
+mod driver;
+mod retry;
+
+pub use batch::{Batcher, Batching};
+pub use driver::{AckObserver, SinkHandle, SinkStats, spawn_driver};
+pub use retry::RetryPolicy;
