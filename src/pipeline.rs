@@ -155,6 +155,7 @@ impl Pipeline {
                     cluster: cluster.clone(),
                     api_version: r.api_version.as_str().into(),
                     kind: r.kind.as_str().into(),
+                    plural: informer.resource().plural.as_str().into(),
                     include_old: config.transforms.include_old,
                 },
                 router: router.clone(),

@@ -54,6 +54,8 @@ pub struct Envelope {
     pub api_version: Arc<str>,
     /// The object's kind.
     pub kind: Arc<str>,
+    /// The resource's plural name (URL path segment); not serialized.
+    pub plural: Arc<str>,
     /// Namespace; `None` for cluster-scoped objects.
     pub namespace: Option<String>,
     /// `metadata.name`.
@@ -182,6 +184,8 @@ pub struct EnvelopeBuilder {
     pub api_version: Arc<str>,
     /// Kind of the resource type.
     pub kind: Arc<str>,
+    /// Plural of the resource type (`deployments`).
+    pub plural: Arc<str>,
     /// Serialize `old` on updates.
     pub include_old: bool,
 }
@@ -203,6 +207,7 @@ impl EnvelopeBuilder {
             cluster: self.cluster.clone(),
             api_version: self.api_version.clone(),
             kind: self.kind.clone(),
+            plural: self.plural.clone(),
             namespace: object::namespace(&object).map(str::to_string),
             name: object::name(&object).to_string(),
             uid: object::uid(&object).to_string(),
@@ -230,6 +235,7 @@ mod tests {
             cluster: "c1".into(),
             api_version: "apps/v1".into(),
             kind: "Deployment".into(),
+            plural: "deployments".into(),
             include_old: false,
         }
     }

@@ -1,5 +1,6 @@
 //! Change events: the envelope (a public contract), diffs and object transforms.
 
+pub mod cloudevents;
 pub mod diff;
 pub mod envelope;
 pub mod object;
