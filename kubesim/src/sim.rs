@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::config::SimConfig;
 use crate::error::{ApiError, Error};
 use crate::faults::{Faults, StopMode};
-use crate::kinds::KindId;
+use crate::kinds::{KindId, KindSpec};
 use crate::reqlog::RequestRecord;
 use crate::server::Shared;
 
@@ -64,6 +64,26 @@ impl KubeSim {
     fn kind(&self, api_version: &str, kind: &str) -> Result<KindId, ApiError> {
         self.shared.registry.by_kind(api_version, kind).ok_or_else(|| {
             ApiError::new(404, "NotFound", format!("the server could not find the requested resource (kind {kind} in {api_version} is not served)"))
+        })
+    }
+
+    /// The served kind with this `apiVersion` and `Kind`, if any.
+    pub fn kind_spec(&self, api_version: &str, kind: &str) -> Option<KindSpec> {
+        self.shared.registry.by_kind(api_version, kind).map(|k| self.shared.registry.get(k).spec.clone())
+    }
+
+    /// All served kinds (built-in and extra).
+    pub fn kinds(&self) -> Vec<KindSpec> {
+        self.shared.registry.kinds().iter().map(|k| k.spec.clone()).collect()
+    }
+
+    /// URL path of a kind's collection (`/api/v1/namespaces/default/pods`, `/apis/apps/v1/deployments`).
+    pub fn collection_path(&self, api_version: &str, kind: &str, ns: Option<&str>) -> Option<String> {
+        let spec = self.kind_spec(api_version, kind)?;
+        let base = if spec.group.is_empty() { format!("/api/{}", spec.version) } else { format!("/apis/{}/{}", spec.group, spec.version) };
+        Some(match ns.filter(|_| spec.namespaced) {
+            Some(ns) => format!("{base}/namespaces/{ns}/{}", spec.plural),
+            None => format!("{base}/{}", spec.plural),
         })
     }
 
