@@ -110,7 +110,7 @@ impl W {
         loop {
             if self.drop_rx.has_changed().unwrap_or(false) {
                 self.phase = Phase::Done;
-                return Some(Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "kubesim: watches dropped")));
+                return Some(Err(dropped_error()));
             }
             match std::mem::replace(&mut self.phase, Phase::Done) {
                 Phase::Done => return None,
@@ -180,10 +180,14 @@ impl W {
                         }
                     }
                     let bookmark_at = if self.spec.bookmarks { self.next_bookmark } else { self.deadline };
-                    tokio::select! {
-                        _ = self.drop_rx.changed() => {}
-                        _ = self.rv_rx.changed() => {}
-                        _ = tokio::time::sleep_until(bookmark_at.min(self.deadline)) => {}
+                    let dropped = tokio::select! {
+                        _ = self.drop_rx.changed() => true,
+                        _ = self.rv_rx.changed() => false,
+                        _ = tokio::time::sleep_until(bookmark_at.min(self.deadline)) => false,
+                    };
+                    if dropped {
+                        self.phase = Phase::Done;
+                        return Some(Err(dropped_error()));
                     }
                 }
             }
@@ -255,6 +259,10 @@ impl W {
         line(&mut buf, "BOOKMARK", &serde_json::to_vec(&obj).unwrap_or_default());
         buf.freeze()
     }
+}
+
+fn dropped_error() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::ConnectionReset, "kubesim: watches dropped")
 }
 
 fn line(buf: &mut BytesMut, etype: &str, obj: &[u8]) {
