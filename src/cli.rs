@@ -39,6 +39,10 @@ pub enum Command {
         #[arg(long)]
         server: bool,
     },
+    /// Run the pipeline against an embedded, churning simulator and print changes.
+    Demo(crate::demo::DemoArgs),
+    /// Run the kubesim API-server simulator alone (same flags as the `kubesim` binary).
+    Sim(kubesim::Cli),
 }
 
 /// Runs the CLI; returns the process exit status.
@@ -67,6 +71,12 @@ pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             print!("{}", config.to_masked_yaml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => crate::demo::run(args).await,
+        Command::Sim(args) => {
+            crate::telemetry::init(crate::config::LogFormat::Text, "info");
+            kubesim::run_cli(args).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod event;
 pub mod informer;
 pub mod pipeline;
