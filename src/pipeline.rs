@@ -138,6 +138,7 @@ impl Pipeline {
         let router = Arc::new(RwLock::new(Some(Router::new(handles))));
         let factory = Arc::new(InformerFactory::new(client, transform));
         let cluster: Arc<str> = config.cluster.as_str().into();
+        let mut handled = std::collections::HashSet::new();
         for (index, r) in config.resources.iter().enumerate() {
             let key = InformerKey {
                 api_version: r.api_version.clone(),
@@ -150,6 +151,10 @@ impl Pipeline {
                 .informer(&key)
                 .await
                 .map_err(|source| PipelineError::Resource { index, source })?;
+            // The same resource listed twice shares the informer and must not be emitted twice.
+            if !handled.insert(key) {
+                continue;
+            }
             informer.add_handler(Arc::new(EmitHandler {
                 builder: EnvelopeBuilder {
                     cluster: cluster.clone(),

@@ -241,6 +241,7 @@ impl SharedInformer {
             self.heard();
             for item in page.items {
                 let mut obj = item.value;
+                self.ensure_type_meta(&mut obj);
                 self.transform.apply(&mut obj);
                 seen.insert(object::cache_key(&obj));
                 self.apply(obj, first_list).await;
@@ -315,6 +316,22 @@ impl SharedInformer {
                 WatchEvent::Error(status) => {
                     return WatchEnd::Retry(rv, format!("{} ({})", status.message, status.code));
                 }
+            }
+        }
+    }
+
+    /// API servers omit `apiVersion` and `kind` on list items; envelopes and transforms
+    /// (Secret redaction) need them, so they are filled from the resource type.
+    fn ensure_type_meta(&self, obj: &mut Value) {
+        if let Some(map) = obj.as_object_mut() {
+            if !map.contains_key("apiVersion") {
+                map.insert(
+                    "apiVersion".into(),
+                    self.resource.api_version.clone().into(),
+                );
+            }
+            if !map.contains_key("kind") {
+                map.insert("kind".into(), self.resource.kind.clone().into());
             }
         }
     }
