@@ -236,7 +236,6 @@ impl Config {
             figment = figment.merge(
                 Env::prefixed("LOOKOUT_")
                     .ignore(NON_CONFIG_ENV)
-                    .lowercase(false)
                     .split("__")
                     .map(|key| {
                         key.as_str()
@@ -245,7 +244,9 @@ impl Config {
                             .collect::<Vec<_>>()
                             .join(".")
                             .into()
-                    }),
+                    })
+                    // Last: every other builder method resets it to `true`.
+                    .lowercase(false),
             );
         }
         let mut merged: figment::value::Value = figment.extract().map_err(figment_error)?;
