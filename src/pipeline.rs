@@ -152,7 +152,7 @@ impl Pipeline {
                 .await
                 .map_err(|source| PipelineError::Resource { index, source })?;
             // The same resource listed twice shares the informer and must not be emitted twice.
-            if !handled.insert(key) {
+            if !handled.insert(key.clone()) {
                 continue;
             }
             informer.add_handler(Arc::new(EmitHandler {
@@ -161,6 +161,7 @@ impl Pipeline {
                     api_version: r.api_version.as_str().into(),
                     kind: r.kind.as_str().into(),
                     plural: informer.resource().plural.as_str().into(),
+                    source: key.to_string().into(),
                     include_old: config.transforms.include_old,
                 },
                 router: router.clone(),

@@ -1,6 +1,7 @@
 //! Change events: the envelope (a public contract), diffs and object transforms.
 
 pub mod cloudevents;
+pub mod coalesce;
 pub mod diff;
 pub mod envelope;
 pub mod object;
