@@ -48,7 +48,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             None => crate::shutdown::signal().await,
         }
     };
-    let code = crate::cli::run_pipeline(config, client, shutdown).await?;
+    let code = crate::cli::run_pipeline(config, client, false, shutdown).await?;
     let changes = churn.stop().await;
     tracing::info!(changes, "demo finished");
     sim.shutdown().await;

@@ -13,4 +13,5 @@ pub mod pipeline;
 pub mod router;
 pub mod shutdown;
 pub mod sinks;
+pub mod state;
 pub mod telemetry;

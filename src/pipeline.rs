@@ -18,6 +18,7 @@ use crate::informer::{Handler, InformerError, InformerFactory, InformerKey, Shar
 use crate::router::Router;
 use crate::sinks::util::spawn_driver;
 use crate::sinks::{AckObserver, SinkBuildError, SinkContext};
+use crate::state::{StateError, StateStore, StateWriter};
 
 /// Why the pipeline could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,9 @@ pub enum PipelineError {
     /// The transforms do not compile.
     #[error("config error at `transforms`: {0}")]
     Transform(String),
+    /// The delivered-state store cannot be used (unreadable, incompatible).
+    #[error("{0}")]
+    State(#[from] StateError),
 }
 
 /// Turns one informer's callbacks into envelopes and routes them.
@@ -89,10 +93,10 @@ impl Handler for EmitHandler {
     }
 }
 
-/// Acknowledgements land here; the delivered-state store hooks in at this point.
-struct LogAcks;
+/// Without a state directory, acknowledgements are only counted by the drivers.
+struct NoState;
 
-impl AckObserver for LogAcks {
+impl AckObserver for NoState {
     fn delivered(&self, _event: &Arc<Envelope>) {}
 }
 
@@ -102,6 +106,8 @@ pub struct Pipeline {
     router: Arc<RwLock<Option<Router>>>,
     abandon: CancellationToken,
     config: Config,
+    /// The delivered-state writer task; ends after the last sink driver.
+    state_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Pipeline {
@@ -110,17 +116,31 @@ impl Pipeline {
     ///
     /// # Errors
     /// A [`PipelineError`] naming the config entry at fault.
-    pub async fn build(config: Config, client: kube::Client) -> Result<Self, PipelineError> {
+    pub async fn build(
+        config: Config,
+        client: kube::Client,
+        reset_state: bool,
+    ) -> Result<Self, PipelineError> {
         let transform = Arc::new(
             ObjectTransform::new(&config.transforms, &config.cluster)
                 .map_err(|e| PipelineError::Transform(e.to_string()))?,
         );
         let ctx = SinkContext {
             cluster: config.cluster.clone(),
-            state_dir: None,
+            state_dir: config.state.dir.clone(),
         };
         let abandon = CancellationToken::new();
-        let observer: Arc<dyn AckObserver> = Arc::new(LogAcks);
+        let store = match &config.state.dir {
+            Some(dir) => Some(Arc::new(StateStore::open(dir, reset_state)?)),
+            None => None,
+        };
+        let (observer, state_task): (Arc<dyn AckObserver>, _) = match &store {
+            Some(store) => {
+                let (writer, task) = StateWriter::start(store.clone());
+                (writer, Some(task))
+            }
+            None => (Arc::new(NoState), None),
+        };
         let mut handles = Vec::new();
         for (index, sc) in config.sinks.iter().enumerate() {
             let sink = sc
@@ -155,6 +175,11 @@ impl Pipeline {
             if !handled.insert(key.clone()) {
                 continue;
             }
+            if let Some(store) = &store {
+                let delivered = store.load(&key.to_string())?;
+                info!(informer = %key, objects = delivered.len(), "resuming from delivered state");
+                informer.seed(delivered);
+            }
             informer.add_handler(Arc::new(EmitHandler {
                 builder: EnvelopeBuilder {
                     cluster: cluster.clone(),
@@ -167,11 +192,22 @@ impl Pipeline {
                 router: router.clone(),
             }));
         }
+        if let Some(store) = &store {
+            let sources: Vec<String> = handled.iter().map(|k| k.to_string()).collect();
+            let removed = store.retain_sources(&sources)?;
+            if removed > 0 {
+                info!(
+                    removed,
+                    "forgot delivered state of resources no longer configured"
+                );
+            }
+        }
         Ok(Self {
             factory,
             router,
             abandon,
             config,
+            state_task,
         })
     }
 
@@ -204,6 +240,11 @@ impl Pipeline {
                 );
                 abandon.cancel();
             }
+        }
+        // The drivers are gone, and with them every handle on the state writer: it writes
+        // what was acknowledged last and ends.
+        if let Some(task) = self.state_task {
+            let _ = task.await;
         }
         info!("stopped");
     }

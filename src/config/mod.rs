@@ -19,6 +19,7 @@ pub use yaml::Yaml;
 
 use crate::event::transform::{PointerGlob, TransformConfig};
 use crate::sinks::SinkConfig;
+use crate::state::StateConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,6 +37,9 @@ pub struct Config {
     /// Transforms applied to every object before it is cached and diffed.
     #[serde(default)]
     pub transforms: TransformConfig,
+    /// Where delivered state is kept across restarts.
+    #[serde(default)]
+    pub state: StateConfig,
     /// Shutdown behaviour.
     #[serde(default)]
     pub shutdown: ShutdownConfig,

@@ -93,6 +93,14 @@ impl Agent {
         }
     }
 
+    /// The next envelope within `wait`, or `None` (timeout, or the agent's stdout closed).
+    pub async fn try_next(&mut self, wait: Duration) -> Option<Value> {
+        tokio::time::timeout(wait, self.events.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// The next `n` envelopes.
     pub async fn take(&mut self, n: usize) -> Vec<Value> {
         let mut out = Vec::with_capacity(n);
@@ -214,4 +222,47 @@ pub fn fixtures_dir() -> Option<PathBuf> {
         Some(PathBuf::from("/work/shared/fixtures/k8s-api-testdata")),
     ];
     candidates.into_iter().flatten().find(|p| p.is_dir())
+}
+
+/// As [`stdout_config`], remembering delivered state in `state_dir`.
+pub fn stdout_config_with_state(resources: &[(&str, &str)], state_dir: &Path) -> String {
+    format!(
+        "{}state:\n  dir: {}\nshutdown:\n  gracePeriod: 5s\n",
+        stdout_config(resources),
+        state_dir.display()
+    )
+}
+
+/// Applies an envelope the way an at-least-once consumer does: by `uid`, keeping the newest
+/// `resourceVersion`; returns false for a duplicate (a `uid` + `resourceVersion` seen before).
+pub fn consume_at_least_once(
+    state: &mut HashMap<String, Value>,
+    seen: &mut std::collections::HashSet<(String, String)>,
+    e: &Value,
+) -> bool {
+    let uid = e["uid"].as_str().unwrap().to_string();
+    let rv = e["resourceVersion"].as_str().unwrap().to_string();
+    let fresh = seen.insert((uid.clone(), rv));
+    match e["op"].as_str().unwrap() {
+        "delete" => {
+            state.remove(&uid);
+        }
+        _ => {
+            state.insert(uid, e["object"].clone());
+        }
+    }
+    fresh
+}
+
+/// The cluster's objects of a kind as the agent emits them (managedFields dropped), by uid.
+pub fn cluster_state(sim: &KubeSim, api_version: &str, kind: &str) -> HashMap<String, Value> {
+    sim.list(api_version, kind)
+        .into_iter()
+        .map(|mut o| {
+            if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+                m.remove("managedFields");
+            }
+            (o["metadata"]["uid"].as_str().unwrap().to_string(), o)
+        })
+        .collect()
 }
