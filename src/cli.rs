@@ -105,7 +105,8 @@ pub async fn run_pipeline(
         Err(e @ PipelineError::Resource { .. })
         | Err(e @ PipelineError::Sink { .. })
         | Err(e @ PipelineError::Transform(_))
-        | Err(e @ PipelineError::State(_)) => {
+        | Err(e @ PipelineError::State(_))
+        | Err(e @ PipelineError::Listen { .. }) => {
             eprintln!("lookout: {e}");
             Ok(ExitCode::from(EXIT_CONFIG))
         }

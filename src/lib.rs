@@ -11,6 +11,7 @@ pub mod event;
 pub mod informer;
 pub mod pipeline;
 pub mod router;
+pub mod server;
 pub mod shutdown;
 pub mod sinks;
 pub mod state;

@@ -16,6 +16,7 @@ use crate::event::transform::ObjectTransform;
 use crate::event::{Envelope, EnvelopeBuilder, Op};
 use crate::informer::{Handler, InformerError, InformerFactory, InformerKey, SharedInformer};
 use crate::router::Router;
+use crate::server::{Health, Metrics, Ops};
 use crate::sinks::util::spawn_driver;
 use crate::sinks::{AckObserver, SinkBuildError, SinkContext};
 use crate::state::{StateError, StateStore, StateWriter};
@@ -44,6 +45,15 @@ pub enum PipelineError {
     /// The transforms do not compile.
     #[error("config error at `transforms`: {0}")]
     Transform(String),
+    /// The ops server cannot listen.
+    #[error("config error at `server.listen`: cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The delivered-state store cannot be used (unreadable, incompatible).
     #[error("{0}")]
     State(#[from] StateError),
@@ -53,10 +63,12 @@ pub enum PipelineError {
 struct EmitHandler {
     builder: EnvelopeBuilder,
     router: Arc<RwLock<Option<Router>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl EmitHandler {
     async fn emit(&self, envelope: Envelope) {
+        self.metrics.observed(&envelope.kind, envelope.op);
         if let Some(router) = self.router.read().await.as_ref() {
             router.dispatch(envelope).await;
         }
@@ -108,6 +120,8 @@ pub struct Pipeline {
     config: Config,
     /// The delivered-state writer task; ends after the last sink driver.
     state_task: Option<tokio::task::JoinHandle<()>>,
+    ops: Arc<Ops>,
+    listener: tokio::net::TcpListener,
 }
 
 impl Pipeline {
@@ -155,8 +169,10 @@ impl Pipeline {
                 abandon.clone(),
             ));
         }
+        let monitors: Vec<_> = handles.iter().map(|h| h.monitor()).collect();
         let router = Arc::new(RwLock::new(Some(Router::new(handles))));
         let factory = Arc::new(InformerFactory::new(client, transform));
+        let metrics = Arc::new(Metrics::new(factory.clone(), monitors.clone()));
         let cluster: Arc<str> = config.cluster.as_str().into();
         let mut handled = std::collections::HashSet::new();
         for (index, r) in config.resources.iter().enumerate() {
@@ -190,6 +206,7 @@ impl Pipeline {
                     include_old: config.transforms.include_old,
                 },
                 router: router.clone(),
+                metrics: metrics.clone(),
             }));
         }
         if let Some(store) = &store {
@@ -202,12 +219,27 @@ impl Pipeline {
                 );
             }
         }
+        let listen = config.server.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| PipelineError::Listen {
+                addr: listen,
+                source,
+            })?;
+        let health = Health::new(
+            factory.informers(),
+            monitors,
+            config.server.readiness.max_silence,
+        );
+        let ops = Arc::new(Ops { health, metrics });
         Ok(Self {
             factory,
             router,
             abandon,
             config,
             state_task,
+            ops,
+            listener,
         })
     }
 
@@ -219,6 +251,16 @@ impl Pipeline {
     /// Watches until `shutdown` resolves, then stops the informers, lets the sinks deliver
     /// what is queued within the grace period, and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let stop_ops = CancellationToken::new();
+        if let Ok(addr) = self.listener.local_addr() {
+            info!(%addr, "ops server listening (/metrics, /healthz, /readyz)");
+        }
+        self.ops.health.spawn_sink_checks(stop_ops.clone());
+        let server = tokio::spawn(crate::server::serve(
+            self.listener,
+            self.ops.clone(),
+            stop_ops.clone().cancelled_owned(),
+        ));
         self.factory.start_all();
         info!(
             informers = self.factory.informers().len(),
@@ -246,6 +288,8 @@ impl Pipeline {
         if let Some(task) = self.state_task {
             let _ = task.await;
         }
+        stop_ops.cancel();
+        let _ = server.await;
         info!("stopped");
     }
 }

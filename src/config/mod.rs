@@ -18,6 +18,7 @@ pub use expand::{ExpandError, expand_str};
 pub use yaml::Yaml;
 
 use crate::event::transform::{PointerGlob, TransformConfig};
+use crate::server::ServerConfig;
 use crate::sinks::SinkConfig;
 use crate::state::StateConfig;
 
@@ -40,6 +41,9 @@ pub struct Config {
     /// Where delivered state is kept across restarts.
     #[serde(default)]
     pub state: StateConfig,
+    /// The ops HTTP server (metrics, probes).
+    #[serde(default)]
+    pub server: ServerConfig,
     /// Shutdown behaviour.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
@@ -164,6 +168,7 @@ const CAMEL_KEYS: &[&str] = &[
     "maxWait",
     "deadLetter",
     "caFile",
+    "maxSilence",
     "certFile",
     "keyFile",
 ];

@@ -211,6 +211,7 @@ pub fn stdout_config(resources: &[(&str, &str)]) -> String {
         s.push_str(&format!("  - apiVersion: {av}\n    kind: {k}\n"));
     }
     s.push_str("sinks:\n  - name: out\n    type: stdout\n");
+    s.push_str("server:\n  listen: 127.0.0.1:0\n");
     s
 }
 
@@ -265,4 +266,69 @@ pub fn cluster_state(sim: &KubeSim, api_version: &str, kind: &str) -> HashMap<St
             (o["metadata"]["uid"].as_str().unwrap().to_string(), o)
         })
         .collect()
+}
+
+impl Agent {
+    /// The ops server's address, from the agent's log line.
+    pub async fn ops_addr(&self) -> String {
+        let deadline = tokio::time::Instant::now() + SOON;
+        loop {
+            let log = self.stderr();
+            if let Some(line) = log.lines().find(|l| l.contains("ops server listening")) {
+                let addr = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("addr="))
+                    .expect("addr field");
+                return addr.to_string();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no ops server line:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// GET a path on the ops server: (status, body).
+    pub async fn ops_get(&self, path: &str) -> (u16, String) {
+        let url = format!("http://{}{path}", self.ops_addr().await);
+        let resp = reqwest::get(&url).await.expect("ops server answers");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap())
+    }
+
+    /// Polls `/readyz` until it answers `want` (200 or 503); returns the body.
+    pub async fn wait_ready(&self, want: u16, within: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let (status, body) = self.ops_get("/readyz").await;
+            if status == want {
+                return body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "/readyz stayed {status} (wanted {want}): {body}\nlog:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Parses Prometheus text into `(name{labels}, value)` rows, skipping comments.
+pub fn parse_metrics(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (k, v) = l.rsplit_once(' ').expect("sample line");
+            (k.to_string(), v.parse::<f64>().expect("numeric value"))
+        })
+        .collect()
+}
+
+/// The value of the sample whose name and labels contain every fragment.
+pub fn metric(rows: &[(String, f64)], fragments: &[&str]) -> Option<f64> {
+    rows.iter()
+        .find(|(k, _)| fragments.iter().all(|f| k.contains(f)))
+        .map(|(_, v)| *v)
 }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
@@ -20,7 +21,7 @@ pub trait AckObserver: Send + Sync + 'static {
 }
 
 /// Per-sink counters, read by metrics and readiness.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SinkStats {
     /// Events accepted by the sink.
     pub sent: AtomicU64,
@@ -34,12 +35,43 @@ pub struct SinkStats {
     pub batches: AtomicU64,
     /// 1 while the sink is failing and retrying, else 0.
     pub failing: AtomicU64,
+    /// Seconds from the change's arrival from the API server to the sink's acknowledgement.
+    pub latency: Histogram,
+}
+
+impl Default for SinkStats {
+    fn default() -> Self {
+        Self {
+            sent: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            failing: AtomicU64::new(0),
+            // 100 µs … ~13 s
+            latency: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+        }
+    }
+}
+
+/// A read-only view of one sink for metrics and health.
+#[derive(Clone)]
+pub struct SinkMonitor {
+    /// The sink's configured name.
+    pub name: String,
+    /// Its queue.
+    pub queue: Arc<SinkQueue>,
+    /// Its counters.
+    pub stats: Arc<SinkStats>,
+    /// The sink, for health checks.
+    pub sink: Arc<dyn Sink>,
 }
 
 /// A sink's queue plus its driver task.
 pub struct SinkHandle {
     /// The sink's configured name.
     pub name: String,
+    sink: Arc<dyn Sink>,
     queue: Arc<SinkQueue>,
     /// Counters.
     pub stats: Arc<SinkStats>,
@@ -61,6 +93,16 @@ impl SinkHandle {
     /// Changes merged into earlier queued changes of the same object.
     pub fn coalesced(&self) -> u64 {
         self.queue.coalesced()
+    }
+
+    /// What the ops server reads about this sink.
+    pub fn monitor(&self) -> SinkMonitor {
+        SinkMonitor {
+            name: self.name.clone(),
+            queue: self.queue.clone(),
+            stats: self.stats.clone(),
+            sink: self.sink.clone(),
+        }
     }
 
     /// Closes the queue: the driver delivers what is queued, then ends.
@@ -88,7 +130,7 @@ pub fn spawn_driver(
     let stats = Arc::new(SinkStats::default());
     let task = tokio::spawn(drive(
         name.clone(),
-        sink,
+        sink.clone(),
         queue.clone(),
         stats.clone(),
         observer,
@@ -96,6 +138,7 @@ pub fn spawn_driver(
     ));
     SinkHandle {
         name,
+        sink,
         queue,
         stats,
         task,
@@ -125,6 +168,9 @@ async fn drive(
             match outcome {
                 Outcome::Accepted => {
                     stats.sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    for e in &batch {
+                        stats.latency.observe(e.observed.elapsed().as_secs_f64());
+                    }
                 }
                 Outcome::Rejected { indices, reason } => {
                     for &i in &indices {

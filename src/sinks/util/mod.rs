@@ -7,6 +7,6 @@ mod queue;
 mod retry;
 
 pub use batch::Batching;
-pub use driver::{AckObserver, SinkHandle, SinkStats, spawn_driver};
+pub use driver::{AckObserver, SinkHandle, SinkMonitor, SinkStats, spawn_driver};
 pub use queue::{Closed, SinkQueue, Slot};
 pub use retry::RetryPolicy;
