@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 pub use expand::{ExpandError, expand_str};
 pub use yaml::Yaml;
 
-use crate::event::transform::{PointerGlob, TransformConfig};
+use crate::event::transform::{ObjectTransform, TransformConfig, TransformError};
 use crate::server::ServerConfig;
 use crate::sinks::SinkConfig;
 use crate::state::StateConfig;
@@ -162,6 +162,9 @@ const CAMEL_KEYS: &[&str] = &[
     "redactSecrets",
     "ignorePaths",
     "includeOld",
+    "dropPaths",
+    "keepPaths",
+    "redactionKey",
     "queueCapacity",
     "maxEvents",
     "maxBytes",
@@ -322,11 +325,15 @@ impl Config {
             s.validate()
                 .map_err(|e| ConfigError::new(format!("sinks[{i}].{}", e.path), e.message))?;
         }
-        for (i, p) in self.transforms.ignore_paths.iter().enumerate() {
-            PointerGlob::parse(p).map_err(|e| {
-                ConfigError::new(format!("transforms.ignorePaths[{i}]"), e.to_string())
-            })?;
-        }
+        ObjectTransform::new(&self.transforms, &self.cluster).map_err(|e| {
+            let (path, message) = match &e {
+                TransformError::Ignore(i, g) => (format!("ignorePaths[{i}]"), g.to_string()),
+                TransformError::Shape(s) => {
+                    (format!("{}[{}]", s.field, s.index), s.source.to_string())
+                }
+            };
+            ConfigError::new(format!("transforms.{path}"), message)
+        })?;
         Ok(())
     }
 

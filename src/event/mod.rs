@@ -5,6 +5,7 @@ pub mod coalesce;
 pub mod diff;
 pub mod envelope;
 pub mod object;
+pub mod pointer;
 pub mod transform;
 
 pub use envelope::{Envelope, EnvelopeBuilder, Op};
