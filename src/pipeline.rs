@@ -265,7 +265,12 @@ impl Pipeline {
             monitors,
             config.server.readiness.max_silence,
         );
-        let ops = Arc::new(Ops { health, metrics });
+        let ops = Arc::new(Ops {
+            health,
+            metrics,
+            factory: factory.clone(),
+            cache: config.server.cache.clone(),
+        });
         Ok(Self {
             factory,
             router,
