@@ -51,7 +51,11 @@ pub struct Cli {
 impl Cli {
     /// The simulator configuration these flags describe.
     pub fn to_config(&self) -> Result<SimConfig, crate::error::Error> {
-        let extra_kinds = self.kinds.iter().map(|k| KindSpec::parse(k)).collect::<Result<Vec<_>, _>>()?;
+        let extra_kinds = self
+            .kinds
+            .iter()
+            .map(|k| KindSpec::parse(k))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(SimConfig {
             addr: SocketAddr::new(self.listen, self.port),
             history_limit: self.history_limit,
@@ -77,7 +81,11 @@ pub async fn run_cli(args: Cli) -> anyhow::Result<()> {
         None => std::env::temp_dir().join(format!("kubesim-{}.kubeconfig", sim.addr().port())),
     };
     sim.write_kubeconfig(&path)?;
-    println!("kubesim serving {} ({} pods seeded)", sim.url(), args.seed_pods);
+    println!(
+        "kubesim serving {} ({} pods seeded)",
+        sim.url(),
+        args.seed_pods
+    );
     println!("kubeconfig: {}", path.display());
     println!("try: kubectl --kubeconfig {} get pods -A", path.display());
     let churn = (args.churn > 0.0).then(|| lg.start_churn(args.churn));
@@ -93,13 +101,14 @@ pub async fn run_cli(args: Cli) -> anyhow::Result<()> {
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

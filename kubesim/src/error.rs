@@ -13,8 +13,8 @@ pub struct ApiError {
     pub reason: String,
     /// `Status.message`, worded like the real API server's.
     pub message: String,
-    /// `Status.details`, when the real server fills it.
-    pub details: Option<Value>,
+    /// `Status.details`, when the real server fills it (boxed: keeps `Result<_, ApiError>` small).
+    pub details: Option<Box<Value>>,
     /// Seconds for a `Retry-After` header (429/504), if any.
     pub retry_after: Option<u32>,
 }
@@ -33,7 +33,7 @@ impl ApiError {
 
     /// Attaches `Status.details`.
     pub fn with_details(mut self, details: Value) -> Self {
-        self.details = Some(details);
+        self.details = Some(Box::new(details));
         self
     }
 
@@ -50,13 +50,18 @@ impl ApiError {
             details["group"] = json!(group);
         }
         details["kind"] = json!(plural);
-        Self::new(404, "NotFound", format!("{qualified} \"{name}\" not found")).with_details(details)
+        Self::new(404, "NotFound", format!("{qualified} \"{name}\" not found"))
+            .with_details(details)
     }
 
     /// 404 for a path nothing serves.
     pub fn path_not_found() -> Self {
-        Self::new(404, "NotFound", "the server could not find the requested resource")
-            .with_details(json!({}))
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+        .with_details(json!({}))
     }
 
     /// 409 AlreadyExists on create.
@@ -93,27 +98,50 @@ impl ApiError {
     }
 
     /// 422 Invalid with one field cause; details name the Kind (not the resource), as upstream does.
-    pub fn invalid(group: &str, kind: &str, name: &str, field: &str, cause_reason: &str, detail: &str) -> Self {
-        let qualified_kind = if group.is_empty() { kind.to_string() } else { format!("{kind}.{group}") };
+    pub fn invalid(
+        group: &str,
+        kind: &str,
+        name: &str,
+        field: &str,
+        cause_reason: &str,
+        detail: &str,
+    ) -> Self {
+        let qualified_kind = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
         let mut details = json!({"name": name});
         if !group.is_empty() {
             details["group"] = json!(group);
         }
         details["kind"] = json!(kind);
         details["causes"] = json!([{"reason": cause_reason, "message": detail, "field": field}]);
-        Self::new(422, "Invalid", format!("{qualified_kind} \"{name}\" is invalid: {field}: {detail}"))
-            .with_details(details)
+        Self::new(
+            422,
+            "Invalid",
+            format!("{qualified_kind} \"{name}\" is invalid: {field}: {detail}"),
+        )
+        .with_details(details)
     }
 
     /// 410 Expired for a watch or list from a compacted resourceVersion.
     pub fn too_old(requested: u64, oldest: u64) -> Self {
-        Self::new(410, "Expired", format!("too old resource version: {requested} ({oldest})"))
+        Self::new(
+            410,
+            "Expired",
+            format!("too old resource version: {requested} ({oldest})"),
+        )
     }
 
     /// 405 MethodNotAllowed.
     pub fn method_not_allowed() -> Self {
-        Self::new(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
-            .with_details(json!({}))
+        Self::new(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        )
+        .with_details(json!({}))
     }
 
     /// 415 UnsupportedMediaType for an unknown patch content type.
@@ -138,7 +166,7 @@ impl ApiError {
             "reason": self.reason,
         });
         if let Some(d) = &self.details {
-            s["details"] = d.clone();
+            s["details"] = (**d).clone();
         }
         s["code"] = json!(self.code);
         s
@@ -147,7 +175,11 @@ impl ApiError {
 
 /// `pods` or `leases.coordination.k8s.io`: the way error messages name a resource.
 fn qualified(plural: &str, group: &str) -> String {
-    if group.is_empty() { plural.to_string() } else { format!("{plural}.{group}") }
+    if group.is_empty() {
+        plural.to_string()
+    } else {
+        format!("{plural}.{group}")
+    }
 }
 
 /// Failures starting, restarting or configuring the simulator.

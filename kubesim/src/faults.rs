@@ -45,17 +45,29 @@ impl Default for Faults {
 impl Faults {
     /// Fail this fraction of requests with 500.
     pub fn fail(rate: f64) -> Self {
-        Faults { error_rate: rate, ..Default::default() }
+        Faults {
+            error_rate: rate,
+            ..Default::default()
+        }
     }
 
     /// Fail this fraction of requests with 429 and `Retry-After: secs`.
     pub fn throttle(rate: f64, secs: u32) -> Self {
-        Faults { error_rate: rate, error_code: 429, retry_after_seconds: secs, ..Default::default() }
+        Faults {
+            error_rate: rate,
+            error_code: 429,
+            retry_after_seconds: secs,
+            ..Default::default()
+        }
     }
 
     /// Delay this fraction of requests.
     pub fn delay(rate: f64, by: Duration) -> Self {
-        Faults { delay_rate: rate, delay_ms: by.as_millis() as u64, ..Default::default() }
+        Faults {
+            delay_rate: rate,
+            delay_ms: by.as_millis() as u64,
+            ..Default::default()
+        }
     }
 
     /// Restrict to these verbs.
@@ -72,7 +84,8 @@ impl Faults {
 
     /// Whether these faults apply to a request with this verb.
     pub fn applies(&self, verb: &str, is_watch: bool) -> bool {
-        (self.verbs.is_empty() || self.verbs.iter().any(|v| v == verb)) && self.watch.is_none_or(|w| w == is_watch)
+        (self.verbs.is_empty() || self.verbs.iter().any(|v| v == verb))
+            && self.watch.is_none_or(|w| w == is_watch)
     }
 }
 

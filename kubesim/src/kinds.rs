@@ -20,7 +20,9 @@ pub struct KindSpec {
 
 /// A `--kind` spec that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid kind spec {spec:?}: {why} (expected group/version/Kind[:plural][:cluster], e.g. example.com/v1/Widget:widgets:cluster; core group as core/v1/Kind)")]
+#[error(
+    "invalid kind spec {spec:?}: {why} (expected group/version/Kind[:plural][:cluster], e.g. example.com/v1/Widget:widgets:cluster; core group as core/v1/Kind)"
+)]
 pub struct KindSpecError {
     /// The spec as given.
     pub spec: String,
@@ -42,7 +44,10 @@ impl KindSpec {
 
     /// Parses `group/version/Kind[:plural][:cluster]` (`core` or an empty group means the core group).
     pub fn parse(spec: &str) -> Result<KindSpec, KindSpecError> {
-        let err = |why| KindSpecError { spec: spec.to_string(), why };
+        let err = |why| KindSpecError {
+            spec: spec.to_string(),
+            why,
+        };
         let mut parts = spec.split(':');
         let gvk = parts.next().unwrap_or_default();
         let segs: Vec<&str> = gvk.split('/').collect();
@@ -63,7 +68,11 @@ impl KindSpec {
                 "cluster" => out.namespaced = false,
                 "namespaced" => out.namespaced = true,
                 "" => return Err(err("empty segment")),
-                plural if plural.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.') => {
+                plural
+                    if plural.chars().all(|c| {
+                        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'
+                    }) =>
+                {
                     out.plural = plural.to_string()
                 }
                 _ => return Err(err("plural must be lowercase")),
@@ -74,7 +83,11 @@ impl KindSpec {
 
     /// `v1` or `group/version`.
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
     }
 }
 
@@ -161,33 +174,177 @@ const EVENTS_V1_FIELDS: &[&str] = &[
 ];
 
 /// (group, version, kind, plural, namespaced, short names, field labels)
-type Builtin = (&'static str, &'static str, &'static str, &'static str, bool, &'static [&'static str], &'static [&'static str]);
+type Builtin = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    bool,
+    &'static [&'static str],
+    &'static [&'static str],
+);
 
 const BUILTINS: &[Builtin] = &[
-    ("", "v1", "Namespace", "namespaces", false, &["ns"], &["status.phase"]),
-    ("", "v1", "Node", "nodes", false, &["no"], &["spec.unschedulable"]),
+    (
+        "",
+        "v1",
+        "Namespace",
+        "namespaces",
+        false,
+        &["ns"],
+        &["status.phase"],
+    ),
+    (
+        "",
+        "v1",
+        "Node",
+        "nodes",
+        false,
+        &["no"],
+        &["spec.unschedulable"],
+    ),
     ("", "v1", "Pod", "pods", true, &["po"], POD_FIELDS),
     ("", "v1", "ConfigMap", "configmaps", true, &["cm"], &[]),
     ("", "v1", "Secret", "secrets", true, &[], &["type"]),
-    ("", "v1", "Service", "services", true, &["svc"], &["spec.clusterIP", "spec.type"]),
-    ("", "v1", "Event", "events", true, &["ev"], CORE_EVENT_FIELDS),
-    ("", "v1", "ServiceAccount", "serviceaccounts", true, &["sa"], &[]),
+    (
+        "",
+        "v1",
+        "Service",
+        "services",
+        true,
+        &["svc"],
+        &["spec.clusterIP", "spec.type"],
+    ),
+    (
+        "",
+        "v1",
+        "Event",
+        "events",
+        true,
+        &["ev"],
+        CORE_EVENT_FIELDS,
+    ),
+    (
+        "",
+        "v1",
+        "ServiceAccount",
+        "serviceaccounts",
+        true,
+        &["sa"],
+        &[],
+    ),
     ("", "v1", "Endpoints", "endpoints", true, &["ep"], &[]),
-    ("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", true, &["pvc"], &[]),
-    ("", "v1", "PersistentVolume", "persistentvolumes", false, &["pv"], &[]),
-    ("", "v1", "ReplicationController", "replicationcontrollers", true, &["rc"], &["status.replicas"]),
+    (
+        "",
+        "v1",
+        "PersistentVolumeClaim",
+        "persistentvolumeclaims",
+        true,
+        &["pvc"],
+        &[],
+    ),
+    (
+        "",
+        "v1",
+        "PersistentVolume",
+        "persistentvolumes",
+        false,
+        &["pv"],
+        &[],
+    ),
+    (
+        "",
+        "v1",
+        "ReplicationController",
+        "replicationcontrollers",
+        true,
+        &["rc"],
+        &["status.replicas"],
+    ),
     ("", "v1", "PodTemplate", "podtemplates", true, &[], &[]),
-    ("", "v1", "LimitRange", "limitranges", true, &["limits"], &[]),
-    ("", "v1", "ResourceQuota", "resourcequotas", true, &["quota"], &[]),
-    ("apps", "v1", "Deployment", "deployments", true, &["deploy"], &[]),
-    ("apps", "v1", "StatefulSet", "statefulsets", true, &["sts"], &[]),
+    (
+        "",
+        "v1",
+        "LimitRange",
+        "limitranges",
+        true,
+        &["limits"],
+        &[],
+    ),
+    (
+        "",
+        "v1",
+        "ResourceQuota",
+        "resourcequotas",
+        true,
+        &["quota"],
+        &[],
+    ),
+    (
+        "apps",
+        "v1",
+        "Deployment",
+        "deployments",
+        true,
+        &["deploy"],
+        &[],
+    ),
+    (
+        "apps",
+        "v1",
+        "StatefulSet",
+        "statefulsets",
+        true,
+        &["sts"],
+        &[],
+    ),
     ("apps", "v1", "DaemonSet", "daemonsets", true, &["ds"], &[]),
-    ("apps", "v1", "ReplicaSet", "replicasets", true, &["rs"], &["status.replicas"]),
-    ("apps", "v1", "ControllerRevision", "controllerrevisions", true, &[], &[]),
-    ("batch", "v1", "Job", "jobs", true, &[], &["status.successful"]),
+    (
+        "apps",
+        "v1",
+        "ReplicaSet",
+        "replicasets",
+        true,
+        &["rs"],
+        &["status.replicas"],
+    ),
+    (
+        "apps",
+        "v1",
+        "ControllerRevision",
+        "controllerrevisions",
+        true,
+        &[],
+        &[],
+    ),
+    (
+        "batch",
+        "v1",
+        "Job",
+        "jobs",
+        true,
+        &[],
+        &["status.successful"],
+    ),
     ("batch", "v1", "CronJob", "cronjobs", true, &["cj"], &[]),
-    ("coordination.k8s.io", "v1", "Lease", "leases", true, &[], &[]),
-    ("events.k8s.io", "v1", "Event", "events", true, &["ev"], EVENTS_V1_FIELDS),
+    (
+        "coordination.k8s.io",
+        "v1",
+        "Lease",
+        "leases",
+        true,
+        &[],
+        &[],
+    ),
+    (
+        "events.k8s.io",
+        "v1",
+        "Event",
+        "events",
+        true,
+        &["ev"],
+        EVENTS_V1_FIELDS,
+    ),
 ];
 
 /// Index of a kind inside a [`Registry`].
@@ -204,7 +361,11 @@ pub struct Registry {
 impl Registry {
     /// Built-in kinds plus `extra` (an extra kind with the same group/version/plural replaces a built-in).
     pub fn new(extra: &[KindSpec]) -> Registry {
-        let mut reg = Registry { kinds: Vec::new(), by_gvk: HashMap::new(), by_gvr: HashMap::new() };
+        let mut reg = Registry {
+            kinds: Vec::new(),
+            by_gvk: HashMap::new(),
+            by_gvr: HashMap::new(),
+        };
         for (g, v, k, p, ns, short, fields) in BUILTINS {
             reg.add(KindInfo {
                 spec: KindSpec {
@@ -220,14 +381,23 @@ impl Registry {
             });
         }
         for spec in extra {
-            reg.add(KindInfo { spec: spec.clone(), api_version: String::new(), short_names: vec![], field_labels: vec![] });
+            reg.add(KindInfo {
+                spec: spec.clone(),
+                api_version: String::new(),
+                short_names: vec![],
+                field_labels: vec![],
+            });
         }
         reg
     }
 
     fn add(&mut self, mut info: KindInfo) {
         info.api_version = info.spec.api_version();
-        let gvr = (info.spec.group.clone(), info.spec.version.clone(), info.spec.plural.clone());
+        let gvr = (
+            info.spec.group.clone(),
+            info.spec.version.clone(),
+            info.spec.plural.clone(),
+        );
         let gvk = (info.api_version.clone(), info.spec.kind.clone());
         if let Some(&id) = self.by_gvr.get(&gvr) {
             self.by_gvk.retain(|_, v| *v != id);
@@ -253,17 +423,22 @@ impl Registry {
 
     /// Looks a kind up by `apiVersion` and `Kind`.
     pub fn by_kind(&self, api_version: &str, kind: &str) -> Option<KindId> {
-        self.by_gvk.get(&(api_version.to_string(), kind.to_string())).copied()
+        self.by_gvk
+            .get(&(api_version.to_string(), kind.to_string()))
+            .copied()
     }
 
     /// Looks a kind up by URL parts.
     pub fn by_resource(&self, group: &str, version: &str, plural: &str) -> Option<KindId> {
-        self.by_gvr.get(&(group.to_string(), version.to_string(), plural.to_string())).copied()
+        self.by_gvr
+            .get(&(group.to_string(), version.to_string(), plural.to_string()))
+            .copied()
     }
 
     /// The id of core/v1 Namespace (always served).
     pub fn namespace_kind(&self) -> KindId {
-        self.by_kind("v1", "Namespace").expect("Namespace is built in")
+        self.by_kind("v1", "Namespace")
+            .expect("Namespace is built in")
     }
 
     /// Groups (excluding core) in first-seen order, each with its versions in first-seen order.
@@ -286,8 +461,14 @@ impl Registry {
     }
 
     /// Kinds served under one group/version.
-    pub fn in_group_version<'a>(&'a self, group: &'a str, version: &'a str) -> impl Iterator<Item = &'a KindInfo> + 'a {
-        self.kinds.iter().filter(move |k| k.spec.group == group && k.spec.version == version)
+    pub fn in_group_version<'a>(
+        &'a self,
+        group: &'a str,
+        version: &'a str,
+    ) -> impl Iterator<Item = &'a KindInfo> + 'a {
+        self.kinds
+            .iter()
+            .filter(move |k| k.spec.group == group && k.spec.version == version)
     }
 }
 
@@ -298,10 +479,16 @@ mod tests {
     #[test]
     fn kind_spec_parses_plural_and_scope() {
         let k = KindSpec::parse("example.com/v1/Widget:widgetz:cluster").unwrap();
-        assert_eq!((k.group.as_str(), k.plural.as_str(), k.namespaced), ("example.com", "widgetz", false));
+        assert_eq!(
+            (k.group.as_str(), k.plural.as_str(), k.namespaced),
+            ("example.com", "widgetz", false)
+        );
         let k = KindSpec::parse("example.com/v1alpha1/Policy").unwrap();
         assert_eq!((k.plural.as_str(), k.namespaced), ("policies", true));
-        assert_eq!(KindSpec::parse("core/v1/Thing").unwrap().api_version(), "v1");
+        assert_eq!(
+            KindSpec::parse("core/v1/Thing").unwrap().api_version(),
+            "v1"
+        );
         assert!(KindSpec::parse("nope").is_err());
     }
 

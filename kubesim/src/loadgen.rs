@@ -16,8 +16,26 @@ use crate::error::ApiError;
 use crate::sim::KubeSim;
 use crate::time::{format_unix, now_unix};
 
-const NAMESPACES: &[&str] = &["payments", "search", "monitoring", "ingress", "checkout", "batch", "auth", "catalog"];
-const APPS: &[&str] = &["api", "web", "worker", "cache", "gateway", "indexer", "scheduler", "exporter"];
+const NAMESPACES: &[&str] = &[
+    "payments",
+    "search",
+    "monitoring",
+    "ingress",
+    "checkout",
+    "batch",
+    "auth",
+    "catalog",
+];
+const APPS: &[&str] = &[
+    "api",
+    "web",
+    "worker",
+    "cache",
+    "gateway",
+    "indexer",
+    "scheduler",
+    "exporter",
+];
 const IMAGES: &[&str] = &[
     "registry.k8s.io/pause:3.9",
     "ghcr.io/example/api:1.42.0",
@@ -50,7 +68,13 @@ pub struct LoadGen {
 
 impl LoadGen {
     /// Creates the namespaces and nodes, then `n` pods spread over them.
-    pub fn seed(sim: &KubeSim, n: usize, seed: u64, namespaces: usize, nodes: usize) -> Result<LoadGen, ApiError> {
+    pub fn seed(
+        sim: &KubeSim,
+        n: usize,
+        seed: u64,
+        namespaces: usize,
+        nodes: usize,
+    ) -> Result<LoadGen, ApiError> {
         let mut lg = LoadGen {
             sim: sim.clone(),
             rng: StdRng::seed_from_u64(seed),
@@ -92,7 +116,10 @@ impl LoadGen {
         let ns = self.namespaces[self.rng.random_range(0..self.namespaces.len())].clone();
         let node = self.nodes[self.rng.random_range(0..self.nodes.len())].clone();
         let pod = pod_template(&mut self.rng, &ns, id, &node);
-        let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let name = pod["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         self.sim.create("v1", "Pod", pod)?;
         self.live.push((ns, name));
         Ok(())
@@ -116,7 +143,9 @@ impl LoadGen {
         let n = self.rng.random_range(0..1_000_000u32);
         let patch = match roll % 3 {
             0 => json!({"metadata": {"labels": {"loadgen/revision": n.to_string()}}}),
-            1 => json!({"metadata": {"annotations": {"loadgen.kubesim.io/touched": format!("{n}")}}}),
+            1 => {
+                json!({"metadata": {"annotations": {"loadgen.kubesim.io/touched": format!("{n}")}}})
+            }
             _ => {
                 let ready = if n % 2 == 0 { "True" } else { "False" };
                 let t = format_unix(now_unix());
@@ -168,7 +197,11 @@ impl LoadGen {
                 }
             }
         });
-        ChurnHandle { stop: Some(tx), join, count }
+        ChurnHandle {
+            stop: Some(tx),
+            join,
+            count,
+        }
     }
 }
 
@@ -223,11 +256,19 @@ fn node_template(name: &str) -> Value {
 /// A realistic Pod (about 5 KB serialized) as a real API server returns it, minus server-set metadata.
 pub fn pod_template(rng: &mut impl Rng, ns: &str, id: u64, node: &str) -> Value {
     let app = APPS[rng.random_range(0..APPS.len())];
-    let hash: String = (0..10).map(|_| char::from(b"bcdfghjklmnpqrstvwxz2456789"[rng.random_range(0..27)])).collect();
-    let suffix: String = (0..5).map(|_| char::from(b"bcdfghjklmnpqrstvwxz2456789"[rng.random_range(0..27)])).collect();
+    let hash: String = (0..10)
+        .map(|_| char::from(b"bcdfghjklmnpqrstvwxz2456789"[rng.random_range(0..27)]))
+        .collect();
+    let suffix: String = (0..5)
+        .map(|_| char::from(b"bcdfghjklmnpqrstvwxz2456789"[rng.random_range(0..27)]))
+        .collect();
     let name = format!("{app}-{hash}-{suffix}-{id}");
     let image = IMAGES[rng.random_range(0..IMAGES.len())];
-    let ip = format!("10.244.{}.{}", rng.random_range(0..255), rng.random_range(1..255));
+    let ip = format!(
+        "10.244.{}.{}",
+        rng.random_range(0..255),
+        rng.random_range(1..255)
+    );
     let t = format_unix(now_unix() - rng.random_range(0..86_400));
     let cpu = format!("{}m", rng.random_range(1..20) * 50);
     let mem = format!("{}Mi", rng.random_range(1..16) * 64);

@@ -30,7 +30,9 @@ impl PatchKind {
             "application/merge-patch+json" => Some(PatchKind::Merge),
             "application/json-patch+json" => Some(PatchKind::Json),
             "application/strategic-merge-patch+json" => Some(PatchKind::Strategic),
-            "application/apply-patch+yaml" | "application/apply-patch+json" => Some(PatchKind::Apply),
+            "application/apply-patch+yaml" | "application/apply-patch+json" => {
+                Some(PatchKind::Apply)
+            }
             _ => None,
         }
     }
@@ -46,14 +48,23 @@ pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), ApiError> {
     let ops: json_patch::Patch = serde_json::from_value(patch.clone())
         .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
     json_patch::patch(target, &ops).map_err(|e| {
-        ApiError::new(422, "Invalid", format!("the server rejected our request due to an error in our request: {e}"))
+        ApiError::new(
+            422,
+            "Invalid",
+            format!("the server rejected our request due to an error in our request: {e}"),
+        )
     })
 }
 
 /// The merge key of a list field under strategic merge patch, if the field merges by key.
 fn merge_key(field: &str, sample: &[Value]) -> Option<&'static str> {
     match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "env" | "imagePullSecrets" => Some("name"),
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "volumes"
+        | "env"
+        | "imagePullSecrets" => Some("name"),
         "volumeMounts" => Some("mountPath"),
         "volumeDevices" => Some("devicePath"),
         "hostAliases" => Some("ip"),
@@ -133,8 +144,14 @@ fn smp_object(target: &mut Value, patch: &Value) {
                 smp_object(tm.entry(k.clone()).or_insert(Value::Null), pv);
             }
             Value::Array(items) => {
-                let cur = tm.get(k).and_then(Value::as_array).cloned().unwrap_or_default();
-                if let Some(key) = merge_key(k, items).filter(|_| items.iter().all(Value::is_object)) {
+                let cur = tm
+                    .get(k)
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                if let Some(key) =
+                    merge_key(k, items).filter(|_| items.iter().all(Value::is_object))
+                {
                     tm.insert(k.clone(), Value::Array(merge_by_key(cur, items, key)));
                 } else if is_set_list(k) {
                     let mut out = cur;
@@ -156,8 +173,15 @@ fn smp_object(target: &mut Value, patch: &Value) {
 }
 
 fn merge_by_key(mut cur: Vec<Value>, patch: &[Value], key: &str) -> Vec<Value> {
-    if patch.iter().any(|p| p.get("$patch").and_then(Value::as_str) == Some("replace")) {
-        return patch.iter().filter(|p| p.get("$patch").is_none()).map(strip_directives).collect();
+    if patch
+        .iter()
+        .any(|p| p.get("$patch").and_then(Value::as_str) == Some("replace"))
+    {
+        return patch
+            .iter()
+            .filter(|p| p.get("$patch").is_none())
+            .map(strip_directives)
+            .collect();
     }
     for p in patch {
         let kv = p.get(key);
@@ -181,7 +205,8 @@ pub fn parse_apply_body(body: &[u8]) -> Result<Value, ApiError> {
     if let Ok(v) = serde_json::from_slice::<Value>(body) {
         return Ok(v);
     }
-    serde_yaml_ng::from_slice::<Value>(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
+    serde_yaml_ng::from_slice::<Value>(body)
+        .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
 }
 
 /// A leaf path in an object (lists are atomic leaves).
@@ -210,8 +235,15 @@ fn applied_fields(cfg: &Value) -> BTreeSet<FieldPath> {
         let s: Vec<&str> = p.iter().map(String::as_str).collect();
         !matches!(
             s.as_slice(),
-            ["apiVersion"] | ["kind"] | ["metadata", "name"] | ["metadata", "namespace"] | ["metadata", "resourceVersion"] | ["metadata", "managedFields", ..]
-                | ["metadata", "uid"] | ["metadata", "creationTimestamp"] | ["metadata", "generation"]
+            ["apiVersion"]
+                | ["kind"]
+                | ["metadata", "name"]
+                | ["metadata", "namespace"]
+                | ["metadata", "resourceVersion"]
+                | ["metadata", "managedFields", ..]
+                | ["metadata", "uid"]
+                | ["metadata", "creationTimestamp"]
+                | ["metadata", "generation"]
         )
     });
     out
@@ -270,7 +302,9 @@ fn get_path<'a>(v: &'a Value, p: &FieldPath) -> Option<&'a Value> {
 }
 
 fn remove_path(v: &mut Value, p: &FieldPath) {
-    let Some((last, parents)) = p.split_last() else { return };
+    let Some((last, parents)) = p.split_last() else {
+        return;
+    };
     let mut cur = v;
     for seg in parents {
         match cur.get_mut(seg) {
@@ -330,7 +364,11 @@ pub fn server_side_apply(
     let mut previously_mine = BTreeSet::new();
     let mut others_after: BTreeSet<FieldPath> = BTreeSet::new();
     for e in entries.iter_mut() {
-        let who = e.get("manager").and_then(Value::as_str).unwrap_or("").to_string();
+        let who = e
+            .get("manager")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let op = e.get("operation").and_then(Value::as_str).unwrap_or("");
         let owned = e.get("fieldsV1").map(from_fields_v1).unwrap_or_default();
         if who == manager && op == "Apply" {
@@ -366,7 +404,10 @@ pub fn server_side_apply(
             .iter()
             .map(|(who, p)| json!({"type": "FieldManagerConflict", "message": format!("conflict with \"{who}\""), "field": dotted(p)}))
             .collect();
-        let list: Vec<String> = conflicts.iter().map(|(who, p)| format!("conflict with \"{who}\": {}", dotted(p))).collect();
+        let list: Vec<String> = conflicts
+            .iter()
+            .map(|(who, p)| format!("conflict with \"{who}\": {}", dotted(p)))
+            .collect();
         let msg = if n == 1 {
             format!("Apply failed with 1 conflict: {}", list[0])
         } else {
@@ -375,7 +416,10 @@ pub fn server_side_apply(
         return Err(ApiError::new(409, "Conflict", msg).with_details(json!({"causes": causes})));
     }
     for p in previously_mine.difference(&mine) {
-        if !others_after.iter().any(|o| o.starts_with(p) || p.starts_with(o)) {
+        if !others_after
+            .iter()
+            .any(|o| o.starts_with(p) || p.starts_with(o))
+        {
             remove_path(&mut obj, p);
         }
     }
@@ -386,9 +430,13 @@ pub fn server_side_apply(
     }
     apply_merge(&mut obj, &cfg_clean);
     entries.retain(|e| {
-        !(e.get("manager").and_then(Value::as_str) == Some(manager) && e.get("operation").and_then(Value::as_str) == Some("Apply"))
+        !(e.get("manager").and_then(Value::as_str) == Some(manager)
+            && e.get("operation").and_then(Value::as_str) == Some("Apply"))
     });
-    entries.retain(|e| e.get("fieldsV1").is_none_or(|f| f.as_object().is_none_or(|m| !m.is_empty())));
+    entries.retain(|e| {
+        e.get("fieldsV1")
+            .is_none_or(|f| f.as_object().is_none_or(|m| !m.is_empty()))
+    });
     entries.push(json!({
         "manager": manager,
         "operation": "Apply",
@@ -411,7 +459,10 @@ mod tests {
         let patch = json!({"$setElementOrder/containers": [{"name": "a"}, {"name": "b"}],
             "spec": {"containers": [{"name": "b", "image": "z"}, {"name": "a", "$patch": "delete"}]}});
         strategic_merge_patch(&mut pod, &patch);
-        assert_eq!(pod, json!({"spec": {"containers": [{"name": "b", "image": "z"}]}}));
+        assert_eq!(
+            pod,
+            json!({"spec": {"containers": [{"name": "b", "image": "z"}]}})
+        );
     }
 
     #[test]
@@ -421,7 +472,12 @@ mod tests {
         let cfg_b = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "l"}, "spec": {"holderIdentity": "b"}});
         let err = server_side_apply(Some(&obj), &cfg_b, "b", false, "v").unwrap_err();
         assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
-        assert!(err.message.contains("conflict with \"a\": .spec.holderIdentity"), "{}", err.message);
+        assert!(
+            err.message
+                .contains("conflict with \"a\": .spec.holderIdentity"),
+            "{}",
+            err.message
+        );
         let forced = server_side_apply(Some(&obj), &cfg_b, "b", true, "v").unwrap();
         assert_eq!(forced["spec"]["holderIdentity"], "b");
         // Same value by another manager is shared ownership, not a conflict.

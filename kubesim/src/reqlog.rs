@@ -29,7 +29,10 @@ pub struct RequestRecord {
 impl RequestRecord {
     /// The value of a query parameter, if present.
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -46,7 +49,10 @@ pub(crate) struct RequestLog {
 
 impl RequestLog {
     pub(crate) fn new(limit: usize) -> Self {
-        RequestLog { limit: limit.max(1), records: Mutex::new(VecDeque::new()) }
+        RequestLog {
+            limit: limit.max(1),
+            records: Mutex::new(VecDeque::new()),
+        }
     }
 
     pub(crate) fn push(&self, r: RequestRecord) {
@@ -58,10 +64,18 @@ impl RequestLog {
     }
 
     pub(crate) fn snapshot(&self) -> Vec<RequestRecord> {
-        self.records.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+        self.records
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     pub(crate) fn clear(&self) {
-        self.records.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.records
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 }

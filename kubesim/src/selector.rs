@@ -56,7 +56,11 @@ pub struct LabelSelector {
 impl LabelSelector {
     /// Parses the `labelSelector` query syntax.
     pub fn parse(s: &str) -> Result<LabelSelector, SelectorError> {
-        let mut p = Parser { s: s.as_bytes(), i: 0, src: s };
+        let mut p = Parser {
+            s: s.as_bytes(),
+            i: 0,
+            src: s,
+        };
         let mut requirements = Vec::new();
         p.ws();
         if p.done() {
@@ -100,8 +104,12 @@ impl LabelSelector {
             LabelRequirement::NotIn(k, vs) => get(k).is_none_or(|x| !vs.iter().any(|v| v == x)),
             LabelRequirement::Exists(k) => get(k).is_some(),
             LabelRequirement::DoesNotExist(k) => get(k).is_none(),
-            LabelRequirement::GreaterThan(k, n) => get(k).and_then(|x| x.parse::<i64>().ok()).is_some_and(|x| x > *n),
-            LabelRequirement::LessThan(k, n) => get(k).and_then(|x| x.parse::<i64>().ok()).is_some_and(|x| x < *n),
+            LabelRequirement::GreaterThan(k, n) => get(k)
+                .and_then(|x| x.parse::<i64>().ok())
+                .is_some_and(|x| x > *n),
+            LabelRequirement::LessThan(k, n) => get(k)
+                .and_then(|x| x.parse::<i64>().ok())
+                .is_some_and(|x| x < *n),
         })
     }
 }
@@ -183,8 +191,14 @@ impl Parser<'_> {
                 self.i += 1;
                 self.ws();
                 let v = self.value()?;
-                let n = v.parse::<i64>().map_err(|_| self.err("for 'Gt', 'Lt' operators, the value must be an integer"))?;
-                Ok(if c == b'>' { LabelRequirement::GreaterThan(key, n) } else { LabelRequirement::LessThan(key, n) })
+                let n = v.parse::<i64>().map_err(|_| {
+                    self.err("for 'Gt', 'Lt' operators, the value must be an integer")
+                })?;
+                Ok(if c == b'>' {
+                    LabelRequirement::GreaterThan(key, n)
+                } else {
+                    LabelRequirement::LessThan(key, n)
+                })
             }
             _ => {
                 let op = self.word().to_string();
@@ -215,7 +229,11 @@ impl Parser<'_> {
                 if vals.is_empty() {
                     return Err(self.err("for 'in', 'notin' operators, values set can't be empty"));
                 }
-                Ok(if notin { LabelRequirement::NotIn(key, vals) } else { LabelRequirement::In(key, vals) })
+                Ok(if notin {
+                    LabelRequirement::NotIn(key, vals)
+                } else {
+                    LabelRequirement::In(key, vals)
+                })
             }
         }
     }
@@ -227,7 +245,8 @@ fn is_name_part(s: &str, max: usize) -> bool {
         && b.len() <= max
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
 fn validate_key(k: &str) -> Result<(), String> {
@@ -236,12 +255,20 @@ fn validate_key(k: &str) -> Result<(), String> {
         None => (None, k),
     };
     if let Some(p) = prefix
-        && (p.is_empty() || p.len() > 253 || !p.split('.').all(|l| is_name_part(l, 63) && !l.contains('_')))
+        && (p.is_empty()
+            || p.len() > 253
+            || !p
+                .split('.')
+                .all(|l| is_name_part(l, 63) && !l.contains('_')))
     {
-        return Err(format!("invalid label key {k:?}: prefix part must be a DNS-1123 subdomain"));
+        return Err(format!(
+            "invalid label key {k:?}: prefix part must be a DNS-1123 subdomain"
+        ));
     }
     if !is_name_part(name, 63) {
-        return Err(format!("invalid label key {k:?}: name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+        return Err(format!(
+            "invalid label key {k:?}: name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"
+        ));
     }
     Ok(())
 }
@@ -250,7 +277,9 @@ fn validate_value(v: &str) -> Result<(), String> {
     if v.is_empty() || is_name_part(v, 63) {
         Ok(())
     } else {
-        Err(format!("invalid label value: {v:?}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"))
+        Err(format!(
+            "invalid label value: {v:?}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"
+        ))
     }
 }
 
@@ -294,7 +323,11 @@ impl FieldSelector {
             if field.is_empty() {
                 return Err(bad());
             }
-            requirements.push(FieldRequirement { field: field.to_string(), value: unescape(value), negated });
+            requirements.push(FieldRequirement {
+                field: field.to_string(),
+                value: unescape(value),
+                negated,
+            });
         }
         Ok(FieldSelector { requirements })
     }
@@ -306,12 +339,17 @@ impl FieldSelector {
 
     /// If the selector pins `metadata.name` to one value, that value (lets the server skip a scan).
     pub fn required_name(&self) -> Option<&str> {
-        self.requirements.iter().find(|r| r.field == "metadata.name" && !r.negated).map(|r| r.value.as_str())
+        self.requirements
+            .iter()
+            .find(|r| r.field == "metadata.name" && !r.negated)
+            .map(|r| r.value.as_str())
     }
 
     /// Whether `obj` (a full JSON object of Kind `kind`) satisfies every requirement.
     pub fn matches(&self, obj: &Value, kind: &str) -> bool {
-        self.requirements.iter().all(|r| (field_value(obj, kind, &r.field) == r.value) != r.negated)
+        self.requirements
+            .iter()
+            .all(|r| (field_value(obj, kind, &r.field) == r.value) != r.negated)
     }
 }
 
@@ -330,12 +368,16 @@ pub fn field_value(obj: &Value, kind: &str, field: &str) -> String {
             None => {
                 // events.k8s.io Events answer the core field names from their own fields.
                 return match field.strip_prefix("involvedObject.") {
-                    Some(rest) if obj.get("regarding").is_some() => field_value(obj, kind, &format!("regarding.{rest}")),
+                    Some(rest) if obj.get("regarding").is_some() => {
+                        field_value(obj, kind, &format!("regarding.{rest}"))
+                    }
                     _ if field == "source" && obj.get("deprecatedSource").is_some() => {
                         field_value(obj, kind, "deprecatedSource")
                     }
                     // Unset booleans read as "false", like the Go zero value.
-                    _ if matches!(field, "spec.unschedulable" | "spec.hostNetwork") => "false".into(),
+                    _ if matches!(field, "spec.unschedulable" | "spec.hostNetwork") => {
+                        "false".into()
+                    }
                     _ => String::new(),
                 };
             }
@@ -407,7 +449,10 @@ mod tests {
     use serde_json::json;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -429,13 +474,27 @@ mod tests {
             ("example.com/role", false),
             ("", true),
         ] {
-            assert_eq!(LabelSelector::parse(sel).unwrap().matches(&l), want, "{sel}");
+            assert_eq!(
+                LabelSelector::parse(sel).unwrap().matches(&l),
+                want,
+                "{sel}"
+            );
         }
     }
 
     #[test]
     fn malformed_label_selectors_are_rejected() {
-        for bad in ["app=", "=x", "app in ()", "app in (a", "a b", "app=web,", "app~x", "-bad=1", "a=b c"] {
+        for bad in [
+            "app=",
+            "=x",
+            "app in ()",
+            "app in (a",
+            "a b",
+            "app=web,",
+            "app~x",
+            "-bad=1",
+            "a=b c",
+        ] {
             if bad == "app=" {
                 // an empty value is legal
                 assert!(LabelSelector::parse(bad).is_ok());
@@ -448,13 +507,33 @@ mod tests {
     #[test]
     fn field_selector_matches_nested_and_special_fields() {
         let pod = json!({"metadata": {"name": "p", "namespace": "ns"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}});
-        assert!(FieldSelector::parse("metadata.name=p,spec.nodeName==n1").unwrap().matches(&pod, "Pod"));
-        assert!(!FieldSelector::parse("status.phase!=Running").unwrap().matches(&pod, "Pod"));
-        assert!(FieldSelector::parse("spec.nodeName=").unwrap().matches(&json!({}), "Pod"));
+        assert!(
+            FieldSelector::parse("metadata.name=p,spec.nodeName==n1")
+                .unwrap()
+                .matches(&pod, "Pod")
+        );
+        assert!(
+            !FieldSelector::parse("status.phase!=Running")
+                .unwrap()
+                .matches(&pod, "Pod")
+        );
+        assert!(
+            FieldSelector::parse("spec.nodeName=")
+                .unwrap()
+                .matches(&json!({}), "Pod")
+        );
         let ev = json!({"source": {"component": "kubelet"}, "involvedObject": {"kind": "Pod"}});
-        assert!(FieldSelector::parse("source=kubelet,involvedObject.kind=Pod").unwrap().matches(&ev, "Event"));
+        assert!(
+            FieldSelector::parse("source=kubelet,involvedObject.kind=Pod")
+                .unwrap()
+                .matches(&ev, "Event")
+        );
         let ev2 = json!({"regarding": {"name": "x"}});
-        assert!(FieldSelector::parse("involvedObject.name=x").unwrap().matches(&ev2, "Event"));
+        assert!(
+            FieldSelector::parse("involvedObject.name=x")
+                .unwrap()
+                .matches(&ev2, "Event")
+        );
         assert!(FieldSelector::parse("a\\=b=c").unwrap().requirements[0].field == "a\\=b");
         assert!(FieldSelector::parse("nonsense").is_err());
     }

@@ -24,11 +24,14 @@ impl KubeSim {
     /// Binds, creates the default namespaces (and seeded pods, if configured) and starts serving.
     pub async fn start(cfg: SimConfig) -> Result<KubeSim, Error> {
         let seed_pods = cfg.seed_pods;
-        let sim = KubeSim { shared: Shared::new(cfg) };
+        let sim = KubeSim {
+            shared: Shared::new(cfg),
+        };
         sim.shared.listen().await?;
         if seed_pods > 0 {
             let c = &sim.shared.cfg;
-            crate::loadgen::LoadGen::seed(&sim, seed_pods, c.seed, c.seed_namespaces, c.seed_nodes).map_err(Error::Seed)?;
+            crate::loadgen::LoadGen::seed(&sim, seed_pods, c.seed, c.seed_namespaces, c.seed_nodes)
+                .map_err(Error::Seed)?;
         }
         Ok(sim)
     }
@@ -69,18 +72,35 @@ impl KubeSim {
 
     /// The served kind with this `apiVersion` and `Kind`, if any.
     pub fn kind_spec(&self, api_version: &str, kind: &str) -> Option<KindSpec> {
-        self.shared.registry.by_kind(api_version, kind).map(|k| self.shared.registry.get(k).spec.clone())
+        self.shared
+            .registry
+            .by_kind(api_version, kind)
+            .map(|k| self.shared.registry.get(k).spec.clone())
     }
 
     /// All served kinds (built-in and extra).
     pub fn kinds(&self) -> Vec<KindSpec> {
-        self.shared.registry.kinds().iter().map(|k| k.spec.clone()).collect()
+        self.shared
+            .registry
+            .kinds()
+            .iter()
+            .map(|k| k.spec.clone())
+            .collect()
     }
 
     /// URL path of a kind's collection (`/api/v1/namespaces/default/pods`, `/apis/apps/v1/deployments`).
-    pub fn collection_path(&self, api_version: &str, kind: &str, ns: Option<&str>) -> Option<String> {
+    pub fn collection_path(
+        &self,
+        api_version: &str,
+        kind: &str,
+        ns: Option<&str>,
+    ) -> Option<String> {
         let spec = self.kind_spec(api_version, kind)?;
-        let base = if spec.group.is_empty() { format!("/api/{}", spec.version) } else { format!("/apis/{}/{}", spec.group, spec.version) };
+        let base = if spec.group.is_empty() {
+            format!("/api/{}", spec.version)
+        } else {
+            format!("/apis/{}/{}", spec.group, spec.version)
+        };
         Some(match ns.filter(|_| spec.namespaced) {
             Some(ns) => format!("{base}/namespaces/{ns}/{}", spec.plural),
             None => format!("{base}/{}", spec.plural),
@@ -97,47 +117,98 @@ impl KubeSim {
     pub fn replace(&self, api_version: &str, kind: &str, obj: Value) -> Result<Value, ApiError> {
         let k = self.kind(api_version, kind)?;
         let info = self.shared.registry.get(k).clone();
-        let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let ns = if info.spec.namespaced {
-            obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default").to_string()
+            obj.pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("default")
+                .to_string()
         } else {
             String::new()
         };
         let (o, _) = self.shared.store().upsert(k, &ns, &name, |cur| match cur {
             Some(_) => Ok(obj),
-            None => Err(ApiError::not_found(&info.spec.group, &info.spec.plural, &name)),
+            None => Err(ApiError::not_found(
+                &info.spec.group,
+                &info.spec.plural,
+                &name,
+            )),
         })?;
         Ok(o.value.clone())
     }
 
     /// Applies a JSON merge patch like `PATCH` with `application/merge-patch+json`.
-    pub fn merge_patch(&self, api_version: &str, kind: &str, ns: Option<&str>, name: &str, patch: Value) -> Result<Value, ApiError> {
+    pub fn merge_patch(
+        &self,
+        api_version: &str,
+        kind: &str,
+        ns: Option<&str>,
+        name: &str,
+        patch: Value,
+    ) -> Result<Value, ApiError> {
         let k = self.kind(api_version, kind)?;
         let info = self.shared.registry.get(k).clone();
-        let (o, _) = self.shared.store().upsert(k, ns.unwrap_or(""), name, |cur| {
-            let mut v = cur.ok_or_else(|| ApiError::not_found(&info.spec.group, &info.spec.plural, name))?.clone();
-            crate::patch::merge_patch(&mut v, &patch);
-            Ok(v)
-        })?;
+        let (o, _) = self
+            .shared
+            .store()
+            .upsert(k, ns.unwrap_or(""), name, |cur| {
+                let mut v = cur
+                    .ok_or_else(|| ApiError::not_found(&info.spec.group, &info.spec.plural, name))?
+                    .clone();
+                crate::patch::merge_patch(&mut v, &patch);
+                Ok(v)
+            })?;
         Ok(o.value.clone())
     }
 
     /// Deletes like `DELETE`: returns the deleted object (or the terminating one while finalizers remain).
-    pub fn delete(&self, api_version: &str, kind: &str, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+    pub fn delete(
+        &self,
+        api_version: &str,
+        kind: &str,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
         let k = self.kind(api_version, kind)?;
-        Ok(self.shared.store().delete(k, ns.unwrap_or(""), name, None, None)?.value.clone())
+        Ok(self
+            .shared
+            .store()
+            .delete(k, ns.unwrap_or(""), name, None, None)?
+            .value
+            .clone())
     }
 
     /// One object, if it exists.
-    pub fn get(&self, api_version: &str, kind: &str, ns: Option<&str>, name: &str) -> Option<Value> {
+    pub fn get(
+        &self,
+        api_version: &str,
+        kind: &str,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Option<Value> {
         let k = self.kind(api_version, kind).ok()?;
-        self.shared.store().get(k, ns.unwrap_or(""), name).map(|o| o.value.clone())
+        self.shared
+            .store()
+            .get(k, ns.unwrap_or(""), name)
+            .map(|o| o.value.clone())
     }
 
     /// All objects of a kind in all namespaces, in key order.
     pub fn list(&self, api_version: &str, kind: &str) -> Vec<Value> {
-        let Ok(k) = self.kind(api_version, kind) else { return Vec::new() };
-        self.shared.store().all(k, None).1.iter().map(|o| o.value.clone()).collect()
+        let Ok(k) = self.kind(api_version, kind) else {
+            return Vec::new();
+        };
+        self.shared
+            .store()
+            .all(k, None)
+            .1
+            .iter()
+            .map(|o| o.value.clone())
+            .collect()
     }
 
     /// The newest resourceVersion.

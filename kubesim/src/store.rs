@@ -116,7 +116,8 @@ pub struct Store {
 }
 
 /// Namespaces every cluster has.
-pub const DEFAULT_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+pub const DEFAULT_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
 
 impl Store {
     /// A store with the default namespaces already created (as history events 1..=4).
@@ -136,7 +137,11 @@ impl Store {
         let ns_kind = store.registry.namespace_kind();
         for ns in DEFAULT_NAMESPACES {
             store
-                .create(ns_kind, None, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
+                .create(
+                    ns_kind,
+                    None,
+                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+                )
                 .expect("default namespaces are valid");
         }
         store
@@ -171,13 +176,19 @@ impl Store {
 
     /// One object.
     pub fn get(&self, kind: KindId, ns: &str, name: &str) -> Option<Arc<StoredObj>> {
-        self.lock().objects[kind].get(&(ns.to_string(), name.to_string())).cloned()
+        self.lock().objects[kind]
+            .get(&(ns.to_string(), name.to_string()))
+            .cloned()
     }
 
     /// All objects of a kind (optionally in one namespace), current state, key order.
     pub fn all(&self, kind: KindId, ns: Option<&str>) -> (u64, Vec<Arc<StoredObj>>) {
         let st = self.lock();
-        let items = st.objects[kind].iter().filter(|((n, _), _)| ns.is_none_or(|x| x == n)).map(|(_, o)| o.clone()).collect();
+        let items = st.objects[kind]
+            .iter()
+            .filter(|((n, _), _)| ns.is_none_or(|x| x == n))
+            .map(|(_, o)| o.clone())
+            .collect();
         (st.rv, items)
     }
 
@@ -207,10 +218,17 @@ impl Store {
             &reconstructed
         };
         let range = match start_after {
-            Some(k) => map.range::<ObjKey, _>((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded)),
+            Some(k) => {
+                map.range::<ObjKey, _>((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded))
+            }
             None => map.range::<ObjKey, _>(..),
         };
-        let mut page = ListPage { rv: at, items: Vec::new(), next: None, remaining: 0 };
+        let mut page = ListPage {
+            rv: at,
+            items: Vec::new(),
+            next: None,
+            remaining: 0,
+        };
         for ((n, name), obj) in range {
             if ns.is_some_and(|x| x != n) || !filter(obj) {
                 continue;
@@ -240,18 +258,32 @@ impl Store {
             return Err(st.compacted);
         }
         let start = (cursor - st.compacted) as usize;
-        let evs: Vec<_> = st.history.range(start.min(st.history.len())..).take(max).cloned().collect();
+        let evs: Vec<_> = st
+            .history
+            .range(start.min(st.history.len())..)
+            .take(max)
+            .cloned()
+            .collect();
         let seen = evs.last().map_or(st.rv.max(cursor), |e| e.rv);
         Ok((evs, seen))
     }
 
     /// Creates an object. `ns` is the namespace from the URL (None for cluster-scoped or "take it from the body").
-    pub fn create(&self, kind: KindId, ns: Option<&str>, mut obj: Value) -> Result<Arc<StoredObj>, ApiError> {
+    pub fn create(
+        &self,
+        kind: KindId,
+        ns: Option<&str>,
+        mut obj: Value,
+    ) -> Result<Arc<StoredObj>, ApiError> {
         let info = self.registry.get(kind).clone();
         check_type(&info, &obj)?;
         let meta = metadata_mut(&mut obj)?;
         let ns = if info.spec.namespaced {
-            let body_ns = meta.get("namespace").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
+            let body_ns = meta
+                .get("namespace")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string);
             match (ns, body_ns) {
                 (Some(u), Some(b)) if u != b => {
                     return Err(ApiError::bad_request(
@@ -266,9 +298,17 @@ impl Store {
             String::new()
         };
         let mut st = self.lock();
-        let name = match meta.get("name").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+        let name = match meta
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        {
             Some(n) => n.to_string(),
-            None => match meta.get("generateName").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+            None => match meta
+                .get("generateName")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+            {
                 Some(prefix) => loop {
                     let candidate = generate_name(prefix);
                     if !st.objects[kind].contains_key(&(ns.clone(), candidate.clone())) {
@@ -288,12 +328,19 @@ impl Store {
             },
         };
         validate_name(&info.spec.group, &info.spec.kind, &name)?;
-        if info.spec.namespaced && !st.objects[self.registry.namespace_kind()].contains_key(&(String::new(), ns.clone())) {
+        if info.spec.namespaced
+            && !st.objects[self.registry.namespace_kind()]
+                .contains_key(&(String::new(), ns.clone()))
+        {
             return Err(ApiError::not_found("", "namespaces", &ns));
         }
         let key = (ns.clone(), name.clone());
         if st.objects[kind].contains_key(&key) {
-            return Err(ApiError::already_exists(&info.spec.group, &info.spec.plural, &name));
+            return Err(ApiError::already_exists(
+                &info.spec.group,
+                &info.spec.plural,
+                &name,
+            ));
         }
         meta.insert("name".into(), json!(name));
         if info.spec.namespaced {
@@ -301,7 +348,11 @@ impl Store {
         } else {
             meta.remove("namespace");
         }
-        for f in ["selfLink", "deletionTimestamp", "deletionGracePeriodSeconds"] {
+        for f in [
+            "selfLink",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ] {
             meta.remove(f);
         }
         meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
@@ -309,7 +360,10 @@ impl Store {
         if obj.get("spec").is_some() {
             obj["metadata"]["generation"] = json!(1);
         }
-        if info.spec.kind == "Namespace" && info.spec.group.is_empty() && obj.pointer("/status/phase").is_none() {
+        if info.spec.kind == "Namespace"
+            && info.spec.group.is_empty()
+            && obj.pointer("/status/phase").is_none()
+        {
             obj["status"] = json!({"phase": "Active"});
         }
         Ok(self.commit(&mut st, kind, key, Some(obj), None))
@@ -333,7 +387,11 @@ impl Store {
         let cur = self.lock().objects[kind].get(&key).cloned();
         let Some(cur) = cur else {
             let new = f(None)?;
-            let created = self.create(kind, if info.spec.namespaced { Some(ns) } else { None }, new)?;
+            let created = self.create(
+                kind,
+                if info.spec.namespaced { Some(ns) } else { None },
+                new,
+            )?;
             return Ok((created, true));
         };
         let mut new = f(Some(&cur.value))?;
@@ -360,19 +418,31 @@ impl Store {
         let mut st = self.lock();
         // Re-read under the lock: the closure ran unlocked, so a concurrent writer may have won.
         let Some(latest) = st.objects[kind].get(&key).cloned() else {
-            return Err(ApiError::not_found(&info.spec.group, &info.spec.plural, name));
+            return Err(ApiError::not_found(
+                &info.spec.group,
+                &info.spec.plural,
+                name,
+            ));
         };
-        let wanted_rv = meta.get("resourceVersion").and_then(Value::as_str).filter(|s| !s.is_empty());
+        let wanted_rv = meta
+            .get("resourceVersion")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty());
         if let Some(rv) = wanted_rv
             && rv != latest.rv.to_string()
         {
-            return Err(ApiError::conflict(&info.spec.group, &info.spec.plural, name));
+            return Err(ApiError::conflict(
+                &info.spec.group,
+                &info.spec.plural,
+                name,
+            ));
         }
-        if wanted_rv.is_none() && !Arc::ptr_eq(&latest, &cur) {
-            // Unconditional write computed from an older version: recompute is the caller's job,
-            // but the real server just applies unconditional updates, so we do too.
-        }
-        let old_meta = latest.value.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
+        let old_meta = latest
+            .value
+            .get("metadata")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
         meta.insert("name".into(), json!(name));
         if info.spec.namespaced {
             meta.insert("namespace".into(), json!(ns));
@@ -380,7 +450,13 @@ impl Store {
             meta.remove("namespace");
         }
         meta.remove("selfLink");
-        for f in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+        for f in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+        ] {
             match old_meta.get(f) {
                 Some(v) => meta.insert(f.into(), v.clone()),
                 None => meta.remove(f),
@@ -401,13 +477,19 @@ impl Store {
             new["metadata"]["generation"] = json!(g + 1);
         }
         let terminating = new.pointer("/metadata/deletionTimestamp").is_some();
-        let no_finalizers = new.pointer("/metadata/finalizers").and_then(Value::as_array).is_none_or(|f| f.is_empty());
+        let no_finalizers = new
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_none_or(|f| f.is_empty());
         if terminating && no_finalizers {
             self.commit(&mut st, kind, key.clone(), Some(new), Some(latest));
             let last = st.objects[kind].get(&key).cloned().expect("just written");
             return Ok((self.commit(&mut st, kind, key, None, Some(last)), false));
         }
-        Ok((self.commit(&mut st, kind, key, Some(new), Some(latest)), false))
+        Ok((
+            self.commit(&mut st, kind, key, Some(new), Some(latest)),
+            false,
+        ))
     }
 
     /// Deletes an object (or marks it terminating while it has finalizers).
@@ -424,23 +506,39 @@ impl Store {
         let key = (ns.to_string(), name.to_string());
         let mut st = self.lock();
         let Some(cur) = st.objects[kind].get(&key).cloned() else {
-            return Err(ApiError::not_found(&info.spec.group, &info.spec.plural, name));
+            return Err(ApiError::not_found(
+                &info.spec.group,
+                &info.spec.plural,
+                name,
+            ));
         };
         if let Some(rv) = precondition_rv
             && rv != cur.rv.to_string()
         {
-            return Err(ApiError::conflict(&info.spec.group, &info.spec.plural, name));
+            return Err(ApiError::conflict(
+                &info.spec.group,
+                &info.spec.plural,
+                name,
+            ));
         }
         if let Some(uid) = precondition_uid
             && Some(uid) != meta_str(&cur.value, "uid")
         {
-            return Err(ApiError::new(409, "Conflict", format!(
-                "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                info.spec.plural,
-                meta_str(&cur.value, "uid").unwrap_or("")
-            )));
+            return Err(ApiError::new(
+                409,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    info.spec.plural,
+                    meta_str(&cur.value, "uid").unwrap_or("")
+                ),
+            ));
         }
-        let has_finalizers = cur.value.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+        let has_finalizers = cur
+            .value
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty());
         if has_finalizers {
             if cur.value.pointer("/metadata/deletionTimestamp").is_some() {
                 return Ok(cur);
@@ -456,7 +554,11 @@ impl Store {
                 if !self.registry.get(k).spec.namespaced {
                     continue;
                 }
-                let victims: Vec<_> = st.objects[k].iter().filter(|((n, _), _)| *n == name).map(|(k, o)| (k.clone(), o.clone())).collect();
+                let victims: Vec<_> = st.objects[k]
+                    .iter()
+                    .filter(|((n, _), _)| *n == name)
+                    .map(|(k, o)| (k.clone(), o.clone()))
+                    .collect();
                 for (vk, vo) in victims {
                     self.commit(&mut st, k, vk, None, Some(vo));
                 }
@@ -482,16 +584,33 @@ impl Store {
                 v["metadata"]["resourceVersion"] = json!(rv.to_string());
                 let obj = StoredObj::new(rv, v);
                 st.objects[kind].insert(key, obj.clone());
-                (if prev.is_some() { EventType::Modified } else { EventType::Added }, obj)
+                (
+                    if prev.is_some() {
+                        EventType::Modified
+                    } else {
+                        EventType::Added
+                    },
+                    obj,
+                )
             }
             None => {
                 st.objects[kind].remove(&key);
-                let mut v = prev.as_ref().expect("delete has a previous object").value.clone();
+                let mut v = prev
+                    .as_ref()
+                    .expect("delete has a previous object")
+                    .value
+                    .clone();
                 v["metadata"]["resourceVersion"] = json!(rv.to_string());
                 (EventType::Deleted, StoredObj::new(rv, v))
             }
         };
-        st.history.push_back(Arc::new(HistEvent { rv, kind, etype, obj: obj.clone(), prev }));
+        st.history.push_back(Arc::new(HistEvent {
+            rv,
+            kind,
+            etype,
+            obj: obj.clone(),
+            prev,
+        }));
         while st.history.len() > self.history_limit {
             if let Some(e) = st.history.pop_front() {
                 st.compacted = e.rv;
@@ -550,12 +669,15 @@ fn check_type(info: &crate::kinds::KindInfo, obj: &Value) -> Result<(), ApiError
 }
 
 fn metadata_mut(obj: &mut Value) -> Result<&mut Map<String, Value>, ApiError> {
-    let o = obj.as_object_mut().ok_or_else(|| ApiError::bad_request("object must be a JSON object"))?;
+    let o = obj
+        .as_object_mut()
+        .ok_or_else(|| ApiError::bad_request("object must be a JSON object"))?;
     let m = o.entry("metadata").or_insert_with(|| json!({}));
     if m.is_null() {
         *m = json!({});
     }
-    m.as_object_mut().ok_or_else(|| ApiError::bad_request("metadata must be an object"))
+    m.as_object_mut()
+        .ok_or_else(|| ApiError::bad_request("metadata must be an object"))
 }
 
 fn meta_str<'a>(v: &'a Value, field: &str) -> Option<&'a str> {
@@ -564,15 +686,14 @@ fn meta_str<'a>(v: &'a Value, field: &str) -> Option<&'a str> {
 
 /// Whether anything outside metadata and status changed (what bumps `metadata.generation`).
 fn spec_changed(old: &Value, new: &Value) -> bool {
-    let strip = |v: &Value| -> Value {
-        let mut v = v.clone();
-        if let Some(o) = v.as_object_mut() {
-            o.remove("metadata");
-            o.remove("status");
-        }
-        v
+    let (Some(o), Some(n)) = (old.as_object(), new.as_object()) else {
+        return old != new;
     };
-    strip(old) != strip(new)
+    let outside = |k: &String| k != "metadata" && k != "status";
+    o.keys().filter(|k| outside(k)).count() != n.keys().filter(|k| outside(k)).count()
+        || o.iter()
+            .filter(|(k, _)| outside(k))
+            .any(|(k, v)| n.get(k) != Some(v))
 }
 
 fn generate_name(prefix: &str) -> String {
@@ -580,7 +701,9 @@ fn generate_name(prefix: &str) -> String {
     // The alphabet apiserver's names.SimpleNameGenerator uses (no vowels, no confusables).
     const ALPHA: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();
-    let suffix: String = (0..5).map(|_| ALPHA[rng.random_range(0..ALPHA.len())] as char).collect();
+    let suffix: String = (0..5)
+        .map(|_| ALPHA[rng.random_range(0..ALPHA.len())] as char)
+        .collect();
     let max_prefix = 253 - 5;
     format!("{}{suffix}", &prefix[..prefix.len().min(max_prefix)])
 }
@@ -592,7 +715,8 @@ fn validate_name(group: &str, kind: &str, name: &str) -> Result<(), ApiError> {
             !b.is_empty()
                 && b[0].is_ascii_alphanumeric()
                 && b[b.len() - 1].is_ascii_alphanumeric()
-                && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+                && b.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         });
     if ok {
         return Ok(());
@@ -603,7 +727,9 @@ fn validate_name(group: &str, kind: &str, name: &str) -> Result<(), ApiError> {
         name,
         "metadata.name",
         "FieldValueInvalid",
-        &format!("Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"),
+        &format!(
+            "Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+        ),
     ))
 }
 
@@ -633,7 +759,9 @@ mod tests {
             Ok(v)
         })
         .unwrap();
-        let page = s.list_page(k, None, Some(at), None, None, &|_| true).unwrap();
+        let page = s
+            .list_page(k, None, Some(at), None, None, &|_| true)
+            .unwrap();
         assert_eq!(page.items.len(), 1);
         assert_eq!(page.items[0].value["data"]["k"], "1");
     }
@@ -643,7 +771,8 @@ mod tests {
         let (s, k) = store();
         s.create(k, None, cm("a", "1")).unwrap();
         let rv = s.current_rv();
-        s.upsert(k, "default", "a", |c| Ok(c.unwrap().clone())).unwrap();
+        s.upsert(k, "default", "a", |c| Ok(c.unwrap().clone()))
+            .unwrap();
         assert_eq!(s.current_rv(), rv);
     }
 

@@ -86,6 +86,9 @@ mod tests {
         let t = parse_rfc3339(s).unwrap();
         assert_eq!(format_unix(t), s);
         assert_eq!(format_unix(0), "1970-01-01T00:00:00Z");
-        assert_eq!(parse_rfc3339("2003-01-01T01:01:01.000003Z"), parse_rfc3339("2003-01-01T01:01:01Z"));
+        assert_eq!(
+            parse_rfc3339("2003-01-01T01:01:01.000003Z"),
+            parse_rfc3339("2003-01-01T01:01:01Z")
+        );
     }
 }

@@ -9,7 +9,15 @@ use serde_json::Value;
 const FIXTURES: &str = "/work/shared/fixtures/k8s-api-testdata";
 
 /// Metadata the server owns; everything else must round-trip exactly.
-const SERVER_SET: &[&str] = &["uid", "resourceVersion", "creationTimestamp", "generation", "selfLink", "deletionTimestamp", "deletionGracePeriodSeconds"];
+const SERVER_SET: &[&str] = &[
+    "uid",
+    "resourceVersion",
+    "creationTimestamp",
+    "generation",
+    "selfLink",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+];
 
 fn strip_server_set(v: &Value) -> Value {
     let mut v = v.clone();
@@ -26,7 +34,11 @@ fn gvk_of(file: &str) -> (String, String) {
     let stem = file.strip_suffix(".json").unwrap();
     let (rest, kind) = stem.rsplit_once('.').unwrap();
     let (group, version) = rest.rsplit_once('.').unwrap();
-    let api_version = if group == "core" { version.to_string() } else { format!("{group}/{version}") };
+    let api_version = if group == "core" {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
     (api_version, kind.to_string())
 }
 
@@ -37,13 +49,20 @@ async fn every_served_fixture_round_trips_through_get_list_and_watch() {
         return;
     };
     let sim = start().await;
-    let mut files: Vec<String> = dir.map(|e| e.unwrap().file_name().into_string().unwrap()).filter(|f| f.ends_with(".json")).collect();
+    let mut files: Vec<String> = dir
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|f| f.ends_with(".json"))
+        .collect();
     files.sort();
     let mut checked = Vec::new();
     for file in files {
         let (api_version, kind) = gvk_of(&file);
-        let Some(spec) = sim.kind_spec(&api_version, &kind) else { continue };
-        let mut obj: Value = serde_json::from_str(&std::fs::read_to_string(format!("{FIXTURES}/{file}")).unwrap()).unwrap();
+        let Some(spec) = sim.kind_spec(&api_version, &kind) else {
+            continue;
+        };
+        let mut obj: Value =
+            serde_json::from_str(&std::fs::read_to_string(format!("{FIXTURES}/{file}")).unwrap())
+                .unwrap();
         let name = format!("fixture-{}", kind.to_lowercase());
         let meta = obj["metadata"].as_object_mut().unwrap();
         meta.insert("name".into(), name.clone().into());
@@ -55,23 +74,48 @@ async fn every_served_fixture_round_trips_through_get_list_and_watch() {
         } else {
             meta.remove("namespace");
         }
-        let collection = sim.collection_path(&api_version, &kind, Some("default")).unwrap();
+        let collection = sim
+            .collection_path(&api_version, &kind, Some("default"))
+            .unwrap();
         let before = sim.current_resource_version();
         let created = http(&sim, "POST", &collection, None, &obj.to_string()).await;
-        assert_eq!(created.status, 201, "{file}: {}", String::from_utf8_lossy(&created.body));
+        assert_eq!(
+            created.status,
+            201,
+            "{file}: {}",
+            String::from_utf8_lossy(&created.body)
+        );
         let want = strip_server_set(&obj);
-        assert_eq!(strip_server_set(&created.json()), want, "{file}: create response");
+        assert_eq!(
+            strip_server_set(&created.json()),
+            want,
+            "{file}: create response"
+        );
         let got = http(&sim, "GET", &format!("{collection}/{name}"), None, "").await;
         assert_eq!(strip_server_set(&got.json()), want, "{file}: GET");
         let list = http(&sim, "GET", &collection, None, "").await.json();
         assert_eq!(list["kind"], format!("{kind}List"));
-        let item = list["items"].as_array().unwrap().iter().find(|i| i["metadata"]["name"] == name.as_str()).expect("listed");
+        let item = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["metadata"]["name"] == name.as_str())
+            .expect("listed");
         assert_eq!(strip_server_set(item), want, "{file}: LIST");
-        let ev = watch_lines(&sim, &format!("{collection}?watch=true&resourceVersion={before}"), 1).await;
+        let ev = watch_lines(
+            &sim,
+            &format!("{collection}?watch=true&resourceVersion={before}"),
+            1,
+        )
+        .await;
         assert_eq!(ev[0]["type"], "ADDED", "{file}");
         assert_eq!(strip_server_set(&ev[0]["object"]), want, "{file}: WATCH");
         checked.push(file);
     }
     eprintln!("fixtures checked: {checked:?}");
-    assert!(checked.len() >= 20, "only {} fixtures served: {checked:?}", checked.len());
+    assert!(
+        checked.len() >= 20,
+        "only {} fixtures served: {checked:?}",
+        checked.len()
+    );
 }

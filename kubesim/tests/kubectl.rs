@@ -25,7 +25,11 @@ impl Kubectl {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         sim.write_kubeconfig(&kubeconfig).unwrap();
-        Some(Kubectl { bin, dir, kubeconfig })
+        Some(Kubectl {
+            bin,
+            dir,
+            kubeconfig,
+        })
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
@@ -44,9 +48,16 @@ impl Kubectl {
     }
 
     async fn run(&self, args: &[&str]) -> String {
-        let out = tokio::time::timeout(Duration::from_secs(60), self.cmd(args).output()).await.expect("kubectl finished in time").unwrap();
+        let out = tokio::time::timeout(Duration::from_secs(60), self.cmd(args).output())
+            .await
+            .expect("kubectl finished in time")
+            .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "kubectl {args:?} failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         stdout
     }
 
@@ -79,9 +90,14 @@ async fn kubectl_get_prints_a_table_and_json() {
     assert!(all.contains("kube-system"), "{all}");
     let list: Value = serde_json::from_str(&k.run(&["get", "pods", "-o", "json"]).await).unwrap();
     assert_eq!(list["items"].as_array().unwrap().len(), 2);
-    let one: Value = serde_json::from_str(&k.run(&["get", "pod", "web-1", "-o", "json"]).await).unwrap();
+    let one: Value =
+        serde_json::from_str(&k.run(&["get", "pod", "web-1", "-o", "json"]).await).unwrap();
     assert_eq!(one["spec"]["nodeName"], "node-0");
-    assert!(sim.request_log().iter().any(|r| r.verb == "list" && r.path == "/api/v1/namespaces/default/pods"));
+    assert!(
+        sim.request_log()
+            .iter()
+            .any(|r| r.verb == "list" && r.path == "/api/v1/namespaces/default/pods")
+    );
 }
 
 #[tokio::test]
@@ -93,19 +109,41 @@ async fn kubectl_get_with_label_and_field_selectors_filters_server_side() {
     sim.create("v1", "Pod", pod("db-1", "db")).unwrap();
     let out = k.run(&["get", "pods", "-l", "app=web", "-o", "name"]).await;
     assert_eq!(out.lines().collect::<Vec<_>>(), ["pod/web-1", "pod/web-2"]);
-    let out = k.run(&["get", "pods", "-l", "app notin (web)", "-o", "name"]).await;
+    let out = k
+        .run(&["get", "pods", "-l", "app notin (web)", "-o", "name"])
+        .await;
     assert_eq!(out.trim(), "pod/db-1");
-    let out = k.run(&["get", "pods", "-A", "--field-selector", "metadata.name=web-2", "-o", "name"]).await;
+    let out = k
+        .run(&[
+            "get",
+            "pods",
+            "-A",
+            "--field-selector",
+            "metadata.name=web-2",
+            "-o",
+            "name",
+        ])
+        .await;
     assert_eq!(out.trim(), "pod/web-2");
-    assert!(sim.request_log().iter().any(|r| r.param("labelSelector") == Some("app=web")));
+    assert!(
+        sim.request_log()
+            .iter()
+            .any(|r| r.param("labelSelector") == Some("app=web"))
+    );
 }
 
 #[tokio::test]
 async fn kubectl_get_watch_streams_new_objects() {
     let sim = start().await;
     let Some(k) = Kubectl::new(&sim) else { return };
-    sim.create("v1", "ConfigMap", cm("first", "default", "1")).unwrap();
-    let mut child = k.cmd(&["get", "configmaps", "-w"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    sim.create("v1", "ConfigMap", cm("first", "default", "1"))
+        .unwrap();
+    let mut child = k
+        .cmd(&["get", "configmaps", "-w"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut seen = Vec::new();
     let r = tokio::time::timeout(Duration::from_secs(30), async {
@@ -113,7 +151,8 @@ async fn kubectl_get_watch_streams_new_objects() {
             seen.push(l.clone());
             if l.contains("first") {
                 // The initial list is printed; now a change must arrive through the watch.
-                sim.create("v1", "ConfigMap", cm("second", "default", "1")).unwrap();
+                sim.create("v1", "ConfigMap", cm("second", "default", "1"))
+                    .unwrap();
             }
             if l.contains("second") {
                 return;
@@ -123,7 +162,11 @@ async fn kubectl_get_watch_streams_new_objects() {
     .await;
     let _ = child.kill().await;
     assert!(r.is_ok(), "kubectl -w printed {seen:?}");
-    assert!(sim.request_log().iter().any(|r| r.watch && r.path.ends_with("/configmaps")));
+    assert!(
+        sim.request_log()
+            .iter()
+            .any(|r| r.watch && r.path.ends_with("/configmaps"))
+    );
 }
 
 #[tokio::test]
@@ -134,26 +177,44 @@ async fn kubectl_apply_creates_then_patches_with_strategic_merge() {
         "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}},
         "spec": {"containers": [{"name": "main", "image": "nginx:1", "env": [{"name": "A", "value": "1"}]}, {"name": "side", "image": "envoy"}]}}}});
     let f = k.write("d.json", &d);
-    let out = k.run(&["apply", "--validate=false", "-f", path_str(&f)]).await;
+    let out = k
+        .run(&["apply", "--validate=false", "-f", path_str(&f)])
+        .await;
     assert!(out.contains("created"), "{out}");
-    let created = sim.get("apps/v1", "Deployment", Some("default"), "web").unwrap();
+    let created = sim
+        .get("apps/v1", "Deployment", Some("default"), "web")
+        .unwrap();
     assert_eq!(created["metadata"]["generation"], 1);
-    assert!(created["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"].is_string());
+    assert!(
+        created["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+            .is_string()
+    );
     d["spec"]["replicas"] = json!(3);
     d["spec"]["template"]["spec"]["containers"][0]["image"] = json!("nginx:2");
-    d["spec"]["template"]["spec"]["containers"].as_array_mut().unwrap().pop();
+    d["spec"]["template"]["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .pop();
     let f = k.write("d.json", &d);
-    let out = k.run(&["apply", "--validate=false", "-f", path_str(&f)]).await;
+    let out = k
+        .run(&["apply", "--validate=false", "-f", path_str(&f)])
+        .await;
     assert!(out.contains("configured"), "{out}");
-    let got = sim.get("apps/v1", "Deployment", Some("default"), "web").unwrap();
+    let got = sim
+        .get("apps/v1", "Deployment", Some("default"), "web")
+        .unwrap();
     assert_eq!(got["spec"]["replicas"], 3);
-    let containers = got["spec"]["template"]["spec"]["containers"].as_array().unwrap();
+    let containers = got["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap();
     assert_eq!(containers.len(), 1, "{containers:?}");
     assert_eq!(containers[0]["image"], "nginx:2");
     assert_eq!(containers[0]["env"][0]["value"], "1");
     assert_eq!(got["metadata"]["generation"], 2);
     assert!(sim.request_log().iter().any(|r| r.verb == "patch"));
-    let out = k.run(&["apply", "--validate=false", "-f", path_str(&f)]).await;
+    let out = k
+        .run(&["apply", "--validate=false", "-f", path_str(&f)])
+        .await;
     assert!(out.contains("unchanged"), "{out}");
 }
 
@@ -161,12 +222,19 @@ async fn kubectl_apply_creates_then_patches_with_strategic_merge() {
 async fn kubectl_delete_removes_the_object_and_returns() {
     let sim = start().await;
     let Some(k) = Kubectl::new(&sim) else { return };
-    sim.create("v1", "ConfigMap", cm("doomed", "default", "1")).unwrap();
+    sim.create("v1", "ConfigMap", cm("doomed", "default", "1"))
+        .unwrap();
     sim.create("v1", "Pod", pod("doomed-pod", "x")).unwrap();
     let out = k.run(&["delete", "configmap", "doomed"]).await;
     assert!(out.contains("deleted"), "{out}");
-    assert!(sim.get("v1", "ConfigMap", Some("default"), "doomed").is_none());
+    assert!(
+        sim.get("v1", "ConfigMap", Some("default"), "doomed")
+            .is_none()
+    );
     let out = k.run(&["delete", "pod", "doomed-pod", "--wait=true"]).await;
     assert!(out.contains("deleted"), "{out}");
-    assert!(sim.get("v1", "Pod", Some("default"), "doomed-pod").is_none());
+    assert!(
+        sim.get("v1", "Pod", Some("default"), "doomed-pod")
+            .is_none()
+    );
 }

@@ -12,10 +12,21 @@ use super::{Body, Shared, json_response};
 use crate::error::ApiError;
 use crate::faults::{Faults, StopMode};
 
-pub(crate) fn handle(sh: &Arc<Shared>, method: &Method, path: &str, q: Query<'_>, body: Bytes) -> Result<Response<Body>, ApiError> {
-    let ok = |extra: serde_json::Value| json_response(StatusCode::OK, &json!({"ok": true, "result": extra}));
+pub(crate) fn handle(
+    sh: &Arc<Shared>,
+    method: &Method,
+    path: &str,
+    q: Query<'_>,
+    body: Bytes,
+) -> Result<Response<Body>, ApiError> {
+    let ok = |extra: serde_json::Value| {
+        json_response(StatusCode::OK, &json!({"ok": true, "result": extra}))
+    };
     match (method, path) {
-        (&Method::GET, "requests") => Ok(json_response(StatusCode::OK, &serde_json::to_value(sh.reqlog.snapshot()).unwrap_or_default())),
+        (&Method::GET, "requests") => Ok(json_response(
+            StatusCode::OK,
+            &serde_json::to_value(sh.reqlog.snapshot()).unwrap_or_default(),
+        )),
         (&Method::DELETE, "requests") => {
             sh.reqlog.clear();
             Ok(ok(json!(null)))
@@ -27,11 +38,14 @@ pub(crate) fn handle(sh: &Arc<Shared>, method: &Method, path: &str, q: Query<'_>
         (&Method::POST, "compact") => {
             let store = sh.store();
             store.compact();
-            Ok(ok(json!({"compactedResourceVersion": store.compacted_rv().to_string()})))
+            Ok(ok(
+                json!({"compactedResourceVersion": store.compacted_rv().to_string()}),
+            ))
         }
         (&Method::GET, "faults") => Ok(ok(serde_json::to_value(sh.faults()).unwrap_or_default())),
         (&Method::POST | &Method::PUT, "faults") => {
-            let f: Faults = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid faults: {e}")))?;
+            let f: Faults = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::bad_request(format!("invalid faults: {e}")))?;
             sh.set_faults(Some(f));
             Ok(ok(json!(null)))
         }
@@ -43,7 +57,11 @@ pub(crate) fn handle(sh: &Arc<Shared>, method: &Method, path: &str, q: Query<'_>
             let mode = match q.get("mode") {
                 None | Some("hang") => StopMode::Hang,
                 Some("reset") => StopMode::Reset,
-                Some(other) => return Err(ApiError::bad_request(format!("mode must be hang or reset, not {other:?}"))),
+                Some(other) => {
+                    return Err(ApiError::bad_request(format!(
+                        "mode must be hang or reset, not {other:?}"
+                    )));
+                }
             };
             sh.stop.send_replace(mode);
             Ok(ok(json!(null)))

@@ -6,14 +6,26 @@ use serde_json::{Value, json};
 use crate::kinds::{KindInfo, Registry};
 
 /// Media type of aggregated discovery responses (and what clients put in Accept to ask for it).
-pub(crate) const AGGREGATED_CT: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+pub(crate) const AGGREGATED_CT: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
 /// Whether an Accept header asks for aggregated discovery (v2 or v2beta1).
 pub(crate) fn wants_aggregated(accept: &str) -> bool {
-    accept.split(',').next().is_some_and(|first| first.contains("as=APIGroupDiscoveryList") && first.contains("g=apidiscovery.k8s.io"))
+    accept.split(',').next().is_some_and(|first| {
+        first.contains("as=APIGroupDiscoveryList") && first.contains("g=apidiscovery.k8s.io")
+    })
 }
 
-const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 
 pub(crate) fn version() -> Value {
     json!({
@@ -38,17 +50,29 @@ pub(crate) fn core_versions(server: &str) -> Value {
 }
 
 fn group_entry(group: &str, versions: &[String]) -> Value {
-    let vs: Vec<Value> = versions.iter().map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v})).collect();
+    let vs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+        .collect();
     json!({"name": group, "versions": vs, "preferredVersion": vs[0].clone()})
 }
 
 pub(crate) fn groups(reg: &Registry) -> Value {
-    let groups: Vec<Value> = reg.groups().iter().map(|(g, vs)| group_entry(g, vs)).collect();
+    let groups: Vec<Value> = reg
+        .groups()
+        .iter()
+        .map(|(g, vs)| group_entry(g, vs))
+        .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 pub(crate) fn group(reg: &Registry, name: &str) -> Value {
-    let vs = reg.groups().into_iter().find(|(g, _)| g == name).map(|(_, v)| v).unwrap_or_default();
+    let vs = reg
+        .groups()
+        .into_iter()
+        .find(|(g, _)| g == name)
+        .map(|(_, v)| v)
+        .unwrap_or_default();
     let mut g = group_entry(name, &vs);
     g["kind"] = json!("APIGroup");
     g["apiVersion"] = json!("v1");
@@ -77,7 +101,11 @@ pub(crate) fn resources(reg: &Registry, group: &str, version: &str) -> Value {
             "verbs": ["get", "patch", "update"],
         }));
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list})
 }
 
@@ -104,7 +132,10 @@ fn aggregated_group(reg: &Registry, group: &str, versions: &[String]) -> Value {
     let vs: Vec<Value> = versions
         .iter()
         .map(|v| {
-            let res: Vec<Value> = reg.in_group_version(group, v).map(aggregated_resource).collect();
+            let res: Vec<Value> = reg
+                .in_group_version(group, v)
+                .map(aggregated_resource)
+                .collect();
             json!({"version": v, "resources": res, "freshness": "Current"})
         })
         .collect();
@@ -116,7 +147,10 @@ pub(crate) fn aggregated(reg: &Registry, core: bool) -> Value {
     let items: Vec<Value> = if core {
         vec![aggregated_group(reg, "", &["v1".to_string()])]
     } else {
-        reg.groups().iter().map(|(g, vs)| aggregated_group(reg, g, vs)).collect()
+        reg.groups()
+            .iter()
+            .map(|(g, vs)| aggregated_group(reg, g, vs))
+            .collect()
     };
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
 }

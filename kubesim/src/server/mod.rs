@@ -41,16 +41,27 @@ pub(crate) fn full(code: StatusCode, ct: &str, b: impl Into<Bytes>) -> Response<
     Response::builder()
         .status(code)
         .header("content-type", ct)
-        .body(Full::new(b.into()).map_err(|e: Infallible| match e {}).boxed())
+        .body(
+            Full::new(b.into())
+                .map_err(|e: Infallible| match e {})
+                .boxed(),
+        )
         .expect("static response parts are valid")
 }
 
 pub(crate) fn json_response(code: StatusCode, v: &serde_json::Value) -> Response<Body> {
-    full(code, "application/json", serde_json::to_vec(v).unwrap_or_default())
+    full(
+        code,
+        "application/json",
+        serde_json::to_vec(v).unwrap_or_default(),
+    )
 }
 
 fn error_response(e: &ApiError) -> Response<Body> {
-    let mut r = json_response(StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &e.to_status());
+    let mut r = json_response(
+        StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &e.to_status(),
+    );
     if let Some(s) = e.retry_after {
         r.headers_mut().insert("retry-after", s.into());
     }
@@ -101,7 +112,10 @@ impl Shared {
     }
 
     pub(crate) fn faults(&self) -> Option<Faults> {
-        self.faults.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub(crate) fn set_faults(&self, f: Option<Faults>) {
@@ -120,7 +134,9 @@ impl Shared {
     pub(crate) async fn listen(self: &Arc<Self>) -> Result<(), Error> {
         let addr = self.addr();
         let listener = bind(addr).map_err(|source| Error::Bind { addr, source })?;
-        let bound = listener.local_addr().map_err(|source| Error::Bind { addr, source })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| Error::Bind { addr, source })?;
         *self.addr.lock().unwrap_or_else(|e| e.into_inner()) = bound;
         let (tx, rx) = oneshot::channel();
         let join = tokio::spawn(serve(self.clone(), listener, rx));
@@ -138,7 +154,10 @@ impl Shared {
     }
 
     /// Boxed so the accept loop's future type does not contain itself (admin restart → listen → serve).
-    pub(crate) fn restart(self: &Arc<Self>, keep_state: bool) -> futures::future::BoxFuture<'static, Result<(), Error>> {
+    pub(crate) fn restart(
+        self: &Arc<Self>,
+        keep_state: bool,
+    ) -> futures::future::BoxFuture<'static, Result<(), Error>> {
         let sh = self.clone();
         Box::pin(async move {
             sh.stop_server().await;
@@ -152,7 +171,11 @@ impl Shared {
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let sock = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     // Restarts rebind the same port while old connections sit in TIME_WAIT.
     sock.set_reuseaddr(true)?;
     sock.bind(addr)?;
@@ -224,7 +247,13 @@ async fn handle(sh: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body
         time,
         status,
     };
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
     let (accept, content_type) = (header("accept"), header("content-type"));
 
     if !matches!(route, Route::Admin(_)) {
@@ -234,7 +263,10 @@ async fn handle(sh: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body
                 StopMode::Answering => break,
                 StopMode::Reset => {
                     sh.reqlog.push(record(0));
-                    return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "kubesim: not answering"));
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "kubesim: not answering",
+                    ));
                 }
                 StopMode::Hang => {
                     let mut rx = sh.stop.subscribe();
@@ -245,7 +277,10 @@ async fn handle(sh: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body
         if let Some(f) = sh.faults().filter(|f| f.applies(verb, watch)) {
             let (delay, fail) = {
                 let mut rng = rand::rng();
-                (rng.random_bool(f.delay_rate.clamp(0.0, 1.0)), rng.random_bool(f.error_rate.clamp(0.0, 1.0)))
+                (
+                    rng.random_bool(f.delay_rate.clamp(0.0, 1.0)),
+                    rng.random_bool(f.error_rate.clamp(0.0, 1.0)),
+                )
             };
             if delay {
                 tokio::time::sleep(Duration::from_millis(f.delay_ms)).await;
@@ -261,12 +296,27 @@ async fn handle(sh: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
-            let e = ApiError::new(413, "RequestEntityTooLarge", "Request entity too large: limit is 3145728");
+            let e = ApiError::new(
+                413,
+                "RequestEntityTooLarge",
+                "Request entity too large: limit is 3145728",
+            );
             sh.reqlog.push(record(413));
             return Ok(error_response(&e));
         }
     };
-    let resp = match dispatch(&sh, route, method.clone(), q, body, accept, content_type, watch).await {
+    let resp = match dispatch(
+        &sh,
+        route,
+        method.clone(),
+        q,
+        body,
+        accept,
+        content_type,
+        watch,
+    )
+    .await
+    {
         Ok(r) => r,
         Err(e) => error_response(&e),
     };
@@ -300,27 +350,49 @@ async fn dispatch(
     watch: bool,
 ) -> Result<Response<Body>, ApiError> {
     let get_only = |v: serde_json::Value| {
-        if method == Method::GET { Ok(json_response(StatusCode::OK, &v)) } else { Err(ApiError::method_not_allowed()) }
+        if method == Method::GET {
+            Ok(json_response(StatusCode::OK, &v))
+        } else {
+            Err(ApiError::method_not_allowed())
+        }
     };
     let aggregated = |core: bool| {
         let v = discovery::aggregated(&sh.registry, core);
-        let mut r = full(StatusCode::OK, discovery::AGGREGATED_CT, serde_json::to_vec(&v).unwrap_or_default());
-        r.headers_mut().insert("vary", http::HeaderValue::from_static("Accept"));
+        let mut r = full(
+            StatusCode::OK,
+            discovery::AGGREGATED_CT,
+            serde_json::to_vec(&v).unwrap_or_default(),
+        );
+        r.headers_mut()
+            .insert("vary", http::HeaderValue::from_static("Accept"));
         r
     };
     match route {
         Route::Version => get_only(discovery::version()),
         Route::Health => Ok(full(StatusCode::OK, "text/plain; charset=utf-8", "ok")),
-        Route::CoreVersions if method == Method::GET && discovery::wants_aggregated(&accept) => Ok(aggregated(true)),
+        Route::CoreVersions if method == Method::GET && discovery::wants_aggregated(&accept) => {
+            Ok(aggregated(true))
+        }
         Route::CoreVersions => get_only(discovery::core_versions(&sh.addr().to_string())),
-        Route::Groups if method == Method::GET && discovery::wants_aggregated(&accept) => Ok(aggregated(false)),
+        Route::Groups if method == Method::GET && discovery::wants_aggregated(&accept) => {
+            Ok(aggregated(false))
+        }
         Route::Groups => get_only(discovery::groups(&sh.registry)),
         Route::Group(g) => get_only(discovery::group(&sh.registry, &g)),
         Route::Resources(g, v) => get_only(discovery::resources(&sh.registry, &g, &v)),
         Route::Admin(p) => admin::handle(sh, &method, &p, q, body),
         Route::NotFound => Err(ApiError::path_not_found()),
         Route::Resource(r) => {
-            let ctx = Ctx { shared: sh, store: sh.store(), method, query: q, body, content_type, accept, watch };
+            let ctx = Ctx {
+                shared: sh,
+                store: sh.store(),
+                method,
+                query: q,
+                body,
+                content_type,
+                accept,
+                watch,
+            };
             resources::handle(ctx, r).await
         }
     }

@@ -23,10 +23,17 @@ pub(crate) struct Query<'a>(pub &'a [(String, String)]);
 
 impl Query<'_> {
     pub(crate) fn get(&self, k: &str) -> Option<&str> {
-        self.0.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .rev()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
     }
     pub(crate) fn flag(&self, k: &str) -> bool {
-        matches!(self.get(k), Some("true" | "1" | "True" | "TRUE" | "t" | "T"))
+        matches!(
+            self.get(k),
+            Some("true" | "1" | "True" | "TRUE" | "t" | "T")
+        )
     }
     fn nonempty(&self, k: &str) -> Option<&str> {
         self.get(k).filter(|s| !s.is_empty())
@@ -52,7 +59,10 @@ pub(crate) async fn handle(ctx: Ctx<'_>, r: ResourceRoute) -> Result<Response<Bo
         (&Method::GET, _) if ctx.watch || r.legacy_watch => watch(&ctx, &info, &r),
         (&Method::GET, None) => list(&ctx, &info, &r).await,
         (&Method::GET, Some(name)) => {
-            let obj = ctx.store.get(r.kind, &ns, name).ok_or_else(|| ApiError::not_found(&info.spec.group, &info.spec.plural, name))?;
+            let obj = ctx
+                .store
+                .get(r.kind, &ns, name)
+                .ok_or_else(|| ApiError::not_found(&info.spec.group, &info.spec.plural, name))?;
             Ok(object_response(&ctx, StatusCode::OK, &obj))
         }
         (&Method::POST, None) => {
@@ -66,14 +76,24 @@ pub(crate) async fn handle(ctx: Ctx<'_>, r: ResourceRoute) -> Result<Response<Bo
             let (group, plural) = (info.spec.group.clone(), info.spec.plural.clone());
             let (obj, _) = ctx.store.upsert(r.kind, &ns, name, |cur| {
                 let cur = cur.ok_or_else(|| ApiError::not_found(&group, &plural, name))?;
-                Ok(if status_only { with_status_of(cur, &body) } else { body })
+                Ok(if status_only {
+                    with_status_of(cur, &body)
+                } else {
+                    body
+                })
             })?;
             Ok(object_response(&ctx, StatusCode::OK, &obj))
         }
         (&Method::PATCH, Some(name)) => patch(&ctx, &info, &r, name),
         (&Method::DELETE, Some(name)) => {
-            let opts: Value = if ctx.body.is_empty() { json!({}) } else { parse_json(&ctx.body)? };
-            let pre_rv = opts.pointer("/preconditions/resourceVersion").and_then(Value::as_str);
+            let opts: Value = if ctx.body.is_empty() {
+                json!({})
+            } else {
+                parse_json(&ctx.body)?
+            };
+            let pre_rv = opts
+                .pointer("/preconditions/resourceVersion")
+                .and_then(Value::as_str);
             let pre_uid = opts.pointer("/preconditions/uid").and_then(Value::as_str);
             let obj = ctx.store.delete(r.kind, &ns, name, pre_rv, pre_uid)?;
             Ok(object_response(&ctx, StatusCode::OK, &obj))
@@ -83,19 +103,28 @@ pub(crate) async fn handle(ctx: Ctx<'_>, r: ResourceRoute) -> Result<Response<Bo
             let (_, all) = ctx.store.all(r.kind, r.ns.as_deref());
             let mut deleted = Vec::new();
             for o in all.iter().filter(|o| matches(o, &info, &labels, &fields)) {
-                if let Ok(d) = ctx.store.delete(r.kind, o.namespace(), o.name(), None, None) {
+                if let Ok(d) = ctx
+                    .store
+                    .delete(r.kind, o.namespace(), o.name(), None, None)
+                {
                     deleted.push(d);
                 }
             }
             let rv = ctx.store.current_rv();
-            Ok(full(StatusCode::OK, "application/json", list_bytes(&info, &deleted, rv, None, None)))
+            Ok(full(
+                StatusCode::OK,
+                "application/json",
+                list_bytes(&info, &deleted, rv, None, None),
+            ))
         }
         _ => Err(ApiError::method_not_allowed()),
     }
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
+    })
 }
 
 /// The current object with only `.status` taken from `new` (status subresource writes).
@@ -115,8 +144,14 @@ fn with_status_of(cur: &Value, new: &Value) -> Value {
     out
 }
 
-fn patch(ctx: &Ctx<'_>, info: &KindInfo, r: &ResourceRoute, name: &str) -> Result<Response<Body>, ApiError> {
-    let kind = PatchKind::from_content_type(&ctx.content_type).ok_or_else(|| ApiError::unsupported_media_type(&ctx.content_type))?;
+fn patch(
+    ctx: &Ctx<'_>,
+    info: &KindInfo,
+    r: &ResourceRoute,
+    name: &str,
+) -> Result<Response<Body>, ApiError> {
+    let kind = PatchKind::from_content_type(&ctx.content_type)
+        .ok_or_else(|| ApiError::unsupported_media_type(&ctx.content_type))?;
     let ns = r.ns.clone().unwrap_or_default();
     let status_only = r.sub.is_some();
     let (group, plural) = (info.spec.group.clone(), info.spec.plural.clone());
@@ -125,7 +160,14 @@ fn patch(ctx: &Ctx<'_>, info: &KindInfo, r: &ResourceRoute, name: &str) -> Resul
         PatchKind::Apply => {
             let cfg = patch::parse_apply_body(&ctx.body)?;
             let manager = ctx.query.nonempty("fieldManager").ok_or_else(|| {
-                ApiError::invalid("meta.k8s.io", "PatchOptions", "", "fieldManager", "FieldValueRequired", "Required value: is required for apply patch")
+                ApiError::invalid(
+                    "meta.k8s.io",
+                    "PatchOptions",
+                    "",
+                    "fieldManager",
+                    "FieldValueRequired",
+                    "Required value: is required for apply patch",
+                )
             })?;
             let force = ctx.query.flag("force");
             let api_version = info.api_version.clone();
@@ -158,11 +200,23 @@ fn patch(ctx: &Ctx<'_>, info: &KindInfo, r: &ResourceRoute, name: &str) -> Resul
                     PatchKind::Strategic => patch::strategic_merge_patch(&mut v, &p),
                     _ => patch::json_patch(&mut v, &p)?,
                 }
-                Ok(if status_only { with_status_of(cur, &v) } else { v })
+                Ok(if status_only {
+                    with_status_of(cur, &v)
+                } else {
+                    v
+                })
             })?
         }
     };
-    Ok(object_response(ctx, if created { StatusCode::CREATED } else { StatusCode::OK }, &obj))
+    Ok(object_response(
+        ctx,
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        &obj,
+    ))
 }
 
 fn object_response(ctx: &Ctx<'_>, code: StatusCode, obj: &StoredObj) -> Response<Body> {
@@ -174,9 +228,13 @@ fn object_response(ctx: &Ctx<'_>, code: StatusCode, obj: &StoredObj) -> Response
     full(code, "application/json", obj.bytes.clone())
 }
 
-fn selectors(ctx: &Ctx<'_>, info: &KindInfo) -> Result<(Option<LabelSelector>, Option<FieldSelector>), ApiError> {
+fn selectors(
+    ctx: &Ctx<'_>,
+    info: &KindInfo,
+) -> Result<(Option<LabelSelector>, Option<FieldSelector>), ApiError> {
     let labels = match ctx.query.nonempty("labelSelector") {
-        Some(s) => Some(LabelSelector::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?).filter(|l| !l.is_empty()),
+        Some(s) => Some(LabelSelector::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?)
+            .filter(|l| !l.is_empty()),
         None => None,
     };
     let fields = match ctx.query.nonempty("fieldSelector") {
@@ -184,7 +242,10 @@ fn selectors(ctx: &Ctx<'_>, info: &KindInfo) -> Result<(Option<LabelSelector>, O
             let f = FieldSelector::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?;
             for r in &f.requirements {
                 if !info.supports_field(&r.field) {
-                    return Err(ApiError::bad_request(format!("field label not supported: {}", r.field)));
+                    return Err(ApiError::bad_request(format!(
+                        "field label not supported: {}",
+                        r.field
+                    )));
                 }
             }
             Some(f).filter(|f| !f.is_empty())
@@ -194,14 +255,28 @@ fn selectors(ctx: &Ctx<'_>, info: &KindInfo) -> Result<(Option<LabelSelector>, O
     Ok((labels, fields))
 }
 
-fn matches(o: &StoredObj, info: &KindInfo, l: &Option<LabelSelector>, f: &Option<FieldSelector>) -> bool {
-    l.as_ref().is_none_or(|l| l.matches_object(&o.value)) && f.as_ref().is_none_or(|f| f.matches(&o.value, &info.spec.kind))
+fn matches(
+    o: &StoredObj,
+    info: &KindInfo,
+    l: &Option<LabelSelector>,
+    f: &Option<FieldSelector>,
+) -> bool {
+    l.as_ref().is_none_or(|l| l.matches_object(&o.value))
+        && f.as_ref()
+            .is_none_or(|f| f.matches(&o.value, &info.spec.kind))
 }
 
 fn parse_rv(s: &str) -> Result<u64, ApiError> {
     s.parse::<u64>().map_err(|_| {
-        ApiError::invalid("meta.k8s.io", "ListOptions", "", "resourceVersion", "FieldValueInvalid", &format!("Invalid value: {s:?}: must be a non-negative integer"))
-            .tap_code(400, "BadRequest")
+        ApiError::invalid(
+            "meta.k8s.io",
+            "ListOptions",
+            "",
+            "resourceVersion",
+            "FieldValueInvalid",
+            &format!("Invalid value: {s:?}: must be a non-negative integer"),
+        )
+        .tap_code(400, "BadRequest")
     })
 }
 
@@ -218,13 +293,21 @@ impl TapCode for ApiError {
 }
 
 fn list_options_invalid(field: &str, detail: &str) -> ApiError {
-    ApiError::invalid("meta.k8s.io", "ListOptions", "", field, "FieldValueForbidden", detail)
+    ApiError::invalid(
+        "meta.k8s.io",
+        "ListOptions",
+        "",
+        field,
+        "FieldValueForbidden",
+        detail,
+    )
 }
 
 /// The continue token: base64 of `{"v":"meta.k8s.io/v1","rv":N,"start":"ns/name\u0000"}` like upstream.
 fn encode_continue(rv: u64, key: &ObjKey) -> String {
     let start = format!("{}/{}\u{0}", key.0, key.1);
-    base64::engine::general_purpose::URL_SAFE.encode(json!({"v": "meta.k8s.io/v1", "rv": rv, "start": start}).to_string())
+    base64::engine::general_purpose::URL_SAFE
+        .encode(json!({"v": "meta.k8s.io/v1", "rv": rv, "start": start}).to_string())
 }
 
 fn decode_continue(tok: &str) -> Result<(u64, ObjKey), ApiError> {
@@ -235,16 +318,33 @@ fn decode_continue(tok: &str) -> Result<(u64, ObjKey), ApiError> {
         .map_err(|_| bad("illegal base64 data"))?;
     let v: Value = serde_json::from_slice(&raw).map_err(|_| bad("not a JSON continue token"))?;
     if v.get("v").and_then(Value::as_str) != Some("meta.k8s.io/v1") {
-        return Err(bad("incorrect encoded start resourceVersion (version meta.k8s.io/v1)"));
+        return Err(bad(
+            "incorrect encoded start resourceVersion (version meta.k8s.io/v1)",
+        ));
     }
-    let rv = v.get("rv").and_then(Value::as_u64).filter(|rv| *rv > 0).ok_or_else(|| bad("incorrect encoded start resourceVersion (version meta.k8s.io/v1)"))?;
-    let start = v.get("start").and_then(Value::as_str).ok_or_else(|| bad("missing start key"))?;
+    let rv = v
+        .get("rv")
+        .and_then(Value::as_u64)
+        .filter(|rv| *rv > 0)
+        .ok_or_else(|| bad("incorrect encoded start resourceVersion (version meta.k8s.io/v1)"))?;
+    let start = v
+        .get("start")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("missing start key"))?;
     let start = start.strip_suffix('\u{0}').unwrap_or(start);
-    let (ns, name) = start.split_once('/').ok_or_else(|| bad("invalid start key"))?;
+    let (ns, name) = start
+        .split_once('/')
+        .ok_or_else(|| bad("invalid start key"))?;
     Ok((rv, (ns.to_string(), name.to_string())))
 }
 
-fn list_bytes(info: &KindInfo, items: &[Arc<StoredObj>], rv: u64, cont: Option<&str>, remaining: Option<usize>) -> Bytes {
+fn list_bytes(
+    info: &KindInfo,
+    items: &[Arc<StoredObj>],
+    rv: u64,
+    cont: Option<&str>,
+    remaining: Option<usize>,
+) -> Bytes {
     let mut meta = json!({"resourceVersion": rv.to_string()});
     if let Some(c) = cont {
         meta["continue"] = json!(c);
@@ -269,28 +369,50 @@ fn list_bytes(info: &KindInfo, items: &[Arc<StoredObj>], rv: u64, cont: Option<&
     buf.freeze()
 }
 
-async fn list(ctx: &Ctx<'_>, info: &KindInfo, r: &ResourceRoute) -> Result<Response<Body>, ApiError> {
+async fn list(
+    ctx: &Ctx<'_>,
+    info: &KindInfo,
+    r: &ResourceRoute,
+) -> Result<Response<Body>, ApiError> {
     let (labels, fields) = selectors(ctx, info)?;
     let rv = ctx.query.nonempty("resourceVersion");
     let rvm = ctx.query.nonempty("resourceVersionMatch");
     let cont = ctx.query.nonempty("continue");
     let limit = match ctx.query.nonempty("limit") {
-        Some(l) => Some(l.parse::<i64>().map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?).filter(|l| *l > 0).map(|l| l as usize),
+        Some(l) => Some(
+            l.parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+        )
+        .filter(|l| *l > 0)
+        .map(|l| l as usize),
         None => None,
     };
     if rvm.is_some() && rv.is_none() {
-        return Err(list_options_invalid("resourceVersionMatch", "Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided"));
+        return Err(list_options_invalid(
+            "resourceVersionMatch",
+            "Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided",
+        ));
     }
     if rvm.is_some() && cont.is_some() {
-        return Err(list_options_invalid("resourceVersionMatch", "Forbidden: resourceVersionMatch is forbidden when continue is provided"));
+        return Err(list_options_invalid(
+            "resourceVersionMatch",
+            "Forbidden: resourceVersionMatch is forbidden when continue is provided",
+        ));
     }
     let (at, start) = if let Some(tok) = cont {
         if rv.is_some_and(|v| v != "0") {
-            return Err(list_options_invalid("resourceVersion", "Forbidden: specifying resource version is not allowed when using continue"));
+            return Err(list_options_invalid(
+                "resourceVersion",
+                "Forbidden: specifying resource version is not allowed when using continue",
+            ));
         }
         let (at, key) = decode_continue(tok)?;
         if at < ctx.store.compacted_rv() {
-            return Err(ApiError::new(410, "Expired", "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list."));
+            return Err(ApiError::new(
+                410,
+                "Expired",
+                "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
+            ));
         }
         (Some(at), Some(key))
     } else {
@@ -299,7 +421,10 @@ async fn list(ctx: &Ctx<'_>, info: &KindInfo, r: &ResourceRoute) -> Result<Respo
             (Some(v), Some("Exact")) => {
                 let n = parse_rv(v)?;
                 if n == 0 {
-                    return Err(list_options_invalid("resourceVersionMatch", "Forbidden: resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\""));
+                    return Err(list_options_invalid(
+                        "resourceVersionMatch",
+                        "Forbidden: resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+                    ));
                 }
                 wait_for_rv(&ctx.store, n).await?;
                 (Some(n), None)
@@ -310,20 +435,38 @@ async fn list(ctx: &Ctx<'_>, info: &KindInfo, r: &ResourceRoute) -> Result<Respo
                 (None, None)
             }
             (Some(_), Some(other)) => {
-                return Err(ApiError::invalid("meta.k8s.io", "ListOptions", "", "resourceVersionMatch", "FieldValueNotSupported", &format!("Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\", \"\"")));
+                return Err(ApiError::invalid(
+                    "meta.k8s.io",
+                    "ListOptions",
+                    "",
+                    "resourceVersionMatch",
+                    "FieldValueNotSupported",
+                    &format!(
+                        "Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\", \"\""
+                    ),
+                ));
             }
         }
     };
     let filter = |o: &StoredObj| matches(o, info, &labels, &fields);
-    let page = ctx.store.list_page(r.kind, r.ns.as_deref(), at, start.as_ref(), limit, &filter)?;
+    let page = ctx
+        .store
+        .list_page(r.kind, r.ns.as_deref(), at, start.as_ref(), limit, &filter)?;
     let cont = page.next.as_ref().map(|k| encode_continue(page.rv, k));
     let remaining = cont.as_ref().map(|_| page.remaining);
     if table::wants_table(&ctx.accept) {
         let inc = IncludeObject::parse(ctx.query.get("includeObject"));
         let vals: Vec<&Value> = page.items.iter().map(|o| &o.value).collect();
-        return Ok(json_response(StatusCode::OK, &table::table(&vals, &page.rv.to_string(), cont.as_deref(), inc)));
+        return Ok(json_response(
+            StatusCode::OK,
+            &table::table(&vals, &page.rv.to_string(), cont.as_deref(), inc),
+        ));
     }
-    Ok(full(StatusCode::OK, "application/json", list_bytes(info, &page.items, page.rv, cont.as_deref(), remaining)))
+    Ok(full(
+        StatusCode::OK,
+        "application/json",
+        list_bytes(info, &page.items, page.rv, cont.as_deref(), remaining),
+    ))
 }
 
 /// A list "not older than" a revision the store has not reached yet waits for it, then gives up like upstream.
@@ -343,16 +486,28 @@ fn watch(ctx: &Ctx<'_>, info: &KindInfo, r: &ResourceRoute) -> Result<Response<B
     let (labels, fields) = selectors(ctx, info)?;
     let rv = ctx.query.get("resourceVersion");
     let rvm = ctx.query.nonempty("resourceVersionMatch");
-    let send_initial = ctx.query.get("sendInitialEvents").map(|v| matches!(v, "true" | "1" | "True"));
+    let send_initial = ctx
+        .query
+        .get("sendInitialEvents")
+        .map(|v| matches!(v, "true" | "1" | "True"));
     let bookmarks = ctx.query.flag("allowWatchBookmarks");
     if send_initial.is_some() && rvm != Some("NotOlderThan") {
-        return Err(list_options_invalid("resourceVersionMatch", "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"));
+        return Err(list_options_invalid(
+            "resourceVersionMatch",
+            "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+        ));
     }
     if send_initial == Some(true) && !bookmarks {
-        return Err(list_options_invalid("allowWatchBookmarks", "Forbidden: sendInitialEvents requires setting allowWatchBookmarks to true"));
+        return Err(list_options_invalid(
+            "allowWatchBookmarks",
+            "Forbidden: sendInitialEvents requires setting allowWatchBookmarks to true",
+        ));
     }
     if rvm.is_some() && send_initial.is_none() {
-        return Err(list_options_invalid("resourceVersionMatch", "Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided"));
+        return Err(list_options_invalid(
+            "resourceVersionMatch",
+            "Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+        ));
     }
     let start = match (rv.filter(|s| !s.is_empty()), send_initial) {
         (_, Some(true)) => Start::Initial,
@@ -361,10 +516,17 @@ fn watch(ctx: &Ctx<'_>, info: &KindInfo, r: &ResourceRoute) -> Result<Response<B
         (Some(v), _) => Start::From(parse_rv(v)?),
     };
     let timeout = match ctx.query.nonempty("timeoutSeconds") {
-        Some(t) => Duration::from_secs(t.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds {t:?}")))?),
+        Some(t) => Duration::from_secs(
+            t.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds {t:?}")))?,
+        ),
         None => ctx.shared.cfg.default_watch_timeout,
     };
-    let name = r.name.clone().or_else(|| fields.as_ref().and_then(|f| f.required_name().map(str::to_string)));
+    let name = r.name.clone().or_else(|| {
+        fields
+            .as_ref()
+            .and_then(|f| f.required_name().map(str::to_string))
+    });
     let spec = WatchSpec {
         kind: r.kind,
         kind_name: info.spec.kind.clone(),
@@ -378,7 +540,8 @@ fn watch(ctx: &Ctx<'_>, info: &KindInfo, r: &ResourceRoute) -> Result<Response<B
         initial_end: send_initial == Some(true),
         timeout,
         bookmark_interval: ctx.shared.cfg.bookmark_interval,
-        table: table::wants_table(&ctx.accept).then(|| IncludeObject::parse(ctx.query.get("includeObject"))),
+        table: table::wants_table(&ctx.accept)
+            .then(|| IncludeObject::parse(ctx.query.get("includeObject"))),
     };
     let stream = watch::stream(ctx.store.clone(), spec, ctx.shared.drop_rx());
     let body = http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(stream));

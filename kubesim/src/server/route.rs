@@ -40,7 +40,11 @@ pub(crate) struct ResourceRoute {
 }
 
 pub(crate) fn parse(path: &str, reg: &Registry) -> Route {
-    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     match segs.as_slice() {
         ["version"] => Route::Version,
         ["healthz" | "readyz" | "livez", ..] => Route::Health,
@@ -69,7 +73,11 @@ fn resource(group: &str, version: &str, rest: &[&str], reg: &Registry) -> Route 
         r => (false, r),
     };
     if rest.is_empty() {
-        return if legacy_watch { Route::NotFound } else { Route::Resources(group.to_string(), version.to_string()) };
+        return if legacy_watch {
+            Route::NotFound
+        } else {
+            Route::Resources(group.to_string(), version.to_string())
+        };
     }
     // `namespaces/{ns}/{plural}/...` unless it is the Namespace object itself (`namespaces/{name}[/status]`).
     let (ns, rest) = match rest {
@@ -94,14 +102,22 @@ fn resource(group: &str, version: &str, rest: &[&str], reg: &Registry) -> Route 
     let (name, sub) = match rest.as_slice() {
         [_] => (None, None),
         [_, name] => (Some(name.to_string()), None),
-        [_, name, "status"] if !legacy_watch => (Some(name.to_string()), Some("status".to_string())),
+        [_, name, "status"] if !legacy_watch => {
+            (Some(name.to_string()), Some("status".to_string()))
+        }
         _ => return Route::NotFound,
     };
     // Namespaced objects are only addressable by name inside their namespace.
     if namespaced && ns.is_none() && name.is_some() {
         return Route::NotFound;
     }
-    Route::Resource(ResourceRoute { kind, ns, name, sub, legacy_watch })
+    Route::Resource(ResourceRoute {
+        kind,
+        ns,
+        name,
+        sub,
+        legacy_watch,
+    })
 }
 
 /// Decodes a query string into ordered pairs.
@@ -124,7 +140,8 @@ fn percent_decode(s: &str) -> String {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
                     Ok(v) => {
                         out.push(v);
                         i += 2;
@@ -149,28 +166,70 @@ mod tests {
         let pods = reg.by_resource("", "v1", "pods").unwrap();
         let nsk = reg.namespace_kind();
         let r = |p| parse(p, &reg);
-        assert_eq!(r("/api/v1/pods"), Route::Resource(ResourceRoute { kind: pods, ns: None, name: None, sub: None, legacy_watch: false }));
+        assert_eq!(
+            r("/api/v1/pods"),
+            Route::Resource(ResourceRoute {
+                kind: pods,
+                ns: None,
+                name: None,
+                sub: None,
+                legacy_watch: false
+            })
+        );
         assert_eq!(
             r("/api/v1/namespaces/a/pods/b/status"),
-            Route::Resource(ResourceRoute { kind: pods, ns: Some("a".into()), name: Some("b".into()), sub: Some("status".into()), legacy_watch: false })
+            Route::Resource(ResourceRoute {
+                kind: pods,
+                ns: Some("a".into()),
+                name: Some("b".into()),
+                sub: Some("status".into()),
+                legacy_watch: false
+            })
         );
-        assert_eq!(r("/api/v1/namespaces/a"), Route::Resource(ResourceRoute { kind: nsk, ns: None, name: Some("a".into()), sub: None, legacy_watch: false }));
+        assert_eq!(
+            r("/api/v1/namespaces/a"),
+            Route::Resource(ResourceRoute {
+                kind: nsk,
+                ns: None,
+                name: Some("a".into()),
+                sub: None,
+                legacy_watch: false
+            })
+        );
         assert_eq!(
             r("/api/v1/namespaces/a/status"),
-            Route::Resource(ResourceRoute { kind: nsk, ns: None, name: Some("a".into()), sub: Some("status".into()), legacy_watch: false })
+            Route::Resource(ResourceRoute {
+                kind: nsk,
+                ns: None,
+                name: Some("a".into()),
+                sub: Some("status".into()),
+                legacy_watch: false
+            })
         );
-        assert!(matches!(r("/api/v1/watch/namespaces/a/pods"), Route::Resource(ResourceRoute { legacy_watch: true, .. })));
+        assert!(matches!(
+            r("/api/v1/watch/namespaces/a/pods"),
+            Route::Resource(ResourceRoute {
+                legacy_watch: true,
+                ..
+            })
+        ));
         assert_eq!(r("/api/v1/pods/x"), Route::NotFound);
         assert_eq!(r("/api/v1/namespaces/a/nodes"), Route::NotFound);
         assert_eq!(r("/apis/nope/v1/things"), Route::NotFound);
-        assert_eq!(r("/apis/apps/v1"), Route::Resources("apps".into(), "v1".into()));
+        assert_eq!(
+            r("/apis/apps/v1"),
+            Route::Resources("apps".into(), "v1".into())
+        );
     }
 
     #[test]
     fn query_strings_are_percent_decoded() {
         assert_eq!(
             parse_query(Some("labelSelector=app%3Dweb%2Ctier+in+(a)&watch")),
-            vec![("labelSelector".into(), "app=web,tier in (a)".into()), ("watch".into(), "".into())]
+            vec![
+                ("labelSelector".into(), "app=web,tier in (a)".into()),
+                ("watch".into(), "".into())
+            ]
         );
     }
 }

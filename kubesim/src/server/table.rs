@@ -24,7 +24,10 @@ impl IncludeObject {
 
 /// Whether an Accept header asks for a Table (client-go lists the Table types first).
 pub(crate) fn wants_table(accept: &str) -> bool {
-    accept.split(',').next().is_some_and(|first| first.contains("as=Table"))
+    accept
+        .split(',')
+        .next()
+        .is_some_and(|first| first.contains("as=Table"))
 }
 
 fn columns() -> Value {
@@ -58,7 +61,12 @@ fn row(obj: &Value, include: IncludeObject) -> Value {
 }
 
 /// A Table of `items` with list metadata.
-pub(crate) fn table(items: &[&Value], rv: &str, cont: Option<&str>, include: IncludeObject) -> Value {
+pub(crate) fn table(
+    items: &[&Value],
+    rv: &str,
+    cont: Option<&str>,
+    include: IncludeObject,
+) -> Value {
     let mut meta = json!({"resourceVersion": rv});
     if let Some(c) = cont {
         meta["continue"] = json!(c);

@@ -71,7 +71,11 @@ const BATCH_EVENTS: usize = 2048;
 type Item = Result<Frame<Bytes>, std::io::Error>;
 
 /// The body stream of a watch. The drop receiver ends it abruptly (an I/O error resets the connection).
-pub(crate) fn stream(store: Arc<Store>, spec: WatchSpec, drop_rx: watch::Receiver<u64>) -> impl Stream<Item = Item> + Send {
+pub(crate) fn stream(
+    store: Arc<Store>,
+    spec: WatchSpec,
+    drop_rx: watch::Receiver<u64>,
+) -> impl Stream<Item = Item> + Send {
     let now = Instant::now();
     let mut rv_rx = store.subscribe();
     rv_rx.mark_unchanged();
@@ -116,7 +120,11 @@ impl W {
                 Phase::Done => return None,
                 Phase::Error(e) => {
                     let mut buf = BytesMut::new();
-                    line(&mut buf, "ERROR", &serde_json::to_vec(&e.to_status()).unwrap_or_default());
+                    line(
+                        &mut buf,
+                        "ERROR",
+                        &serde_json::to_vec(&e.to_status()).unwrap_or_default(),
+                    );
                     return Some(Ok(Frame::data(buf.freeze())));
                 }
                 Phase::Initial(mut it) => {
@@ -179,7 +187,11 @@ impl W {
                             }
                         }
                     }
-                    let bookmark_at = if self.spec.bookmarks { self.next_bookmark } else { self.deadline };
+                    let bookmark_at = if self.spec.bookmarks {
+                        self.next_bookmark
+                    } else {
+                        self.deadline
+                    };
                     let dropped = tokio::select! {
                         _ = self.drop_rx.changed() => true,
                         _ = self.rv_rx.changed() => false,
@@ -201,8 +213,15 @@ impl W {
         if self.spec.name.as_deref().is_some_and(|n| n != o.name()) {
             return false;
         }
-        self.spec.labels.as_ref().is_none_or(|l| l.matches_object(&o.value))
-            && self.spec.fields.as_ref().is_none_or(|f| f.matches(&o.value, &self.spec.kind_name))
+        self.spec
+            .labels
+            .as_ref()
+            .is_none_or(|l| l.matches_object(&o.value))
+            && self
+                .spec
+                .fields
+                .as_ref()
+                .is_none_or(|f| f.matches(&o.value, &self.spec.kind_name))
     }
 
     fn write_event(&self, buf: &mut BytesMut, e: &HistEvent) {
@@ -242,7 +261,10 @@ impl W {
         match self.spec.table {
             None => line(buf, etype, bytes),
             Some(inc) => {
-                let rv = value.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("");
+                let rv = value
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
                 let t = table(&[value], rv, None, inc);
                 line(buf, etype, &serde_json::to_vec(&t).unwrap_or_default());
             }
@@ -256,13 +278,20 @@ impl W {
         }
         let obj = json!({"kind": self.spec.kind_name, "apiVersion": self.spec.api_version, "metadata": meta});
         let mut buf = BytesMut::new();
-        line(&mut buf, "BOOKMARK", &serde_json::to_vec(&obj).unwrap_or_default());
+        line(
+            &mut buf,
+            "BOOKMARK",
+            &serde_json::to_vec(&obj).unwrap_or_default(),
+        );
         buf.freeze()
     }
 }
 
 fn dropped_error() -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::ConnectionReset, "kubesim: watches dropped")
+    std::io::Error::new(
+        std::io::ErrorKind::ConnectionReset,
+        "kubesim: watches dropped",
+    )
 }
 
 fn line(buf: &mut BytesMut, etype: &str, obj: &[u8]) {
