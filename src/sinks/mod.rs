@@ -1,6 +1,7 @@
 //! Sinks: where change events go. One folder per sink with its config beside it; the shared
 //! plumbing (queue, batching, retries, acknowledgement) lives once in [`util`].
 
+pub mod file;
 pub mod stdout;
 pub mod util;
 
@@ -101,6 +102,8 @@ pub struct SinkContext {
 pub enum SinkConfig {
     /// One JSON envelope per line (or a human line) on standard output.
     Stdout(stdout::StdoutSinkConfig),
+    /// One JSON envelope per line appended to a file.
+    File(file::FileSinkConfig),
 }
 
 impl SinkConfig {
@@ -108,6 +111,7 @@ impl SinkConfig {
     pub fn name(&self) -> &str {
         match self {
             SinkConfig::Stdout(c) => &c.name,
+            SinkConfig::File(c) => &c.name,
         }
     }
 
@@ -115,13 +119,14 @@ impl SinkConfig {
     pub fn queue_capacity(&self) -> usize {
         match self {
             SinkConfig::Stdout(c) => c.queue_capacity,
+            SinkConfig::File(c) => c.queue_capacity,
         }
     }
 
     /// Checks settings serde cannot.
     pub fn validate(&self) -> Result<(), SinkConfigError> {
         match self {
-            SinkConfig::Stdout(_) => Ok(()),
+            SinkConfig::Stdout(_) | SinkConfig::File(_) => Ok(()),
         }
     }
 
@@ -129,6 +134,7 @@ impl SinkConfig {
     pub async fn build(&self, _ctx: &SinkContext) -> Result<Arc<dyn Sink>, SinkBuildError> {
         match self {
             SinkConfig::Stdout(c) => Ok(Arc::new(c.build())),
+            SinkConfig::File(c) => Ok(Arc::new(file::FileSink::open(c)?)),
         }
     }
 }
