@@ -1,3 +1,4 @@
+# syntax=docker/dockerfile:1
 # lookout container image.
 #
 #   docker build -t ghcr.io/example/lookout:0.1.0 .

@@ -53,8 +53,14 @@ impl Doc {
     }
 
     fn typed<T: DeserializeOwned>(&self) -> T {
-        serde_json::from_value(self.value.clone())
-            .unwrap_or_else(|e| panic!("{}: {} {}: {e}", self.file.display(), self.kind(), self.name()))
+        serde_json::from_value(self.value.clone()).unwrap_or_else(|e| {
+            panic!(
+                "{}: {} {}: {e}",
+                self.file.display(),
+                self.kind(),
+                self.name()
+            )
+        })
     }
 }
 
@@ -239,7 +245,9 @@ fn check_kustomization(file: &Path) -> Result<(), String> {
     };
     let map = doc.value.as_object().ok_or("must be a mapping")?;
     if let Some(k) = map.keys().find(|k| !KUSTOMIZE_KEYS.contains(&k.as_str())) {
-        return Err(format!("`{k}` is not a kustomization key (kustomize v2.0.3)"));
+        return Err(format!(
+            "`{k}` is not a kustomization key (kustomize v2.0.3)"
+        ));
     }
     let dir = file.parent().unwrap();
     // kustomize v2.0.3 takes only files in `resources` and only directories in `bases`.
@@ -285,11 +293,11 @@ impl Variant {
         let (namespace, template) = match doc.kind() {
             "Deployment" => {
                 let d: Deployment = doc.typed();
-                (d.metadata.namespace, d.spec.unwrap().template)
+                (d.metadata.namespace, d.spec.template)
             }
             _ => {
                 let d: DaemonSet = doc.typed();
-                (d.metadata.namespace, d.spec.unwrap().template)
+                (d.metadata.namespace, d.spec.template)
             }
         };
         Variant {
@@ -334,14 +342,22 @@ impl Variant {
         let c = self.container();
         let mut env = BTreeMap::new();
         for from in c.env_from.iter().flatten() {
-            let name = &from.config_map_ref.as_ref().expect("envFrom a ConfigMap").name;
+            let name = &from
+                .config_map_ref
+                .as_ref()
+                .expect("envFrom a ConfigMap")
+                .name;
             env.extend(self.config_map(name).data.unwrap_or_default());
         }
         for var in c.env.iter().flatten() {
             let value = match (&var.value, &var.value_from) {
                 (Some(v), _) => v.clone(),
                 (None, Some(from)) => {
-                    let field = &from.field_ref.as_ref().expect("valueFrom a fieldRef").field_path;
+                    let field = &from
+                        .field_ref
+                        .as_ref()
+                        .expect("valueFrom a fieldRef")
+                        .field_path;
                     match field.as_str() {
                         "metadata.name" => "lookout-7d9f8-abcde".into(),
                         "metadata.namespace" => self.namespace.clone(),
@@ -360,7 +376,10 @@ impl Variant {
     fn config_text(&self) -> String {
         let c = self.container();
         let args = c.args.clone().unwrap_or_default();
-        let at = args.iter().position(|a| a == "--config").expect("--config in args");
+        let at = args
+            .iter()
+            .position(|a| a == "--config")
+            .expect("--config in args");
         let path = Path::new(&args[at + 1]);
         let mount = c
             .volume_mounts
@@ -369,7 +388,10 @@ impl Variant {
             .find(|m| Path::new(&m.mount_path) == path.parent().unwrap())
             .unwrap_or_else(|| panic!("{}: nothing mounted at {}", self.name, path.display()));
         let volume = self.volume(&mount.name);
-        let cm = volume.config_map.as_ref().expect("the config volume is a ConfigMap");
+        let cm = volume
+            .config_map
+            .as_ref()
+            .expect("the config volume is a ConfigMap");
         let key = path.file_name().unwrap().to_str().unwrap();
         self.config_map(&cm.name)
             .data
@@ -416,19 +438,23 @@ impl Variant {
     fn port(&self, port: &IntOrString) -> i32 {
         match port {
             IntOrString::Int(p) => *p,
-            IntOrString::String(name) => self
-                .container()
-                .ports
-                .iter()
-                .flatten()
-                .find(|p| p.name.as_deref() == Some(name.as_str()))
-                .unwrap_or_else(|| panic!("{}: no container port named {name}", self.name))
-                .container_port,
+            IntOrString::String(name) => {
+                self.container()
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|p| p.name.as_deref() == Some(name.as_str()))
+                    .unwrap_or_else(|| panic!("{}: no container port named {name}", self.name))
+                    .container_port
+            }
         }
     }
 
     fn leader_election(&self) -> bool {
-        self.env().get("LOOKOUT_LEADERELECTION__ENABLED").map(String::as_str) == Some("true")
+        self.env()
+            .get("LOOKOUT_LEADERELECTION__ENABLED")
+            .map(String::as_str)
+            == Some("true")
     }
 }
 
@@ -552,7 +578,10 @@ fn the_strict_parse_rejects_a_misspelt_field() {
     let good = "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: a}\n\
                 automountServiceAccountToken: false\n";
     assert_eq!(check_strictly(&doc(good)), Ok(()));
-    let typo = good.replace("automountServiceAccountToken", "automountServiceAcountToken");
+    let typo = good.replace(
+        "automountServiceAccountToken",
+        "automountServiceAcountToken",
+    );
     let err = check_strictly(&doc(&typo)).unwrap_err();
     assert!(err.contains("/automountServiceAcountToken"), "{err}");
 }
@@ -567,7 +596,9 @@ fn the_top_level_kustomization_selects_one_variant_and_sets_namespace_and_image(
     let namespace = k["namespace"].as_str().expect("namespace: is set");
     let images = k["images"].as_array().expect("images: is set");
     assert!(
-        images.iter().any(|i| i["name"] == "lookout" && i["newTag"].is_string()),
+        images
+            .iter()
+            .any(|i| i["name"] == "lookout" && i["newTag"].is_string()),
         "images: retags `lookout`"
     );
     // kustomize v2.0.3 does not rename Namespace objects, so the two must agree by hand.
@@ -646,7 +677,10 @@ fn rbac_grants_read_on_exactly_the_configured_resources_and_nothing_else() {
         let mut granted = BTreeSet::new();
         for role in &roles {
             let role_name = role.metadata.name.clone().unwrap();
-            assert!(role.aggregation_rule.is_none(), "{role_name}: no aggregation");
+            assert!(
+                role.aggregation_rule.is_none(),
+                "{role_name}: no aggregation"
+            );
             let binding = bindings
                 .iter()
                 .find(|b| b.role_ref.kind == "ClusterRole" && b.role_ref.name == role_name)
@@ -663,7 +697,11 @@ fn rbac_grants_read_on_exactly_the_configured_resources_and_nothing_else() {
                 assert!(rule.non_resource_urls.is_none(), "{role_name}: {rule:?}");
                 assert!(rule.resource_names.is_none(), "{role_name}: {rule:?}");
                 assert!(
-                    !groups.iter().chain(&resources).chain(&verbs).any(|s| s.contains('*')),
+                    !groups
+                        .iter()
+                        .chain(&resources)
+                        .chain(&verbs)
+                        .any(|s| s.contains('*')),
                     "{role_name}: wildcards in {rule:?}"
                 );
                 assert_eq!(verbs, set(READ_VERBS), "{role_name}: read-only, {rule:?}");
@@ -676,7 +714,9 @@ fn rbac_grants_read_on_exactly_the_configured_resources_and_nothing_else() {
         }
         for b in &bindings {
             assert!(
-                roles.iter().any(|r| r.metadata.name.as_ref() == Some(&b.role_ref.name)),
+                roles
+                    .iter()
+                    .any(|r| r.metadata.name.as_ref() == Some(&b.role_ref.name)),
                 "{name}: ClusterRoleBinding to a ClusterRole not shipped: {}",
                 b.role_ref.name
             );
@@ -697,7 +737,10 @@ fn rbac_grants_read_on_exactly_the_configured_resources_and_nothing_else() {
             assert_eq!(role.metadata.namespace.as_ref(), Some(&v.namespace));
             let rules = role.rules.clone().unwrap_or_default();
             assert_eq!(rules.len(), 1, "{name}: one rule");
-            assert_eq!(rules[0].api_groups, Some(vec!["coordination.k8s.io".into()]));
+            assert_eq!(
+                rules[0].api_groups,
+                Some(vec!["coordination.k8s.io".into()])
+            );
             assert_eq!(rules[0].resources, Some(vec!["leases".into()]));
             assert!(rules[0].resource_names.is_none());
             let verbs: BTreeSet<String> = rules[0].verbs.iter().cloned().collect();
@@ -711,7 +754,10 @@ fn rbac_grants_read_on_exactly_the_configured_resources_and_nothing_else() {
             );
             assert_bound_to_service_account(&v, "RoleBinding", rb.subjects.as_deref().unwrap());
         } else {
-            assert!(roles.is_empty() && role_bindings.is_empty(), "{name}: no Roles");
+            assert!(
+                roles.is_empty() && role_bindings.is_empty(),
+                "{name}: no Roles"
+            );
         }
     }
 }
@@ -723,22 +769,42 @@ fn both_workloads_run_hardened_probed_and_sized() {
         let pod = v.pod();
         let c = v.container();
         let pod_sc = pod.security_context.clone().unwrap_or_default();
-        let sc = c.security_context.clone().expect("container securityContext");
-        assert_eq!(sc.run_as_non_root.or(pod_sc.run_as_non_root), Some(true), "{name}");
+        let sc = c
+            .security_context
+            .clone()
+            .expect("container securityContext");
+        assert_eq!(
+            sc.run_as_non_root.or(pod_sc.run_as_non_root),
+            Some(true),
+            "{name}"
+        );
         assert_eq!(sc.run_as_user.or(pod_sc.run_as_user), Some(65532), "{name}");
         assert_eq!(sc.read_only_root_filesystem, Some(true), "{name}");
         assert_eq!(sc.allow_privilege_escalation, Some(false), "{name}");
         let caps = sc.capabilities.clone().expect("capabilities");
         assert_eq!(caps.drop, Some(vec!["ALL".to_string()]), "{name}");
         assert!(caps.add.unwrap_or_default().is_empty(), "{name}");
-        let seccomp = sc.seccomp_profile.or(pod_sc.seccomp_profile).expect("seccomp");
+        let seccomp = sc
+            .seccomp_profile
+            .or(pod_sc.seccomp_profile)
+            .expect("seccomp");
         assert_eq!(seccomp.type_, "RuntimeDefault", "{name}");
 
         // Init containers may be root only to hand the state directory over.
         for init in pod.init_containers.iter().flatten() {
             let sc = init.security_context.clone().expect("init securityContext");
-            assert_eq!(sc.allow_privilege_escalation, Some(false), "{name}/{}", init.name);
-            assert_eq!(sc.read_only_root_filesystem, Some(true), "{name}/{}", init.name);
+            assert_eq!(
+                sc.allow_privilege_escalation,
+                Some(false),
+                "{name}/{}",
+                init.name
+            );
+            assert_eq!(
+                sc.read_only_root_filesystem,
+                Some(true),
+                "{name}/{}",
+                init.name
+            );
             let caps = sc.capabilities.unwrap();
             assert_eq!(caps.drop, Some(vec!["ALL".to_string()]));
             assert!(caps.add.unwrap_or_default().iter().all(|c| c == "CHOWN"));
@@ -749,19 +815,36 @@ fn both_workloads_run_hardened_probed_and_sized() {
             let get = p.clone().and_then(|p| p.http_get).expect("an HTTP probe");
             (get.path.unwrap_or_default(), v.port(&get.port))
         };
-        assert_eq!(probe(&c.liveness_probe), ("/healthz".into(), OPS_PORT), "{name}");
-        assert_eq!(probe(&c.readiness_probe), ("/readyz".into(), OPS_PORT), "{name}");
+        assert_eq!(
+            probe(&c.liveness_probe),
+            ("/healthz".into(), OPS_PORT),
+            "{name}"
+        );
+        assert_eq!(
+            probe(&c.readiness_probe),
+            ("/readyz".into(), OPS_PORT),
+            "{name}"
+        );
 
         let res = c.resources.clone().expect("resources");
-        let q = |m: &Option<BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+        let q = |m: &Option<
+            BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+        >,
                  k: &str| m.as_ref().and_then(|m| m.get(k)).map(|q| q.0.clone());
-        assert_eq!(q(&res.requests, "memory").as_deref(), Some("64Mi"), "{name}");
+        assert_eq!(
+            q(&res.requests, "memory").as_deref(),
+            Some("64Mi"),
+            "{name}"
+        );
         assert_eq!(q(&res.requests, "cpu").as_deref(), Some("50m"), "{name}");
         assert_eq!(q(&res.limits, "memory").as_deref(), Some("512Mi"), "{name}");
         assert_eq!(q(&res.limits, "cpu").as_deref(), Some("1"), "{name}");
 
         assert_eq!(pod.termination_grace_period_seconds, Some(30), "{name}");
-        assert!(v.volume_at("/tmp").empty_dir.is_some(), "{name}: /tmp is an emptyDir");
+        assert!(
+            v.volume_at("/tmp").empty_dir.is_some(),
+            "{name}: /tmp is an emptyDir"
+        );
         let state = v.volume_at("/var/lib/lookout");
         match v.workload_kind.as_str() {
             "Deployment" => assert!(state.empty_dir.is_some(), "{name}: state on an emptyDir"),
@@ -780,12 +863,15 @@ fn the_deployment_elects_a_leader_among_two_replicas_protected_by_a_budget() {
     let v = Variant::load("deployment");
     let doc = v.objects.iter().find(|d| d.kind() == "Deployment").unwrap();
     let deployment: Deployment = doc.typed();
-    assert_eq!(deployment.spec.unwrap().replicas, Some(2));
+    assert_eq!(deployment.spec.replicas, Some(2));
 
     let env = v.env();
     assert_eq!(env["LOOKOUT_LEADERELECTION__ENABLED"], "true");
     assert_eq!(env["LOOKOUT_LEADERELECTION__LEASENAME"], "lookout");
-    assert_eq!(env["LOOKOUT_LEADERELECTION__LEASENAMESPACE"], "$(POD_NAMESPACE)");
+    assert_eq!(
+        env["LOOKOUT_LEADERELECTION__LEASENAMESPACE"],
+        "$(POD_NAMESPACE)"
+    );
     assert_eq!(env["LOOKOUT_LEADERELECTION__IDENTITY"], "$(POD_NAME)");
     let field = |var: &str| {
         v.container()
@@ -798,9 +884,18 @@ fn the_deployment_elects_a_leader_among_two_replicas_protected_by_a_budget() {
             .map(|f| f.field_path)
     };
     assert_eq!(field("POD_NAME").as_deref(), Some("metadata.name"));
-    assert_eq!(field("POD_NAMESPACE").as_deref(), Some("metadata.namespace"));
+    assert_eq!(
+        field("POD_NAMESPACE").as_deref(),
+        Some("metadata.namespace")
+    );
     // `$(VAR)` only expands variables defined earlier in the list.
-    let order: Vec<&str> = v.container().env.iter().flatten().map(|e| e.name.as_str()).collect();
+    let order: Vec<&str> = v
+        .container()
+        .env
+        .iter()
+        .flatten()
+        .map(|e| e.name.as_str())
+        .collect();
     let pos = |n: &str| order.iter().position(|e| *e == n).unwrap();
     assert!(pos("POD_NAME") < pos("LOOKOUT_LEADERELECTION__IDENTITY"));
     assert!(pos("POD_NAMESPACE") < pos("LOOKOUT_LEADERELECTION__LEASENAMESPACE"));
@@ -809,7 +904,14 @@ fn the_deployment_elects_a_leader_among_two_replicas_protected_by_a_budget() {
     assert_eq!(pdbs.len(), 1);
     let spec = pdbs[0].spec.clone().unwrap();
     assert_eq!(spec.min_available, Some(IntOrString::Int(1)));
-    let labels = v.template.metadata.as_ref().unwrap().labels.clone().unwrap();
+    let labels = v
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .clone()
+        .unwrap();
     let selector = spec.selector.unwrap().match_labels.unwrap();
     assert!(
         selector.iter().all(|(k, val)| labels.get(k) == Some(val)),
@@ -830,7 +932,11 @@ fn the_daemonset_knows_its_node_and_elects_no_leader() {
         .and_then(|f| f.field_ref)
         .map(|f| f.field_path);
     assert_eq!(node.as_deref(), Some("spec.nodeName"));
-    assert!(!v.env().keys().any(|k| k.starts_with("LOOKOUT_LEADERELECTION")));
+    assert!(
+        !v.env()
+            .keys()
+            .any(|k| k.starts_with("LOOKOUT_LEADERELECTION"))
+    );
 }
 
 #[test]
@@ -845,9 +951,19 @@ fn the_metrics_service_reaches_both_workloads_on_the_ops_port() {
         assert_eq!(ports[0].name.as_deref(), Some("metrics"));
         assert_eq!(ports[0].port, OPS_PORT);
         assert_eq!(v.port(ports[0].target_port.as_ref().unwrap()), OPS_PORT);
-        let labels = v.template.metadata.as_ref().unwrap().labels.clone().unwrap();
+        let labels = v
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels
+            .clone()
+            .unwrap();
         assert!(
-            spec.selector.unwrap().iter().all(|(k, val)| labels.get(k) == Some(val)),
+            spec.selector
+                .unwrap()
+                .iter()
+                .all(|(k, val)| labels.get(k) == Some(val)),
             "{name}: the Service selects the pods"
         );
     }
@@ -876,7 +992,11 @@ fn kubectl() -> Option<PathBuf> {
 }
 
 fn kustomize(kubectl: &Path, dir: &Path) -> Vec<Doc> {
-    let out = Command::new(kubectl).arg("kustomize").arg(dir).output().unwrap();
+    let out = Command::new(kubectl)
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "kubectl kustomize {}: {}",
@@ -921,7 +1041,10 @@ fn kubectl_kustomize_renders_both_variants_with_the_site_settings() {
         let work = dir.path().canonicalize().unwrap();
         let mut k = k.clone();
         k["bases"] = serde_yaml_ng::Value::Sequence(vec![
-            relative(&work, &deploy.join(variant)).to_str().unwrap().into(),
+            relative(&work, &deploy.join(variant))
+                .to_str()
+                .unwrap()
+                .into(),
         ]);
         std::fs::write(
             work.join("kustomization.yaml"),
@@ -931,7 +1054,10 @@ fn kubectl_kustomize_renders_both_variants_with_the_site_settings() {
         let rendered = kustomize(&kubectl, &work);
         assert_all_strict(&rendered);
 
-        let namespaces: Vec<&Doc> = rendered.iter().filter(|d| d.kind() == "Namespace").collect();
+        let namespaces: Vec<&Doc> = rendered
+            .iter()
+            .filter(|d| d.kind() == "Namespace")
+            .collect();
         assert_eq!(namespaces.len(), 1, "{variant}");
         assert_eq!(namespaces[0].name(), namespace, "{variant}");
         for d in &rendered {
@@ -941,10 +1067,20 @@ fn kubectl_kustomize_renders_both_variants_with_the_site_settings() {
             if cluster_scoped {
                 assert_eq!(ns, None, "{variant}: {} {}", d.kind(), d.name());
             } else {
-                assert_eq!(ns, Some(namespace.as_str()), "{variant}: {} {}", d.kind(), d.name());
+                assert_eq!(
+                    ns,
+                    Some(namespace.as_str()),
+                    "{variant}: {} {}",
+                    d.kind(),
+                    d.name()
+                );
             }
             for s in d.value["subjects"].as_array().into_iter().flatten() {
-                assert_eq!(s["namespace"].as_str(), Some(namespace.as_str()), "{variant}");
+                assert_eq!(
+                    s["namespace"].as_str(),
+                    Some(namespace.as_str()),
+                    "{variant}"
+                );
             }
         }
         let workload = rendered
@@ -955,7 +1091,11 @@ fn kubectl_kustomize_renders_both_variants_with_the_site_settings() {
             .as_array()
             .unwrap();
         let lookout = containers.iter().find(|c| c["name"] == "lookout").unwrap();
-        assert_eq!(lookout["image"].as_str(), Some(want_image.as_str()), "{variant}");
+        assert_eq!(
+            lookout["image"].as_str(),
+            Some(want_image.as_str()),
+            "{variant}"
+        );
     }
 
     // And the checked-in default, exactly as `kubectl apply -k deploy/` reads it.
