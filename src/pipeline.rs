@@ -172,7 +172,7 @@ impl Pipeline {
             ));
         }
         let monitors: Vec<_> = handles.iter().map(|h| h.monitor()).collect();
-        let factory = Arc::new(InformerFactory::new(client, transform));
+        let factory = Arc::new(InformerFactory::new(client, transform.clone()));
         let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name().to_string()).collect();
         let key = config.redaction_key();
         let routes = config
@@ -203,6 +203,7 @@ impl Pipeline {
         let router = Arc::new(RwLock::new(Some(Router::new(
             handles,
             routes,
+            transform.ignore.clone(),
             namespaces.clone(),
             observer.clone(),
         ))));
