@@ -16,7 +16,7 @@ use crate::event::transform::ObjectTransform;
 use crate::event::{Envelope, EnvelopeBuilder, Op};
 use crate::informer::{Handler, InformerError, InformerFactory, InformerKey, SharedInformer};
 use crate::router::Router;
-use crate::sinks::util::spawn_driver;
+use crate::sinks::util::spawn_driver_with_dead_letter;
 use crate::sinks::{AckObserver, SinkBuildError, SinkContext};
 
 /// Why the pipeline could not start or run.
@@ -127,12 +127,13 @@ impl Pipeline {
                 .build(&ctx)
                 .await
                 .map_err(|source| PipelineError::Sink { index, source })?;
-            handles.push(spawn_driver(
+            handles.push(spawn_driver_with_dead_letter(
                 sc.name().to_string(),
                 sink,
                 sc.queue_capacity(),
                 observer.clone(),
                 abandon.clone(),
+                sc.dead_letter(&ctx),
             ));
         }
         let router = Arc::new(RwLock::new(Some(Router::new(handles))));

@@ -3,6 +3,7 @@
 
 pub mod stdout;
 pub mod util;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::Envelope;
 
-pub use util::{AckObserver, Batching, SinkHandle, SinkStats};
+pub use util::{AckObserver, Batching, DeadLetter, SinkHandle, SinkStats};
 
 /// A destination for change events.
 ///
@@ -101,6 +102,8 @@ pub struct SinkContext {
 pub enum SinkConfig {
     /// One JSON envelope per line (or a human line) on standard output.
     Stdout(stdout::StdoutSinkConfig),
+    /// HTTP(S) requests to a URL: envelope JSON or CloudEvents, optionally signed.
+    Webhook(webhook::WebhookSinkConfig),
 }
 
 impl SinkConfig {
@@ -108,6 +111,7 @@ impl SinkConfig {
     pub fn name(&self) -> &str {
         match self {
             SinkConfig::Stdout(c) => &c.name,
+            SinkConfig::Webhook(c) => &c.name,
         }
     }
 
@@ -115,6 +119,7 @@ impl SinkConfig {
     pub fn queue_capacity(&self) -> usize {
         match self {
             SinkConfig::Stdout(c) => c.queue_capacity,
+            SinkConfig::Webhook(c) => c.queue_capacity,
         }
     }
 
@@ -122,6 +127,7 @@ impl SinkConfig {
     pub fn validate(&self) -> Result<(), SinkConfigError> {
         match self {
             SinkConfig::Stdout(_) => Ok(()),
+            SinkConfig::Webhook(c) => c.validate(),
         }
     }
 
@@ -129,6 +135,20 @@ impl SinkConfig {
     pub async fn build(&self, _ctx: &SinkContext) -> Result<Arc<dyn Sink>, SinkBuildError> {
         match self {
             SinkConfig::Stdout(c) => Ok(Arc::new(c.build())),
+            SinkConfig::Webhook(c) => Ok(Arc::new(c.build()?)),
+        }
+    }
+
+    /// Where the driver puts the events this sink rejects for good.
+    pub fn dead_letter(&self, ctx: &SinkContext) -> DeadLetter {
+        match self {
+            // Standard output never rejects an event; no file, and no start-up complaint.
+            SinkConfig::Stdout(c) => DeadLetter::log_only(&c.name),
+            SinkConfig::Webhook(c) => DeadLetter::resolve(
+                &c.name,
+                c.dead_letter.as_ref(),
+                ctx.state_dir.as_deref(),
+            ),
         }
     }
 }

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
 
 use super::batch::Batcher;
+use super::dead_letter::DeadLetter;
 use super::retry::{Outcome, RetryPolicy, send_with_retry};
 use crate::event::Envelope;
 use crate::sinks::Sink;
@@ -31,6 +32,9 @@ pub struct SinkStats {
     pub retries: AtomicU64,
     /// Events rejected for good (dead-lettered).
     pub rejected: AtomicU64,
+    /// Rejected events written to the dead-letter file (less than `rejected` when there is
+    /// no file or writing it failed).
+    pub dead_lettered: AtomicU64,
     /// Batches sent.
     pub batches: AtomicU64,
     /// 1 while the sink is failing and retrying, else 0.
@@ -78,13 +82,27 @@ impl SinkHandle {
 
 /// Starts the driver for `sink` with a queue of `capacity` events. `abandon` makes it give up
 /// retrying (shutdown grace period over); unacknowledged events are then re-emitted by the
-/// next run from the delivered state.
+/// next run from the delivered state. Rejected events are only logged; see
+/// [`spawn_driver_with_dead_letter`].
 pub fn spawn_driver(
     name: String,
     sink: Arc<dyn Sink>,
     capacity: usize,
     observer: Arc<dyn AckObserver>,
     abandon: CancellationToken,
+) -> SinkHandle {
+    let dead_letter = DeadLetter::log_only(&name);
+    spawn_driver_with_dead_letter(name, sink, capacity, observer, abandon, dead_letter)
+}
+
+/// As [`spawn_driver`], writing rejected events to `dead_letter`.
+pub fn spawn_driver_with_dead_letter(
+    name: String,
+    sink: Arc<dyn Sink>,
+    capacity: usize,
+    observer: Arc<dyn AckObserver>,
+    abandon: CancellationToken,
+    dead_letter: DeadLetter,
 ) -> SinkHandle {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let stats = Arc::new(SinkStats::default());
@@ -96,6 +114,7 @@ pub fn spawn_driver(
         stats.clone(),
         observer,
         abandon,
+        dead_letter,
     ));
     SinkHandle {
         name,
@@ -112,6 +131,7 @@ async fn drive(
     stats: Arc<SinkStats>,
     observer: Arc<dyn AckObserver>,
     abandon: CancellationToken,
+    dead_letter: DeadLetter,
 ) {
     let policy = RetryPolicy::default();
     loop {
@@ -126,12 +146,18 @@ async fn drive(
                 stats.sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
             }
             Outcome::Rejected { indices, reason } => {
-                for &i in &indices {
-                    if let Some(e) = batch.get(i) {
-                        error!(sink = %name, kind = %e.kind, object = %e.display_name(),
-                            uid = %e.uid, resource_version = %e.resource_version,
-                            reason = %reason, "event rejected by sink; dead-lettered");
+                let rejected: Vec<&Arc<Envelope>> =
+                    indices.iter().filter_map(|&i| batch.get(i)).collect();
+                // Dead-lettered, then acknowledged below like accepted events: a poison event
+                // must not hold up the queue behind it.
+                match dead_letter.write(&rejected, &reason).await {
+                    Ok(written) => {
+                        stats
+                            .dead_lettered
+                            .fetch_add(written as u64, Ordering::Relaxed);
                     }
+                    Err(e) => error!(sink = %name, error = %e, events = rejected.len(),
+                        "dead letters lost to the log only"),
                 }
                 stats
                     .rejected

@@ -2,9 +2,11 @@
 //! acknowledgement. Sinks never retry or acknowledge on their own.
 
 mod batch;
+mod dead_letter;
 mod driver;
 mod retry;
 
 pub use batch::{Batcher, Batching};
-pub use driver::{AckObserver, SinkHandle, SinkStats, spawn_driver};
+pub use dead_letter::{DeadLetter, DeadLetterConfig, DeadLetterError};
+pub use driver::{AckObserver, SinkHandle, SinkStats, spawn_driver, spawn_driver_with_dead_letter};
 pub use retry::RetryPolicy;
