@@ -144,11 +144,9 @@ impl SinkConfig {
         match self {
             // Standard output never rejects an event; no file, and no start-up complaint.
             SinkConfig::Stdout(c) => DeadLetter::log_only(&c.name),
-            SinkConfig::Webhook(c) => DeadLetter::resolve(
-                &c.name,
-                c.dead_letter.as_ref(),
-                ctx.state_dir.as_deref(),
-            ),
+            SinkConfig::Webhook(c) => {
+                DeadLetter::resolve(&c.name, c.dead_letter.as_ref(), ctx.state_dir.as_deref())
+            }
         }
     }
 }

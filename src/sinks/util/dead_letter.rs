@@ -63,7 +63,11 @@ struct Line<'a> {
 impl DeadLetter {
     /// Resolves the file for `sink`: the sink's own `path`, else below `state_dir`. With
     /// neither, says loudly at start that rejected events will only be logged.
-    pub fn resolve(sink: &str, config: Option<&DeadLetterConfig>, state_dir: Option<&Path>) -> Self {
+    pub fn resolve(
+        sink: &str,
+        config: Option<&DeadLetterConfig>,
+        state_dir: Option<&Path>,
+    ) -> Self {
         let path = config
             .and_then(|c| c.path.clone())
             .or_else(|| state_dir.map(|d| d.join("deadletter").join(file_name(sink))));
@@ -193,8 +197,10 @@ mod tests {
             }
             .build(
                 Op::Add,
-                Arc::new(json!({"metadata": {"name": name, "namespace": "ns", "uid": name,
-                    "resourceVersion": "1"}})),
+                Arc::new(
+                    json!({"metadata": {"name": name, "namespace": "ns", "uid": name,
+                    "resourceVersion": "1"}}),
+                ),
                 None,
                 None,
                 Instant::now(),

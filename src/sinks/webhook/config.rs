@@ -479,7 +479,11 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.path, "headers.Authorization");
-        assert!(e.message.contains("LOOKOUT_TEST_SURELY_UNSET"), "{}", e.message);
+        assert!(
+            e.message.contains("LOOKOUT_TEST_SURELY_UNSET"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

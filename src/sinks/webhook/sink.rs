@@ -93,7 +93,11 @@ impl WebhookSink {
             .body(request.body)
             .send()
             .await
-            .map_err(|e| SinkError::retriable(format!("{}: {}", self.display_url, chain(&e))))?;
+            // Without reqwest's copy of the URL: its query may carry a token.
+            .map_err(|e| {
+                let e = e.without_url();
+                SinkError::retriable(format!("{}: {}", self.display_url, chain(&e)))
+            })?;
         classify(response, &self.display_url).await
     }
 }
@@ -228,10 +232,7 @@ mod tests {
     #[test]
     fn retry_after_accepts_delta_seconds_and_http_dates() {
         let now = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
-        assert_eq!(
-            parse_retry_after("2", now),
-            Some(Duration::from_secs(2))
-        );
+        assert_eq!(parse_retry_after("2", now), Some(Duration::from_secs(2)));
         assert_eq!(
             parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
             Some(Duration::from_secs(30))
@@ -240,7 +241,10 @@ mod tests {
             parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
             Some(Duration::ZERO)
         );
-        assert_eq!(parse_retry_after("99999999999999999999", now), Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            parse_retry_after("99999999999999999999", now),
+            Some(MAX_RETRY_AFTER)
+        );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-1", now), None);
     }
@@ -248,10 +252,16 @@ mod tests {
     #[test]
     fn server_errors_throttling_and_timeouts_are_retried_other_client_errors_are_not() {
         for code in [500, 502, 503, 504, 408, 429] {
-            assert!(retriable_status(StatusCode::from_u16(code).unwrap()), "{code}");
+            assert!(
+                retriable_status(StatusCode::from_u16(code).unwrap()),
+                "{code}"
+            );
         }
         for code in [400, 401, 403, 404, 409, 413, 422, 301] {
-            assert!(!retriable_status(StatusCode::from_u16(code).unwrap()), "{code}");
+            assert!(
+                !retriable_status(StatusCode::from_u16(code).unwrap()),
+                "{code}"
+            );
         }
     }
 }

@@ -174,10 +174,7 @@ fn assert_every_version_in_order(delivered: &[Value], objects: usize, versions: 
 #[tokio::test]
 async fn events_are_batched_by_count_into_json_arrays() {
     let mut rx = Receiver::start(ok()).await;
-    let sink = config(
-        &rx.url("http"),
-        "batch: {maxEvents: 3, maxWait: 300ms}",
-    );
+    let sink = config(&rx.url("http"), "batch: {maxEvents: 3, maxWait: 300ms}");
     let mut h = Harness::start(&sink, None);
     let events = changes(7, 1);
     h.send_all(&events).await;
@@ -200,14 +197,21 @@ async fn events_are_batched_by_bytes() {
     let size = events[0].to_json().len();
     let sink = config(
         &rx.url("http"),
-        &format!("batch: {{maxEvents: 100, maxBytes: {}, maxWait: 300ms}}", size * 5 / 2),
+        &format!(
+            "batch: {{maxEvents: 100, maxBytes: {}, maxWait: 300ms}}",
+            size * 5 / 2
+        ),
     );
     let mut h = Harness::start(&sink, None);
     h.send_all(&events).await;
     let mut sizes = Vec::new();
     while sizes.iter().sum::<usize>() < 5 {
         let r = rx.next(SOON).await;
-        assert!(r.body.len() <= size * 5 / 2 + 2, "body of {} bytes", r.body.len());
+        assert!(
+            r.body.len() <= size * 5 / 2 + 2,
+            "body of {} bytes",
+            r.body.len()
+        );
         sizes.push(envelopes(&r).len());
     }
     assert_eq!(sizes, vec![2, 2, 1]);
@@ -243,7 +247,11 @@ async fn max_events_1_sends_single_objects_not_arrays() {
         let body = r.json();
         assert!(body.is_object());
         assert_eq!(body["id"], e.id.to_string());
-        assert_eq!(&r.body[..], &e.to_json()[..], "the body is the envelope as encoded");
+        assert_eq!(
+            &r.body[..],
+            &e.to_json()[..],
+            "the body is the envelope as encoded"
+        );
     }
     h.acked(3, SOON).await;
 }
@@ -266,7 +274,10 @@ fn assert_cloudevent(ce: &Value, e: &Envelope) {
     assert_eq!(ty, format!("io.k8s.configmap.{}", e.op.as_str()));
     assert_eq!(ce["subject"], format!("default/{}", e.name));
     let time = ce["time"].as_str().expect("time is a string");
-    assert!(humantime::parse_rfc3339(time).is_ok(), "RFC 3339 time: {time}");
+    assert!(
+        humantime::parse_rfc3339(time).is_ok(),
+        "RFC 3339 time: {time}"
+    );
     assert_eq!(ce["datacontenttype"], "application/json");
     assert_eq!(ce["partitionkey"], e.uid);
     let envelope: Value = serde_json::from_slice(e.to_json()).unwrap();
@@ -315,7 +326,11 @@ async fn structured_batches_are_cloudevents_batch_arrays() {
         r.header("content-type"),
         Some("application/cloudevents-batch+json")
     );
-    let items = r.json().as_array().cloned().expect("a batch is a JSON array");
+    let items = r
+        .json()
+        .as_array()
+        .cloned()
+        .expect("a batch is a JSON array");
     assert_eq!(items.len(), 3);
     for (ce, e) in items.iter().zip(&events) {
         assert_cloudevent(ce, e);
@@ -448,14 +463,23 @@ async fn a_receiver_answering_503_for_10s_gets_every_event_in_per_object_order()
             refused += 1;
         }
     }
-    assert!(refused >= 3, "retried while the receiver was failing: {refused}");
+    eprintln!(
+        "503 phase: {refused} refused attempts; first 200 at {:?} (virtual)",
+        first_ok.unwrap()
+    );
+    assert!(
+        refused >= 3,
+        "retried while the receiver was failing: {refused}"
+    );
     assert!(first_ok.unwrap() >= Duration::from_secs(10));
     assert_every_version_in_order(&delivered, 4, 5);
     assert_eq!(h.handle.stats.rejected.load(Ordering::Relaxed), 0);
     assert_eq!(h.handle.stats.sent.load(Ordering::Relaxed), 20);
 }
 
-async fn gap_between_first_two_attempts(retry_after: impl Fn() -> String + Send + Sync + 'static) -> Duration {
+async fn gap_between_first_two_attempts(
+    retry_after: impl Fn() -> String + Send + Sync + 'static,
+) -> Duration {
     let responder: Responder = Arc::new(move |r: &Received| {
         if r.seq == 0 {
             (
@@ -541,7 +565,11 @@ async fn a_400_dead_letters_the_batch_and_later_events_still_flow() {
     assert_eq!(stats.rejected.load(Ordering::Relaxed), 1);
     assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 1);
     assert_eq!(stats.sent.load(Ordering::Relaxed), 3);
-    assert_eq!(stats.retries.load(Ordering::Relaxed), 0, "a 400 is not retried");
+    assert_eq!(
+        stats.retries.load(Ordering::Relaxed),
+        0,
+        "a 400 is not retried"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -578,13 +606,24 @@ async fn while_the_receiver_is_down_the_queue_stays_bounded_and_nothing_is_lost(
     }
     let stats = &h.handle.stats;
     assert!(stats.retries.load(Ordering::Relaxed) >= 3, "kept retrying");
-    assert_eq!(max_depth, capacity, "the queue filled up to its capacity, not beyond");
+    assert_eq!(
+        max_depth, capacity,
+        "the queue filled up to its capacity, not beyond"
+    );
     let waiting = produced.load(Ordering::SeqCst);
+    eprintln!(
+        "after 30 s down: {} retries, queue depth {max_depth}/{capacity}, {waiting} of {total} \
+         events accepted by send",
+        stats.retries.load(Ordering::Relaxed)
+    );
     assert!(
         waiting <= capacity + max_events,
         "the producer is held back: {waiting} of {total} queued"
     );
-    assert!(!producer.is_finished(), "send waits while the queue is full");
+    assert!(
+        !producer.is_finished(),
+        "send waits while the queue is full"
+    );
 
     // The receiver comes back on the same port.
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
@@ -592,7 +631,11 @@ async fn while_the_receiver_is_down_the_queue_stays_bounded_and_nothing_is_lost(
     h.acked(total, Duration::from_secs(600)).await;
     producer.await.unwrap();
     let delivered = drain_delivered(&mut rx, total, Duration::from_secs(60)).await;
-    assert_eq!(delivered.len(), total, "connection refusals cause no duplicates");
+    assert_eq!(
+        delivered.len(),
+        total,
+        "connection refusals cause no duplicates"
+    );
     assert_every_version_in_order(&delivered, 5, 6);
 }
 
