@@ -103,7 +103,7 @@ pub enum SinkConfig {
     /// One JSON envelope per line (or a human line) on standard output.
     Stdout(stdout::StdoutSinkConfig),
     /// HTTP(S) requests to a URL: envelope JSON or CloudEvents, optionally signed.
-    Webhook(webhook::WebhookSinkConfig),
+    Webhook(Box<webhook::WebhookSinkConfig>),
 }
 
 impl SinkConfig {

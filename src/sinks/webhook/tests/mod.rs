@@ -47,7 +47,7 @@ impl Harness {
             cluster: "test".into(),
             state_dir: state_dir.map(Path::to_path_buf),
         };
-        let dead_letter = SinkConfig::Webhook(config.clone()).dead_letter(&ctx);
+        let dead_letter = SinkConfig::Webhook(Box::new(config.clone())).dead_letter(&ctx);
         let (tx, acks) = mpsc::unbounded_channel();
         let abandon = CancellationToken::new();
         let handle = spawn_driver_with_dead_letter(
@@ -301,7 +301,7 @@ async fn structured_cloudevents_carry_every_required_attribute() {
     );
     let h = Harness::start(&sink, None);
     let e = event("cm", 2);
-    h.send_all(&[e.clone()]).await;
+    h.send_all(std::slice::from_ref(&e)).await;
     let r = rx.next(SOON).await;
     assert_eq!(
         r.header("content-type"),
@@ -538,7 +538,7 @@ async fn a_400_dead_letters_the_batch_and_later_events_still_flow() {
     let mut h = Harness::start(&sink, Some(state.path()));
     let poison = event("poison", 1);
     let later = changes(3, 1);
-    h.send_all(&[poison.clone()]).await;
+    h.send_all(std::slice::from_ref(&poison)).await;
     h.send_all(&later).await;
     let delivered = drain_delivered(&mut rx, 3, SOON).await;
     assert_every_version_in_order(&delivered, 3, 1);
