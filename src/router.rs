@@ -36,8 +36,8 @@ impl Router {
 
     /// Closes every queue and waits for the drivers to deliver what was queued.
     pub async fn close_and_drain(self) {
-        let mut sinks = self.sinks;
-        for s in &mut sinks {
+        let sinks = self.sinks;
+        for s in &sinks {
             s.close();
         }
         for s in sinks {

@@ -17,8 +17,10 @@ use serde::{Deserialize, Serialize};
 pub use expand::{ExpandError, expand_str};
 pub use yaml::Yaml;
 
-use crate::event::transform::{PointerGlob, TransformConfig};
+use crate::event::transform::{ObjectTransform, TransformConfig, TransformError};
+use crate::server::ServerConfig;
 use crate::sinks::SinkConfig;
+use crate::state::StateConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,6 +38,12 @@ pub struct Config {
     /// Transforms applied to every object before it is cached and diffed.
     #[serde(default)]
     pub transforms: TransformConfig,
+    /// Where delivered state is kept across restarts.
+    #[serde(default)]
+    pub state: StateConfig,
+    /// The ops HTTP server (metrics, probes).
+    #[serde(default)]
+    pub server: ServerConfig,
     /// Shutdown behaviour.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
@@ -154,12 +162,16 @@ const CAMEL_KEYS: &[&str] = &[
     "redactSecrets",
     "ignorePaths",
     "includeOld",
+    "dropPaths",
+    "keepPaths",
+    "redactionKey",
     "queueCapacity",
     "maxEvents",
     "maxBytes",
     "maxWait",
     "deadLetter",
     "caFile",
+    "maxSilence",
     "certFile",
     "keyFile",
     "insecureSkipVerify",
@@ -239,7 +251,6 @@ impl Config {
             figment = figment.merge(
                 Env::prefixed("LOOKOUT_")
                     .ignore(NON_CONFIG_ENV)
-                    .lowercase(false)
                     .split("__")
                     .map(|key| {
                         key.as_str()
@@ -248,7 +259,9 @@ impl Config {
                             .collect::<Vec<_>>()
                             .join(".")
                             .into()
-                    }),
+                    })
+                    // Last: every other builder method resets it to `true`.
+                    .lowercase(false),
             );
         }
         let mut merged: figment::value::Value = figment.extract().map_err(figment_error)?;
@@ -315,11 +328,15 @@ impl Config {
             s.validate()
                 .map_err(|e| ConfigError::new(format!("sinks[{i}].{}", e.path), e.message))?;
         }
-        for (i, p) in self.transforms.ignore_paths.iter().enumerate() {
-            PointerGlob::parse(p).map_err(|e| {
-                ConfigError::new(format!("transforms.ignorePaths[{i}]"), e.to_string())
-            })?;
-        }
+        ObjectTransform::new(&self.transforms, &self.cluster).map_err(|e| {
+            let (path, message) = match &e {
+                TransformError::Ignore(i, g) => (format!("ignorePaths[{i}]"), g.to_string()),
+                TransformError::Shape(s) => {
+                    (format!("{}[{}]", s.field, s.index), s.source.to_string())
+                }
+            };
+            ConfigError::new(format!("transforms.{path}"), message)
+        })?;
         Ok(())
     }
 

@@ -193,6 +193,7 @@ mod tests {
                 api_version: "v1".into(),
                 kind: "ConfigMap".into(),
                 plural: "configmaps".into(),
+                source: "v1/ConfigMap".into(),
                 include_old: false,
             }
             .build(

@@ -4,9 +4,13 @@
 mod batch;
 mod dead_letter;
 mod driver;
+mod queue;
 mod retry;
 
-pub use batch::{Batcher, Batching};
+pub use batch::Batching;
 pub use dead_letter::{DeadLetter, DeadLetterConfig, DeadLetterError};
-pub use driver::{AckObserver, SinkHandle, SinkStats, spawn_driver, spawn_driver_with_dead_letter};
+pub use driver::{
+    AckObserver, SinkHandle, SinkMonitor, SinkStats, spawn_driver, spawn_driver_with_dead_letter,
+};
+pub use queue::{Closed, SinkQueue, Slot};
 pub use retry::RetryPolicy;
