@@ -56,13 +56,14 @@ pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
             reset_state,
         } => {
+            let shutdown = crate::shutdown::signal();
             let config = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
             crate::telemetry::init(config.log.format, &config.log.level);
             let client = kube::Client::try_default().await?;
-            run_pipeline(config, client, reset_state, crate::shutdown::signal()).await
+            run_pipeline(config, client, reset_state, shutdown).await
         }
         Command::Check { config, server } => {
             let config = match load(&config) {

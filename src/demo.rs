@@ -31,6 +31,7 @@ pub struct DemoArgs {
 
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let signal = crate::shutdown::signal();
     let config = Config::from_yaml_str(DEMO_CONFIG)?;
     crate::telemetry::init(config.log.format, &config.log.level);
     let sim = KubeSim::start(SimConfig::default()).await?;
@@ -43,9 +44,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         match args.duration {
             Some(d) => tokio::select! {
                 _ = tokio::time::sleep(d) => {}
-                _ = crate::shutdown::signal() => {}
+                _ = signal => {}
             },
-            None => crate::shutdown::signal().await,
+            None => signal.await,
         }
     };
     let code = crate::cli::run_pipeline(config, client, false, shutdown).await?;

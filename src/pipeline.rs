@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::event::transform::ObjectTransform;
 use crate::event::{Envelope, EnvelopeBuilder, Op};
 use crate::informer::{Handler, InformerError, InformerFactory, InformerKey, SharedInformer};
-use crate::router::Router;
+use crate::router::{Route, Router};
 use crate::server::{Health, Metrics, Ops};
 use crate::sinks::util::spawn_driver_with_dead_letter;
 use crate::sinks::{AckObserver, SinkBuildError, SinkContext};
@@ -122,6 +122,8 @@ pub struct Pipeline {
     state_task: Option<tokio::task::JoinHandle<()>>,
     ops: Arc<Ops>,
     listener: tokio::net::TcpListener,
+    /// The Namespace informer routes read labels from, started (and synced) first.
+    namespaces: Option<Arc<SharedInformer>>,
 }
 
 impl Pipeline {
@@ -171,8 +173,40 @@ impl Pipeline {
             ));
         }
         let monitors: Vec<_> = handles.iter().map(|h| h.monitor()).collect();
-        let router = Arc::new(RwLock::new(Some(Router::new(handles))));
         let factory = Arc::new(InformerFactory::new(client, transform));
+        let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name().to_string()).collect();
+        let key = config.redaction_key();
+        let routes = config
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Route::compile(r, i, &sink_names, key.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| PipelineError::Transform(format!("routes: {}: {}", e.path, e.message)))?;
+        // Namespace label selectors in routes read labels from a (shared) Namespace informer.
+        let namespaces = if routes.iter().any(Route::needs_namespaces) {
+            let key = InformerKey {
+                api_version: "v1".into(),
+                kind: "Namespace".into(),
+                namespace: None,
+                label_selector: None,
+                field_selector: None,
+            };
+            Some(
+                factory
+                    .informer(&key)
+                    .await
+                    .map_err(|source| PipelineError::Resource { index: 0, source })?,
+            )
+        } else {
+            None
+        };
+        let router = Arc::new(RwLock::new(Some(Router::new(
+            handles,
+            routes,
+            namespaces.clone(),
+            observer.clone(),
+        ))));
         let metrics = Arc::new(Metrics::new(factory.clone(), monitors.clone()));
         let cluster: Arc<str> = config.cluster.as_str().into();
         let mut handled = std::collections::HashSet::new();
@@ -232,7 +266,12 @@ impl Pipeline {
             monitors,
             config.server.readiness.max_silence,
         );
-        let ops = Arc::new(Ops { health, metrics });
+        let ops = Arc::new(Ops {
+            health,
+            metrics,
+            factory: factory.clone(),
+            cache: config.server.cache.clone(),
+        });
         Ok(Self {
             factory,
             router,
@@ -241,6 +280,7 @@ impl Pipeline {
             state_task,
             ops,
             listener,
+            namespaces,
         })
     }
 
@@ -262,12 +302,29 @@ impl Pipeline {
             self.ops.clone(),
             stop_ops.clone().cancelled_owned(),
         ));
-        self.factory.start_all();
+        tokio::pin!(shutdown);
+        let mut stopping = false;
+        if let Some(ns) = &self.namespaces {
+            ns.start();
+            // Routes that select namespaces by label must not judge events before the
+            // labels are known.
+            while !ns.has_synced() && !stopping {
+                tokio::select! {
+                    _ = &mut shutdown => stopping = true,
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
+                }
+            }
+        }
+        if !stopping {
+            self.factory.start_all();
+        }
         info!(
             informers = self.factory.informers().len(),
             "watching; forwarding changes"
         );
-        shutdown.await;
+        if !stopping {
+            shutdown.await;
+        }
         info!("shutting down: stopping informers");
         self.factory.stop_all().await;
         let router = self.router.write().await.take();

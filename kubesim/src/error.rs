@@ -13,8 +13,8 @@ pub struct ApiError {
     pub reason: String,
     /// `Status.message`, worded like the real API server's.
     pub message: String,
-    /// `Status.details`, when the real server fills it.
-    pub details: Option<Value>,
+    /// `Status.details`, when the real server fills it (boxed: keeps `Result<_, ApiError>` small).
+    pub details: Option<Box<Value>>,
     /// Seconds for a `Retry-After` header (429/504), if any.
     pub retry_after: Option<u32>,
 }
@@ -33,7 +33,7 @@ impl ApiError {
 
     /// Attaches `Status.details`.
     pub fn with_details(mut self, details: Value) -> Self {
-        self.details = Some(details);
+        self.details = Some(Box::new(details));
         self
     }
 
@@ -166,7 +166,7 @@ impl ApiError {
             "reason": self.reason,
         });
         if let Some(d) = &self.details {
-            s["details"] = d.clone();
+            s["details"] = (**d).clone();
         }
         s["code"] = json!(self.code);
         s

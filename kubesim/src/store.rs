@@ -437,10 +437,6 @@ impl Store {
                 name,
             ));
         }
-        if wanted_rv.is_none() && !Arc::ptr_eq(&latest, &cur) {
-            // Unconditional write computed from an older version: recompute is the caller's job,
-            // but the real server just applies unconditional updates, so we do too.
-        }
         let old_meta = latest
             .value
             .get("metadata")
@@ -690,15 +686,14 @@ fn meta_str<'a>(v: &'a Value, field: &str) -> Option<&'a str> {
 
 /// Whether anything outside metadata and status changed (what bumps `metadata.generation`).
 fn spec_changed(old: &Value, new: &Value) -> bool {
-    let strip = |v: &Value| -> Value {
-        let mut v = v.clone();
-        if let Some(o) = v.as_object_mut() {
-            o.remove("metadata");
-            o.remove("status");
-        }
-        v
+    let (Some(o), Some(n)) = (old.as_object(), new.as_object()) else {
+        return old != new;
     };
-    strip(old) != strip(new)
+    let outside = |k: &String| k != "metadata" && k != "status";
+    o.keys().filter(|k| outside(k)).count() != n.keys().filter(|k| outside(k)).count()
+        || o.iter()
+            .filter(|(k, _)| outside(k))
+            .any(|(k, v)| n.get(k) != Some(v))
 }
 
 fn generate_name(prefix: &str) -> String {

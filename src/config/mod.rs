@@ -18,6 +18,7 @@ pub use expand::{ExpandError, expand_str};
 pub use yaml::Yaml;
 
 use crate::event::transform::{ObjectTransform, TransformConfig, TransformError};
+use crate::router::{Route, RouteConfig};
 use crate::server::ServerConfig;
 use crate::sinks::SinkConfig;
 use crate::state::StateConfig;
@@ -35,6 +36,9 @@ pub struct Config {
     /// Where change events go. At least one.
     #[serde(default)]
     pub sinks: Vec<SinkConfig>,
+    /// Which sinks get which events; without routes every event goes to every sink.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteConfig>,
     /// Transforms applied to every object before it is cached and diffed.
     #[serde(default)]
     pub transforms: TransformConfig,
@@ -163,6 +167,7 @@ const CAMEL_KEYS: &[&str] = &[
     "ignorePaths",
     "includeOld",
     "dropPaths",
+    "apiVersions",
     "keepPaths",
     "redactionKey",
     "queueCapacity",
@@ -328,6 +333,11 @@ impl Config {
             s.validate()
                 .map_err(|e| ConfigError::new(format!("sinks[{i}].{}", e.path), e.message))?;
         }
+        let sink_names: Vec<String> = self.sinks.iter().map(|s| s.name().to_string()).collect();
+        for (i, r) in self.routes.iter().enumerate() {
+            Route::compile(r, i, &sink_names, self.redaction_key().as_bytes())
+                .map_err(|e| ConfigError::new(format!("routes[{i}].{}", e.path), e.message))?;
+        }
         ObjectTransform::new(&self.transforms, &self.cluster).map_err(|e| {
             let (path, message) = match &e {
                 TransformError::Ignore(i, g) => (format!("ignorePaths[{i}]"), g.to_string()),
@@ -338,6 +348,14 @@ impl Config {
             ConfigError::new(format!("transforms.{path}"), message)
         })?;
         Ok(())
+    }
+
+    /// The key of redaction hashes: `transforms.redactionKey`, else the cluster name.
+    pub fn redaction_key(&self) -> String {
+        self.transforms
+            .redaction_key
+            .clone()
+            .unwrap_or_else(|| self.cluster.clone())
     }
 
     /// The effective configuration as YAML with secret values masked, for `lookout check`.

@@ -1,6 +1,7 @@
 //! The ops HTTP server: `/metrics` (Prometheus text), `/healthz` (process alive), `/readyz`
 //! (watches alive and sinks accepting, each failing reason named).
 
+mod cache;
 mod health;
 mod metrics;
 
@@ -16,6 +17,7 @@ use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
+pub use cache::CacheApiConfig;
 pub use health::Health;
 pub use metrics::Metrics;
 
@@ -29,6 +31,9 @@ pub struct ServerConfig {
     /// Readiness rules.
     #[serde(default)]
     pub readiness: ReadinessConfig,
+    /// The read-only cache query API.
+    #[serde(default)]
+    pub cache: CacheApiConfig,
 }
 
 impl Default for ServerConfig {
@@ -36,6 +41,7 @@ impl Default for ServerConfig {
         Self {
             listen: default_listen(),
             readiness: ReadinessConfig::default(),
+            cache: CacheApiConfig::default(),
         }
     }
 }
@@ -72,6 +78,10 @@ pub struct Ops {
     pub health: Health,
     /// Prometheus registry and direct metrics.
     pub metrics: Arc<Metrics>,
+    /// The informers, for the cache API.
+    pub factory: Arc<crate::informer::InformerFactory>,
+    /// Cache API settings.
+    pub cache: CacheApiConfig,
 }
 
 /// Serves the ops routes on `listener` until `shutdown` resolves.
@@ -80,11 +90,14 @@ pub async fn serve(
     ops: Arc<Ops>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .with_state(ops);
+        .route("/metrics", get(metrics_text));
+    if ops.cache.enabled {
+        app = app.route("/cache/{*rest}", get(cache::handle));
+    }
+    let app = app.with_state(ops);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

@@ -1,6 +1,7 @@
 //! Sinks: where change events go. One folder per sink with its config beside it; the shared
 //! plumbing (queue, batching, retries, acknowledgement) lives once in [`util`].
 
+pub mod file;
 pub mod stdout;
 pub mod util;
 pub mod webhook;
@@ -102,6 +103,8 @@ pub struct SinkContext {
 pub enum SinkConfig {
     /// One JSON envelope per line (or a human line) on standard output.
     Stdout(stdout::StdoutSinkConfig),
+    /// One JSON envelope per line appended to a file.
+    File(file::FileSinkConfig),
     /// HTTP(S) requests to a URL: envelope JSON or CloudEvents, optionally signed.
     Webhook(Box<webhook::WebhookSinkConfig>),
 }
@@ -111,6 +114,7 @@ impl SinkConfig {
     pub fn name(&self) -> &str {
         match self {
             SinkConfig::Stdout(c) => &c.name,
+            SinkConfig::File(c) => &c.name,
             SinkConfig::Webhook(c) => &c.name,
         }
     }
@@ -119,6 +123,7 @@ impl SinkConfig {
     pub fn queue_capacity(&self) -> usize {
         match self {
             SinkConfig::Stdout(c) => c.queue_capacity,
+            SinkConfig::File(c) => c.queue_capacity,
             SinkConfig::Webhook(c) => c.queue_capacity,
         }
     }
@@ -126,7 +131,7 @@ impl SinkConfig {
     /// Checks settings serde cannot.
     pub fn validate(&self) -> Result<(), SinkConfigError> {
         match self {
-            SinkConfig::Stdout(_) => Ok(()),
+            SinkConfig::Stdout(_) | SinkConfig::File(_) => Ok(()),
             SinkConfig::Webhook(c) => c.validate(),
         }
     }
@@ -135,6 +140,7 @@ impl SinkConfig {
     pub async fn build(&self, _ctx: &SinkContext) -> Result<Arc<dyn Sink>, SinkBuildError> {
         match self {
             SinkConfig::Stdout(c) => Ok(Arc::new(c.build())),
+            SinkConfig::File(c) => Ok(Arc::new(file::FileSink::open(c)?)),
             SinkConfig::Webhook(c) => Ok(Arc::new(c.build()?)),
         }
     }
@@ -142,8 +148,10 @@ impl SinkConfig {
     /// Where the driver puts the events this sink rejects for good.
     pub fn dead_letter(&self, ctx: &SinkContext) -> DeadLetter {
         match self {
-            // Standard output never rejects an event; no file, and no start-up complaint.
+            // Standard output and files never reject an event; no dead-letter file, and no
+            // start-up complaint.
             SinkConfig::Stdout(c) => DeadLetter::log_only(&c.name),
+            SinkConfig::File(c) => DeadLetter::log_only(&c.name),
             SinkConfig::Webhook(c) => {
                 DeadLetter::resolve(&c.name, c.dead_letter.as_ref(), ctx.state_dir.as_deref())
             }

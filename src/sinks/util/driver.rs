@@ -90,6 +90,11 @@ impl SinkHandle {
         self.queue.push(event).await.is_ok()
     }
 
+    /// Queues `deliver` for this sink, acknowledging the original change `ack` when done.
+    pub async fn send_as(&self, deliver: Arc<Envelope>, ack: Arc<Envelope>) -> bool {
+        self.queue.push_as(deliver, ack).await.is_ok()
+    }
+
     /// Entries waiting in the queue.
     pub fn queue_depth(&self) -> usize {
         self.queue.len()

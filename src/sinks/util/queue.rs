@@ -82,6 +82,13 @@ impl SinkQueue {
     /// Queues `event`: appended when there is room, merged into the object's queued entry
     /// when full, else waits for room.
     pub async fn push(&self, event: Arc<Envelope>) -> Result<(), Closed> {
+        self.push_as(event.clone(), event).await
+    }
+
+    /// Queues `deliver` (what this sink gets, possibly reshaped by a route) acknowledging
+    /// `ack` (the original change) once delivered.
+    pub async fn push_as(&self, deliver: Arc<Envelope>, ack: Arc<Envelope>) -> Result<(), Closed> {
+        let event = deliver;
         loop {
             let writable = self.writable.notified();
             {
@@ -96,7 +103,7 @@ impl SinkQueue {
                         seq,
                         Slot {
                             deliver: Some(event.clone()),
-                            ack: event,
+                            ack: ack.clone(),
                         },
                     ));
                     drop(st);
@@ -111,7 +118,7 @@ impl SinkQueue {
                         Merged::Keep => Some(event.clone()),
                         Merged::Cancelled => None,
                     };
-                    slot.ack = event;
+                    slot.ack = ack.clone();
                     self.coalesced.fetch_add(1, Ordering::Relaxed);
                     return Ok(());
                 }
@@ -303,7 +310,7 @@ mod tests {
             })
         };
         let waited = q
-            .pop_batch(10, usize::MAX, Duration::from_secs(5))
+            .pop_batch(10, usize::MAX, Duration::from_millis(300))
             .await
             .unwrap();
         late.await.unwrap();
