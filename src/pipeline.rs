@@ -17,7 +17,7 @@ use crate::event::{Envelope, EnvelopeBuilder, Op};
 use crate::informer::{Handler, InformerError, InformerFactory, InformerKey, SharedInformer};
 use crate::router::{Route, Router};
 use crate::server::{Health, Metrics, Ops};
-use crate::sinks::util::spawn_driver;
+use crate::sinks::util::spawn_driver_with_dead_letter;
 use crate::sinks::{AckObserver, SinkBuildError, SinkContext};
 use crate::state::{StateError, StateStore, StateWriter};
 
@@ -163,12 +163,13 @@ impl Pipeline {
                 .build(&ctx)
                 .await
                 .map_err(|source| PipelineError::Sink { index, source })?;
-            handles.push(spawn_driver(
+            handles.push(spawn_driver_with_dead_letter(
                 sc.name().to_string(),
                 sink,
                 sc.queue_capacity(),
                 observer.clone(),
                 abandon.clone(),
+                sc.dead_letter(&ctx),
             ));
         }
         let monitors: Vec<_> = handles.iter().map(|h| h.monitor()).collect();

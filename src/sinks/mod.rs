@@ -4,6 +4,7 @@
 pub mod file;
 pub mod stdout;
 pub mod util;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::Envelope;
 
-pub use util::{AckObserver, Batching, SinkHandle, SinkMonitor, SinkStats};
+pub use util::{AckObserver, Batching, DeadLetter, SinkHandle, SinkMonitor, SinkStats};
 
 /// A destination for change events.
 ///
@@ -104,6 +105,8 @@ pub enum SinkConfig {
     Stdout(stdout::StdoutSinkConfig),
     /// One JSON envelope per line appended to a file.
     File(file::FileSinkConfig),
+    /// HTTP(S) requests to a URL: envelope JSON or CloudEvents, optionally signed.
+    Webhook(Box<webhook::WebhookSinkConfig>),
 }
 
 impl SinkConfig {
@@ -112,6 +115,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Stdout(c) => &c.name,
             SinkConfig::File(c) => &c.name,
+            SinkConfig::Webhook(c) => &c.name,
         }
     }
 
@@ -120,6 +124,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Stdout(c) => c.queue_capacity,
             SinkConfig::File(c) => c.queue_capacity,
+            SinkConfig::Webhook(c) => c.queue_capacity,
         }
     }
 
@@ -127,6 +132,7 @@ impl SinkConfig {
     pub fn validate(&self) -> Result<(), SinkConfigError> {
         match self {
             SinkConfig::Stdout(_) | SinkConfig::File(_) => Ok(()),
+            SinkConfig::Webhook(c) => c.validate(),
         }
     }
 
@@ -135,6 +141,20 @@ impl SinkConfig {
         match self {
             SinkConfig::Stdout(c) => Ok(Arc::new(c.build())),
             SinkConfig::File(c) => Ok(Arc::new(file::FileSink::open(c)?)),
+            SinkConfig::Webhook(c) => Ok(Arc::new(c.build()?)),
+        }
+    }
+
+    /// Where the driver puts the events this sink rejects for good.
+    pub fn dead_letter(&self, ctx: &SinkContext) -> DeadLetter {
+        match self {
+            // Standard output and files never reject an event; no dead-letter file, and no
+            // start-up complaint.
+            SinkConfig::Stdout(c) => DeadLetter::log_only(&c.name),
+            SinkConfig::File(c) => DeadLetter::log_only(&c.name),
+            SinkConfig::Webhook(c) => {
+                DeadLetter::resolve(&c.name, c.dead_letter.as_ref(), ctx.state_dir.as_deref())
+            }
         }
     }
 }
