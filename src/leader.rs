@@ -93,7 +93,11 @@ impl LeaderElectionConfig {
         self.identity
             .clone()
             .or_else(|| std::env::var("POD_NAME").ok())
-            .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()))
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|s| s.trim().to_string())
+            })
             .unwrap_or_else(|| format!("lookout-{}", uuid::Uuid::new_v4()))
     }
 
@@ -238,12 +242,20 @@ impl Elector {
             return Ok(false);
         }
         let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!ours);
-        let acquire = if ours { spec.acquire_time.clone() } else { None };
+        let acquire = if ours {
+            spec.acquire_time.clone()
+        } else {
+            None
+        };
         let mut lease = current;
         lease.spec = Some(self.spec(transitions, acquire));
         // `replace` carries the resourceVersion we read: if another replica wrote in
         // between, the API server answers 409 and we lost this round.
-        match self.api.replace(&name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
             Err(e) => Err(e),

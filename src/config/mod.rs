@@ -18,6 +18,7 @@ pub use expand::{ExpandError, expand_str};
 pub use yaml::Yaml;
 
 use crate::event::transform::{ObjectTransform, TransformConfig, TransformError};
+use crate::leader::LeaderElectionConfig;
 use crate::router::{Route, RouteConfig};
 use crate::server::ServerConfig;
 use crate::sinks::SinkConfig;
@@ -45,6 +46,9 @@ pub struct Config {
     /// Where delivered state is kept across restarts.
     #[serde(default)]
     pub state: StateConfig,
+    /// Several replicas, one forwarding (Deployment mode).
+    #[serde(default)]
+    pub leader_election: LeaderElectionConfig,
     /// The ops HTTP server (metrics, probes).
     #[serde(default)]
     pub server: ServerConfig,
@@ -167,6 +171,12 @@ const CAMEL_KEYS: &[&str] = &[
     "ignorePaths",
     "includeOld",
     "dropPaths",
+    "leaderElection",
+    "leaseName",
+    "leaseNamespace",
+    "leaseDuration",
+    "renewDeadline",
+    "retryPeriod",
     "apiVersions",
     "keepPaths",
     "redactionKey",
@@ -333,6 +343,9 @@ impl Config {
             s.validate()
                 .map_err(|e| ConfigError::new(format!("sinks[{i}].{}", e.path), e.message))?;
         }
+        self.leader_election
+            .validate()
+            .map_err(|(k, m)| ConfigError::new(format!("leaderElection.{k}"), m))?;
         let sink_names: Vec<String> = self.sinks.iter().map(|s| s.name().to_string()).collect();
         for (i, r) in self.routes.iter().enumerate() {
             Route::compile(r, i, &sink_names, self.redaction_key().as_bytes())
