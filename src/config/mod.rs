@@ -162,6 +162,7 @@ const CAMEL_KEYS: &[&str] = &[
     "caFile",
     "certFile",
     "keyFile",
+    "cloudEventsMode",
 ];
 
 fn restore_case(segment: &str) -> String {

@@ -1,6 +1,7 @@
 //! Sinks: where change events go. One folder per sink with its config beside it; the shared
 //! plumbing (queue, batching, retries, acknowledgement) lives once in [`util`].
 
+pub mod kafka;
 pub mod stdout;
 pub mod util;
 
@@ -101,6 +102,8 @@ pub struct SinkContext {
 pub enum SinkConfig {
     /// One JSON envelope per line (or a human line) on standard output.
     Stdout(stdout::StdoutSinkConfig),
+    /// One message per change to Kafka, keyed by object uid.
+    Kafka(kafka::KafkaSinkConfig),
 }
 
 impl SinkConfig {
@@ -108,6 +111,7 @@ impl SinkConfig {
     pub fn name(&self) -> &str {
         match self {
             SinkConfig::Stdout(c) => &c.name,
+            SinkConfig::Kafka(c) => &c.name,
         }
     }
 
@@ -115,6 +119,7 @@ impl SinkConfig {
     pub fn queue_capacity(&self) -> usize {
         match self {
             SinkConfig::Stdout(c) => c.queue_capacity,
+            SinkConfig::Kafka(c) => c.queue_capacity,
         }
     }
 
@@ -122,13 +127,22 @@ impl SinkConfig {
     pub fn validate(&self) -> Result<(), SinkConfigError> {
         match self {
             SinkConfig::Stdout(_) => Ok(()),
+            SinkConfig::Kafka(c) => c.validate(),
         }
     }
 
     /// Builds the running sink.
-    pub async fn build(&self, _ctx: &SinkContext) -> Result<Arc<dyn Sink>, SinkBuildError> {
+    pub async fn build(&self, ctx: &SinkContext) -> Result<Arc<dyn Sink>, SinkBuildError> {
         match self {
             SinkConfig::Stdout(c) => Ok(Arc::new(c.build())),
+            SinkConfig::Kafka(c) => {
+                let sink = c.build(ctx).map_err(|message| SinkBuildError {
+                    name: c.name.clone(),
+                    message,
+                })?;
+                sink.spawn_startup_probe();
+                Ok(Arc::new(sink))
+            }
         }
     }
 }
