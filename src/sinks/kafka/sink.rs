@@ -1,6 +1,7 @@
 //! Produces batches to Kafka and reports success only on delivery reports.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -30,6 +31,10 @@ const MAX_BATCH_EVENTS: usize = 10_000;
 /// batch's messages fill it); otherwise the oldest delivery is awaited instead.
 const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(10);
 
+/// Attempts in a row whose messages all timed out although the brokers answered, before
+/// the producer is replaced.
+const STALLED_ATTEMPTS: u32 = 2;
+
 type KafkaProducer = FutureProducer<KafkaContext>;
 
 /// The Kafka sink. Many messages are in flight at once: a batch is enqueued whole, then its
@@ -49,6 +54,8 @@ pub struct KafkaSink {
     /// same batch again; these are skipped (as long as no earlier change of the same object
     /// needs resending) so a retry repeats as few messages as possible.
     delivered: Mutex<HashSet<Uuid>>,
+    /// Consecutive attempts that timed out while the brokers answered metadata requests.
+    stalled: AtomicU32,
 }
 
 /// How one event's messages fared.
@@ -83,6 +90,7 @@ impl KafkaSink {
             client_config,
             producer: RwLock::new(producer),
             delivered: Mutex::new(HashSet::new()),
+            stalled: AtomicU32::new(0),
         })
     }
 
@@ -109,12 +117,30 @@ impl KafkaSink {
     }
 
     /// After a fatal error (the idempotent producer lost track of its sequence numbers) the
-    /// producer is unusable; a new one starts a new producer id.
+    /// producer is unusable; a new one starts with a new producer id.
     fn recover_from_fatal(&self, producer: &KafkaProducer) {
-        let Some((code, reason)) = producer.client().fatal_error() else {
+        if let Some((code, reason)) = producer.client().fatal_error() {
+            self.replace_producer(&format!("fatal producer error {code:?}: {reason}"));
+        }
+    }
+
+    /// Messages that keep timing out while the brokers answer mean the producer is stuck,
+    /// typically because a broker lost the idempotent producer's state (its sequence numbers
+    /// no longer match, and librdkafka waits instead of failing). A new producer gets a new
+    /// producer id and starts its sequences afresh.
+    async fn recover_from_stall(&self, producer: &KafkaProducer, all_timed_out: bool) {
+        if !all_timed_out || fetch_metadata(producer.clone()).await.is_err() {
+            self.stalled.store(0, Ordering::Relaxed);
             return;
-        };
-        error!(sink = %self.name, error = ?code, "fatal Kafka producer error: {reason}; recreating the producer");
+        }
+        if self.stalled.fetch_add(1, Ordering::Relaxed) + 1 >= STALLED_ATTEMPTS {
+            self.stalled.store(0, Ordering::Relaxed);
+            self.replace_producer("messages keep timing out although the brokers answer");
+        }
+    }
+
+    fn replace_producer(&self, why: &str) {
+        warn!(sink = %self.name, "recreating the Kafka producer: {why}");
         match self
             .client_config
             .create_with_context::<_, KafkaProducer>(KafkaContext::new(&self.name))
@@ -274,6 +300,11 @@ impl Sink for KafkaSink {
 
         if let Some(&first) = retriable.first() {
             self.recover_from_fatal(&producer);
+            let all_timed_out = retriable.iter().all(|&i| {
+                matches!(&fates[i], Fate::Failed(e)
+                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut))
+            });
+            self.recover_from_stall(&producer, all_timed_out).await;
             let mut delivered = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
             for (e, fate) in batch.iter().zip(&fates) {
                 if matches!(fate, Fate::Delivered) {
@@ -292,6 +323,7 @@ impl Sink for KafkaSink {
                 fate_error(first)
             )));
         }
+        self.stalled.store(0, Ordering::Relaxed);
         self.delivered
             .lock()
             .unwrap_or_else(|p| p.into_inner())

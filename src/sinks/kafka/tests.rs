@@ -612,8 +612,11 @@ async fn broker_down_then_up_loses_nothing_through_the_driver() {
         sent.push(e.clone());
         assert!(handle.send(e).await);
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
     let stats = handle.stats.clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stats.retries.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(stats.retries.load(Ordering::SeqCst) > 0, "the driver retried");
     assert_eq!(stats.rejected.load(Ordering::SeqCst), 0);
     mock.broker_up(1).unwrap();
