@@ -29,6 +29,10 @@ pub enum Command {
         /// Config file (YAML); `LOOKOUT_*` environment variables override it.
         #[arg(short, long, env = "LOOKOUT_CONFIG")]
         config: PathBuf,
+        /// Delete the delivered-state store first (when it is unreadable or incompatible);
+        /// every object is then sent again as an add.
+        #[arg(long)]
+        reset_state: bool,
     },
     /// Validate a config and print the effective config with secrets masked.
     Check {
@@ -39,19 +43,27 @@ pub enum Command {
         #[arg(long)]
         server: bool,
     },
+    /// Run the pipeline against an embedded, churning simulator and print changes.
+    Demo(crate::demo::DemoArgs),
+    /// Run the kubesim API-server simulator alone (same flags as the `kubesim` binary).
+    Sim(kubesim::Cli),
 }
 
 /// Runs the CLI; returns the process exit status.
 pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run { config } => {
+        Command::Run {
+            config,
+            reset_state,
+        } => {
+            let shutdown = crate::shutdown::signal();
             let config = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
             crate::telemetry::init(config.log.format, &config.log.level);
             let client = kube::Client::try_default().await?;
-            run_pipeline(config, client, crate::shutdown::signal()).await
+            run_pipeline(config, client, reset_state, shutdown).await
         }
         Command::Check { config, server } => {
             let config = match load(&config) {
@@ -61,12 +73,18 @@ pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             if server {
                 crate::telemetry::init(config.log.format, "warn");
                 let client = kube::Client::try_default().await?;
-                if let Err(e) = Pipeline::build(config.clone(), client).await {
+                if let Err(e) = Pipeline::build(config.clone(), client, false).await {
                     eprintln!("lookout: {e}");
                     return Ok(ExitCode::from(EXIT_CONFIG));
                 }
             }
             print!("{}", config.to_masked_yaml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => crate::demo::run(args).await,
+        Command::Sim(args) => {
+            crate::telemetry::init(crate::config::LogFormat::Text, "info");
+            kubesim::run_cli(args).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -77,16 +95,19 @@ pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
 pub async fn run_pipeline(
     config: Config,
     client: kube::Client,
+    reset_state: bool,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<ExitCode> {
-    match Pipeline::build(config, client).await {
+    match Pipeline::build(config, client, reset_state).await {
         Ok(p) => {
             p.run(shutdown).await;
             Ok(ExitCode::SUCCESS)
         }
         Err(e @ PipelineError::Resource { .. })
         | Err(e @ PipelineError::Sink { .. })
-        | Err(e @ PipelineError::Transform(_)) => {
+        | Err(e @ PipelineError::Transform(_))
+        | Err(e @ PipelineError::State(_))
+        | Err(e @ PipelineError::Listen { .. }) => {
             eprintln!("lookout: {e}");
             Ok(ExitCode::from(EXIT_CONFIG))
         }

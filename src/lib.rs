@@ -6,10 +6,13 @@
 
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod event;
 pub mod informer;
 pub mod pipeline;
 pub mod router;
+pub mod server;
 pub mod shutdown;
 pub mod sinks;
+pub mod state;
 pub mod telemetry;

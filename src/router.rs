@@ -1,19 +1,400 @@
-//! Decides which sinks get an event and hands it to their queues.
+//! Routes: which sinks get which events, reshaped how.
+//!
+//! Drop routes are evaluated first: an event any of them matches goes nowhere. Then every
+//! matching forward route sends the event to its sinks; a sink gets an event once, shaped by
+//! the first matching route that names it. With no routes configured every event goes to
+//! every sink; with routes, an event no route matches goes nowhere.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::event::Envelope;
-use crate::sinks::SinkHandle;
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-/// Fans events out to sink queues. With no routes configured every event goes to every sink.
+use crate::event::pointer::{PointerGlob, segment_matches};
+use crate::event::transform::{RedactRule, Shape};
+use crate::event::{Envelope, Op, diff};
+use crate::informer::SharedInformer;
+use crate::sinks::{AckObserver, SinkHandle};
+
+/// One entry of `routes:`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteConfig {
+    /// A name for logs and metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Drop matching events instead of forwarding them (drop routes are evaluated first).
+    #[serde(default)]
+    pub drop: bool,
+    /// apiVersion globs (`apps/*`); empty = any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_versions: Vec<String>,
+    /// Kind globs (`Deploy*`); empty = any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<String>,
+    /// Namespace filters.
+    #[serde(default)]
+    pub namespaces: NamespaceMatch,
+    /// Ops (`add`, `update`, `delete`); empty = all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ops: Vec<OpName>,
+    /// Conditions on the object (for deletes, its last state); all must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub when: Vec<Condition>,
+    /// Updates only: forward only when the patch touches one of these pointer globs
+    /// (a change at, above or below the path counts). Adds and deletes pass.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<String>,
+    /// Sinks that get matching events (forward routes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sinks: Vec<String>,
+    /// Reshaping for this route's sinks.
+    #[serde(default)]
+    pub transforms: RouteTransforms,
+}
+
+/// `routes[].namespaces`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NamespaceMatch {
+    /// Namespace globs to include; empty = any. Cluster-scoped objects never match a
+    /// non-empty include list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    /// Namespace globs to exclude.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    /// Label selector on the Namespace object (needs a Namespace informer, started
+    /// automatically). Cluster-scoped objects never match it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+}
+
+/// An op name in a route.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OpName {
+    /// `add`.
+    Add,
+    /// `update`.
+    Update,
+    /// `delete`.
+    Delete,
+}
+
+impl OpName {
+    fn matches(self, op: Op) -> bool {
+        matches!(
+            (self, op),
+            (OpName::Add, Op::Add) | (OpName::Update, Op::Update) | (OpName::Delete, Op::Delete)
+        )
+    }
+}
+
+/// A condition on a JSON Pointer of the object; exactly one test.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Condition {
+    /// A plain JSON Pointer (`/spec/replicas`).
+    pub path: String,
+    /// The value there equals this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equals: Option<Value>,
+    /// Something is (true) or is not (false) there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exists: Option<bool>,
+    /// The value there, a string (or a number/bool as text), matches this regex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matches: Option<String>,
+}
+
+/// `routes[].transforms`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteTransforms {
+    /// Updates touching only these pointer globs are not sent by this route.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignore_paths: Vec<String>,
+    /// Pointer globs removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop_paths: Vec<String>,
+    /// Keep only these pointer globs (plus identity metadata).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keep_paths: Vec<String>,
+    /// Values to redact.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redact: Vec<RedactRule>,
+}
+
+/// A route that does not compile, with its key path below `routes[i]`.
+#[derive(Debug)]
+pub struct RouteError {
+    /// e.g. `when[0].matches`.
+    pub path: String,
+    /// Why.
+    pub message: String,
+}
+
+fn err(path: impl Into<String>, message: impl Into<String>) -> RouteError {
+    RouteError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+enum Test {
+    Equals(Value),
+    Exists(bool),
+    Matches(Regex),
+}
+
+/// A compiled route.
+pub struct Route {
+    name: String,
+    drop: bool,
+    api_versions: Vec<String>,
+    kinds: Vec<String>,
+    ns_include: Vec<String>,
+    ns_exclude: Vec<String>,
+    ns_selector: Option<kubesim::selector::LabelSelector>,
+    ops: Vec<OpName>,
+    when: Vec<(String, Test)>,
+    changed: Vec<PointerGlob>,
+    ignore: Vec<PointerGlob>,
+    shape: Shape,
+    /// Indices into the router's sinks.
+    sinks: Vec<usize>,
+}
+
+impl Route {
+    /// Compiles `config`; `sink_names` resolves sink names to indices.
+    pub fn compile(
+        config: &RouteConfig,
+        index: usize,
+        sink_names: &[String],
+        redaction_key: &[u8],
+    ) -> Result<Route, RouteError> {
+        let globs = |field: &str, list: &[String]| {
+            list.iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    PointerGlob::parse(p).map_err(|e| err(format!("{field}[{i}]"), e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let mut when = Vec::new();
+        for (i, c) in config.when.iter().enumerate() {
+            if !c.path.starts_with('/') && !c.path.is_empty() {
+                return Err(err(
+                    format!("when[{i}].path"),
+                    "a JSON Pointer must start with `/`",
+                ));
+            }
+            let tests = [c.equals.is_some(), c.exists.is_some(), c.matches.is_some()];
+            if tests.iter().filter(|t| **t).count() != 1 {
+                return Err(err(
+                    format!("when[{i}]"),
+                    "exactly one of `equals`, `exists`, `matches` is required",
+                ));
+            }
+            let test = if let Some(v) = &c.equals {
+                Test::Equals(v.clone())
+            } else if let Some(e) = c.exists {
+                Test::Exists(e)
+            } else {
+                let re = c.matches.as_deref().unwrap_or_default();
+                Test::Matches(Regex::new(re).map_err(|e| {
+                    err(format!("when[{i}].matches"), format!("invalid regex: {e}"))
+                })?)
+            };
+            when.push((c.path.clone(), test));
+        }
+        let mut sinks = Vec::new();
+        for (i, s) in config.sinks.iter().enumerate() {
+            let idx = sink_names.iter().position(|n| n == s).ok_or_else(|| {
+                err(
+                    format!("sinks[{i}]"),
+                    format!(
+                        "unknown sink `{s}`; configured sinks: {}",
+                        sink_names.join(", ")
+                    ),
+                )
+            })?;
+            sinks.push(idx);
+        }
+        if !config.drop && sinks.is_empty() {
+            return Err(err(
+                "sinks",
+                "a forwarding route needs at least one sink (or `drop: true`)",
+            ));
+        }
+        if config.drop && !sinks.is_empty() {
+            return Err(err(
+                "sinks",
+                "a drop route forwards nowhere; remove `sinks` or `drop`",
+            ));
+        }
+        let ns_selector = match &config.namespaces.selector {
+            Some(s) => Some(
+                kubesim::selector::LabelSelector::parse(s)
+                    .map_err(|e| err("namespaces.selector", e.to_string()))?,
+            ),
+            None => None,
+        };
+        let t = &config.transforms;
+        let shape =
+            Shape::new(&t.drop_paths, &t.keep_paths, &t.redact, redaction_key).map_err(|e| {
+                err(
+                    format!("transforms.{}[{}]", e.field, e.index),
+                    e.source.to_string(),
+                )
+            })?;
+        Ok(Route {
+            name: config
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("routes[{index}]")),
+            drop: config.drop,
+            api_versions: config.api_versions.clone(),
+            kinds: config.kinds.clone(),
+            ns_include: config.namespaces.include.clone(),
+            ns_exclude: config.namespaces.exclude.clone(),
+            ns_selector,
+            ops: config.ops.clone(),
+            when,
+            changed: globs("changed", &config.changed)?,
+            ignore: globs("transforms.ignorePaths", &t.ignore_paths)?,
+            shape,
+            sinks,
+        })
+    }
+
+    /// True when the route needs Namespace labels.
+    pub fn needs_namespaces(&self) -> bool {
+        self.ns_selector.is_some()
+    }
+
+    fn matches(&self, e: &Envelope, namespaces: Option<&SharedInformer>) -> bool {
+        let any = |globs: &[String], s: &str| globs.iter().any(|g| segment_matches(g, s));
+        if !self.api_versions.is_empty() && !any(&self.api_versions, &e.api_version) {
+            return false;
+        }
+        if !self.kinds.is_empty() && !any(&self.kinds, &e.kind) {
+            return false;
+        }
+        match &e.namespace {
+            Some(ns) => {
+                if !self.ns_include.is_empty() && !any(&self.ns_include, ns) {
+                    return false;
+                }
+                if any(&self.ns_exclude, ns) {
+                    return false;
+                }
+                if let Some(sel) = &self.ns_selector {
+                    let labels = namespaces
+                        .and_then(|i| i.store().get(ns))
+                        .map(|entry| entry.current["metadata"]["labels"].clone())
+                        .unwrap_or(Value::Null);
+                    if !sel.matches_object(&serde_json::json!({"metadata": {"labels": labels}})) {
+                        return false;
+                    }
+                }
+            }
+            None => {
+                if !self.ns_include.is_empty() || self.ns_selector.is_some() {
+                    return false;
+                }
+            }
+        }
+        if !self.ops.is_empty() && !self.ops.iter().any(|o| o.matches(e.op)) {
+            return false;
+        }
+        for (path, test) in &self.when {
+            let at = e.object.pointer(path);
+            let ok = match test {
+                Test::Equals(v) => at == Some(v),
+                Test::Exists(want) => at.is_some_and(|v| !v.is_null()) == *want,
+                Test::Matches(re) => match at {
+                    Some(Value::String(s)) => re.is_match(s),
+                    Some(v @ (Value::Number(_) | Value::Bool(_))) => re.is_match(&v.to_string()),
+                    _ => false,
+                },
+            };
+            if !ok {
+                return false;
+            }
+        }
+        if e.op == Op::Update
+            && let Some(patch) = &e.patch
+        {
+            if !self.changed.is_empty() {
+                let touched = patch.0.iter().any(|op| {
+                    let p = diff::op_path(op);
+                    self.changed.iter().any(|g| g.overlaps(&p))
+                });
+                if !touched {
+                    return false;
+                }
+            }
+            if !self.ignore.is_empty() && diff::only_ignored_changes(patch, &self.ignore) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The event as this route's sinks get it; `None` when the reshaped update is empty.
+    fn reshape(&self, e: &Arc<Envelope>) -> Option<Arc<Envelope>> {
+        if self.shape.is_identity() {
+            return Some(e.clone());
+        }
+        let mut object = (*e.object).clone();
+        self.shape.apply(&mut object);
+        let mut old = e.old.as_deref().cloned();
+        if let Some(o) = old.as_mut() {
+            self.shape.apply(o);
+        }
+        let patch = match (&old, e.op) {
+            (Some(o), Op::Update) => {
+                let p = diff::diff(o, &object);
+                if p.0.is_empty() {
+                    return None;
+                }
+                Some(p)
+            }
+            _ => None,
+        };
+        let mut shaped = e.rederive(e.op, old.map(Arc::new), patch);
+        shaped.object = Arc::new(object);
+        shaped.initial_list = e.initial_list;
+        Some(Arc::new(shaped))
+    }
+}
+
+/// Fans events out to sink queues.
 pub struct Router {
     sinks: Vec<SinkHandle>,
+    routes: Vec<Route>,
+    namespaces: Option<Arc<SharedInformer>>,
+    observer: Arc<dyn AckObserver>,
 }
 
 impl Router {
-    /// A router over the given sink queues.
-    pub fn new(sinks: Vec<SinkHandle>) -> Self {
-        Self { sinks }
+    /// A router over the given sink queues and compiled routes.
+    pub fn new(
+        sinks: Vec<SinkHandle>,
+        routes: Vec<Route>,
+        namespaces: Option<Arc<SharedInformer>>,
+        observer: Arc<dyn AckObserver>,
+    ) -> Self {
+        Self {
+            sinks,
+            routes,
+            namespaces,
+            observer,
+        }
     }
 
     /// The sink queues.
@@ -24,9 +405,16 @@ impl Router {
     /// Queues `event` on every sink it is routed to, waiting for room (backpressure).
     pub async fn dispatch(&self, event: Envelope) {
         let event = Arc::new(event);
-        event.expect_acks(self.sinks.len());
-        for sink in &self.sinks {
-            if !sink.send(event.clone()).await {
+        let targets = self.targets(&event);
+        event.expect_acks(targets.len());
+        if targets.is_empty() {
+            // Routed nowhere: nothing to wait for; downstream is as up to date as it wants.
+            self.observer.delivered(&event);
+            return;
+        }
+        for (sink, deliver) in targets {
+            let sink = &self.sinks[sink];
+            if !sink.send_as(deliver, event.clone()).await {
                 // The sink is shutting down; the event stays unacknowledged and the next run
                 // re-emits it.
                 tracing::debug!(sink = %sink.name, "sink queue closed; event not queued");
@@ -34,10 +422,34 @@ impl Router {
         }
     }
 
+    fn targets(&self, event: &Arc<Envelope>) -> Vec<(usize, Arc<Envelope>)> {
+        if self.routes.is_empty() {
+            return (0..self.sinks.len()).map(|i| (i, event.clone())).collect();
+        }
+        let ns = self.namespaces.as_deref();
+        if let Some(r) = self.routes.iter().find(|r| r.drop && r.matches(event, ns)) {
+            tracing::trace!(route = %r.name, uid = %event.uid, "dropped by route");
+            return Vec::new();
+        }
+        let mut chosen: BTreeMap<usize, Arc<Envelope>> = BTreeMap::new();
+        for route in self.routes.iter().filter(|r| !r.drop) {
+            if route.sinks.iter().all(|s| chosen.contains_key(s)) || !route.matches(event, ns) {
+                continue;
+            }
+            let Some(shaped) = route.reshape(event) else {
+                continue;
+            };
+            for &s in &route.sinks {
+                chosen.entry(s).or_insert_with(|| shaped.clone());
+            }
+        }
+        chosen.into_iter().collect()
+    }
+
     /// Closes every queue and waits for the drivers to deliver what was queued.
     pub async fn close_and_drain(self) {
-        let mut sinks = self.sinks;
-        for s in &mut sinks {
+        let sinks = self.sinks;
+        for s in &sinks {
             s.close();
         }
         for s in sinks {

@@ -1,18 +1,29 @@
 //! The process-wide shutdown signal.
 
-/// Resolves on SIGTERM or Ctrl-C (SIGINT).
-pub async fn signal() {
+use std::future::Future;
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+///
+/// The handlers are installed when this function is called, not when the future is first
+/// polled: a SIGTERM that arrives while the pipeline starts must still mean "shut down
+/// gracefully", never the default "die".
+pub fn signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+        let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+        async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("interrupt received"),
+            }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -17,8 +17,11 @@ use serde::{Deserialize, Serialize};
 pub use expand::{ExpandError, expand_str};
 pub use yaml::Yaml;
 
-use crate::event::transform::{PointerGlob, TransformConfig};
+use crate::event::transform::{ObjectTransform, TransformConfig, TransformError};
+use crate::router::{Route, RouteConfig};
+use crate::server::ServerConfig;
 use crate::sinks::SinkConfig;
+use crate::state::StateConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,9 +36,18 @@ pub struct Config {
     /// Where change events go. At least one.
     #[serde(default)]
     pub sinks: Vec<SinkConfig>,
+    /// Which sinks get which events; without routes every event goes to every sink.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteConfig>,
     /// Transforms applied to every object before it is cached and diffed.
     #[serde(default)]
     pub transforms: TransformConfig,
+    /// Where delivered state is kept across restarts.
+    #[serde(default)]
+    pub state: StateConfig,
+    /// The ops HTTP server (metrics, probes).
+    #[serde(default)]
+    pub server: ServerConfig,
     /// Shutdown behaviour.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
@@ -154,12 +166,17 @@ const CAMEL_KEYS: &[&str] = &[
     "redactSecrets",
     "ignorePaths",
     "includeOld",
+    "dropPaths",
+    "apiVersions",
+    "keepPaths",
+    "redactionKey",
     "queueCapacity",
     "maxEvents",
     "maxBytes",
     "maxWait",
     "deadLetter",
     "caFile",
+    "maxSilence",
     "certFile",
     "keyFile",
     "cloudEventsMode",
@@ -237,7 +254,6 @@ impl Config {
             figment = figment.merge(
                 Env::prefixed("LOOKOUT_")
                     .ignore(NON_CONFIG_ENV)
-                    .lowercase(false)
                     .split("__")
                     .map(|key| {
                         key.as_str()
@@ -246,7 +262,9 @@ impl Config {
                             .collect::<Vec<_>>()
                             .join(".")
                             .into()
-                    }),
+                    })
+                    // Last: every other builder method resets it to `true`.
+                    .lowercase(false),
             );
         }
         let mut merged: figment::value::Value = figment.extract().map_err(figment_error)?;
@@ -313,12 +331,29 @@ impl Config {
             s.validate()
                 .map_err(|e| ConfigError::new(format!("sinks[{i}].{}", e.path), e.message))?;
         }
-        for (i, p) in self.transforms.ignore_paths.iter().enumerate() {
-            PointerGlob::parse(p).map_err(|e| {
-                ConfigError::new(format!("transforms.ignorePaths[{i}]"), e.to_string())
-            })?;
+        let sink_names: Vec<String> = self.sinks.iter().map(|s| s.name().to_string()).collect();
+        for (i, r) in self.routes.iter().enumerate() {
+            Route::compile(r, i, &sink_names, self.redaction_key().as_bytes())
+                .map_err(|e| ConfigError::new(format!("routes[{i}].{}", e.path), e.message))?;
         }
+        ObjectTransform::new(&self.transforms, &self.cluster).map_err(|e| {
+            let (path, message) = match &e {
+                TransformError::Ignore(i, g) => (format!("ignorePaths[{i}]"), g.to_string()),
+                TransformError::Shape(s) => {
+                    (format!("{}[{}]", s.field, s.index), s.source.to_string())
+                }
+            };
+            ConfigError::new(format!("transforms.{path}"), message)
+        })?;
         Ok(())
+    }
+
+    /// The key of redaction hashes: `transforms.redactionKey`, else the cluster name.
+    pub fn redaction_key(&self) -> String {
+        self.transforms
+            .redaction_key
+            .clone()
+            .unwrap_or_else(|| self.cluster.clone())
     }
 
     /// The effective configuration as YAML with secret values masked, for `lookout check`.

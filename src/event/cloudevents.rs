@@ -99,6 +99,7 @@ mod tests {
             api_version: "apps/v1".into(),
             kind: "Deployment".into(),
             plural: "deployments".into(),
+            source: "apps/v1/Deployment".into(),
             include_old: false,
         }
         .build(

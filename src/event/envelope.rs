@@ -56,6 +56,8 @@ pub struct Envelope {
     pub kind: Arc<str>,
     /// The resource's plural name (URL path segment); not serialized.
     pub plural: Arc<str>,
+    /// The informer this change came from (its key); where delivered state is filed.
+    pub source: Arc<str>,
     /// Namespace; `None` for cluster-scoped objects.
     pub namespace: Option<String>,
     /// `metadata.name`.
@@ -160,6 +162,34 @@ impl Envelope {
         }
     }
 
+    /// A new change of the same object with another op, base and patch (coalescing);
+    /// identity, object, id and times are taken from `self`.
+    pub fn rederive(&self, op: Op, old: Option<Arc<Value>>, patch: Option<Patch>) -> Envelope {
+        Envelope {
+            id: self.id,
+            op,
+            time: self.time,
+            cluster: self.cluster.clone(),
+            api_version: self.api_version.clone(),
+            kind: self.kind.clone(),
+            plural: self.plural.clone(),
+            source: self.source.clone(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+            resource_version: self.resource_version.clone(),
+            object: self.object.clone(),
+            patch,
+            old,
+            include_old: self.include_old,
+            initial_list: false,
+            final_state_unknown: self.final_state_unknown,
+            observed: self.observed,
+            pending_acks: AtomicUsize::new(0),
+            encoded: OnceLock::new(),
+        }
+    }
+
     /// Records that `n` sinks must acknowledge this event before it counts as delivered.
     pub fn expect_acks(&self, n: usize) {
         self.pending_acks.store(n, Ordering::Release);
@@ -186,6 +216,8 @@ pub struct EnvelopeBuilder {
     pub kind: Arc<str>,
     /// Plural of the resource type (`deployments`).
     pub plural: Arc<str>,
+    /// The informer's key (see [`Envelope::source`]).
+    pub source: Arc<str>,
     /// Serialize `old` on updates.
     pub include_old: bool,
 }
@@ -208,6 +240,7 @@ impl EnvelopeBuilder {
             api_version: self.api_version.clone(),
             kind: self.kind.clone(),
             plural: self.plural.clone(),
+            source: self.source.clone(),
             namespace: object::namespace(&object).map(str::to_string),
             name: object::name(&object).to_string(),
             uid: object::uid(&object).to_string(),
@@ -236,6 +269,7 @@ mod tests {
             api_version: "apps/v1".into(),
             kind: "Deployment".into(),
             plural: "deployments".into(),
+            source: "apps/v1/Deployment".into(),
             include_old: false,
         }
     }

@@ -1,12 +1,16 @@
-//! Transforms applied to every object before it is cached and diffed.
+//! Transforms: what is done to objects before they are cached, diffed and emitted.
 //!
-//! They run before the cache so that what is cached, diffed and emitted is the same thing:
-//! a value that was redacted can never reach a patch, and dropped fields cost no memory.
+//! Global transforms (`transforms:`) run in the informers, before the cache, so that what is
+//! cached, diffed and emitted is the same thing: a redacted value can never reach a patch,
+//! and dropped or projected-away fields cost no memory. Routes can reshape further
+//! (`routes[].transforms`), for their sinks only.
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use sha2::Sha256;
+
+pub use super::pointer::{GlobError, PointerGlob};
 
 /// What the user can set under `transforms:`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -23,13 +27,23 @@ pub struct TransformConfig {
     /// low-entropy values cannot be guessed from their hash; the default is the cluster name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redaction_key: Option<String>,
-    /// JSON Pointer globs (`*` matches one segment) of changes that alone do not make an
-    /// update worth emitting. A pointer also covers everything below it.
+    /// JSON Pointer globs of changes that alone do not make an update worth emitting. A pointer
+    /// also covers everything below it; `*` matches within one segment.
     #[serde(default = "default_ignore_paths")]
     pub ignore_paths: Vec<String>,
     /// Add the previous object as `old` to update envelopes.
     #[serde(default)]
     pub include_old: bool,
+    /// Pointer globs removed from every object.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop_paths: Vec<String>,
+    /// When set, keep only these pointer globs (plus apiVersion, kind and the identity
+    /// metadata): a projection that also shrinks the cache (`[/metadata]` = metadata only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keep_paths: Vec<String>,
+    /// Values to redact, by pointer glob.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redact: Vec<RedactRule>,
 }
 
 impl Default for TransformConfig {
@@ -40,12 +54,45 @@ impl Default for TransformConfig {
             redaction_key: None,
             ignore_paths: default_ignore_paths(),
             include_old: false,
+            drop_paths: Vec::new(),
+            keep_paths: Vec::new(),
+            redact: Vec::new(),
         }
     }
 }
 
+/// One redaction: every value at `path` is replaced.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RedactRule {
+    /// Pointer glob, e.g. `/spec/template/spec/containers/*/env/*/value` or
+    /// `/metadata/annotations/*token*`.
+    pub path: String,
+    /// `hash` (keyed HMAC, changes stay visible) or `mask` (a fixed string).
+    #[serde(default)]
+    pub with: RedactWith,
+    /// The replacement for `with: mask`.
+    #[serde(default = "default_mask")]
+    pub mask: String,
+}
+
+/// How a redacted value is replaced.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RedactWith {
+    /// `hmac-sha256:<hex>`.
+    #[default]
+    Hash,
+    /// A fixed string.
+    Mask,
+}
+
 fn yes() -> bool {
     true
+}
+
+fn default_mask() -> String {
+    "***".to_string()
 }
 
 fn default_ignore_paths() -> Vec<String> {
@@ -55,97 +102,159 @@ fn default_ignore_paths() -> Vec<String> {
     ]
 }
 
-/// A JSON Pointer whose segments may be `*` (any one segment).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PointerGlob {
-    segments: Vec<String>,
+/// Fields a projection always keeps: without them an envelope has no identity.
+const IDENTITY: &[&str] = &[
+    "/apiVersion",
+    "/kind",
+    "/metadata/name",
+    "/metadata/namespace",
+    "/metadata/uid",
+    "/metadata/resourceVersion",
+    "/metadata/deletionTimestamp",
+];
+
+/// Drop, keep-only and redact, compiled.
+#[derive(Debug, Clone, Default)]
+pub struct Shape {
+    drop: Vec<PointerGlob>,
+    keep: Vec<PointerGlob>,
+    redact: Vec<(PointerGlob, RedactWith, String)>,
+    key: Vec<u8>,
 }
 
-/// A pointer glob that does not parse.
+/// A path of a [`Shape`] that does not compile: which list, which index, why.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid JSON Pointer glob `{glob}`: {reason}")]
-pub struct GlobError {
-    glob: String,
-    reason: &'static str,
+#[error("{field}[{index}]: {source}")]
+pub struct ShapeError {
+    /// `dropPaths`, `keepPaths` or `redact`.
+    pub field: &'static str,
+    /// Index in the list.
+    pub index: usize,
+    /// The glob error.
+    #[source]
+    pub source: GlobError,
 }
 
-impl PointerGlob {
-    /// Parses `/a/*/b` (RFC 6901 escapes `~0` and `~1` allowed).
-    pub fn parse(s: &str) -> Result<Self, GlobError> {
-        if !s.starts_with('/') {
-            return Err(GlobError {
-                glob: s.into(),
-                reason: "must start with `/`",
+impl Shape {
+    /// Compiles the three lists; `key` keys the redaction hash.
+    pub fn new(
+        drop: &[String],
+        keep: &[String],
+        redact: &[RedactRule],
+        key: &[u8],
+    ) -> Result<Self, ShapeError> {
+        let compile = |field: &'static str, list: &[String]| {
+            list.iter()
+                .enumerate()
+                .map(|(index, p)| {
+                    PointerGlob::parse(p).map_err(|source| ShapeError {
+                        field,
+                        index,
+                        source,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let drop = compile("dropPaths", drop)?;
+        let mut keep = compile("keepPaths", keep)?;
+        if !keep.is_empty() {
+            keep.extend(
+                IDENTITY
+                    .iter()
+                    .map(|p| PointerGlob::parse(p).expect("valid")),
+            );
+        }
+        let redact = redact
+            .iter()
+            .enumerate()
+            .map(|(index, r)| {
+                PointerGlob::parse(&r.path)
+                    .map(|g| (g, r.with, r.mask.clone()))
+                    .map_err(|source| ShapeError {
+                        field: "redact",
+                        index,
+                        source,
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            drop,
+            keep,
+            redact,
+            key: key.to_vec(),
+        })
+    }
+
+    /// True when applying it changes nothing.
+    pub fn is_identity(&self) -> bool {
+        self.drop.is_empty() && self.keep.is_empty() && self.redact.is_empty()
+    }
+
+    /// Applies projection, then drops, then redactions, in place.
+    pub fn apply(&self, obj: &mut Value) {
+        if !self.keep.is_empty() {
+            let mut kept = Value::Object(Map::new());
+            for g in &self.keep {
+                g.copy_into(obj, &mut kept);
+            }
+            *obj = kept;
+        }
+        for g in &self.drop {
+            g.remove_from(obj);
+        }
+        for (g, with, mask) in &self.redact {
+            g.for_each_mut(obj, &mut |v| {
+                if !v.is_null() {
+                    *v = Value::String(match with {
+                        RedactWith::Hash => redact_hash(&self.key, v),
+                        RedactWith::Mask => mask.clone(),
+                    });
+                }
             });
         }
-        let mut segments = Vec::new();
-        for raw in s[1..].split('/') {
-            if raw.contains('~') && !valid_escapes(raw) {
-                return Err(GlobError {
-                    glob: s.into(),
-                    reason: "`~` must be followed by 0 or 1",
-                });
-            }
-            segments.push(raw.replace("~1", "/").replace("~0", "~"));
-        }
-        Ok(Self { segments })
-    }
-
-    /// True when this glob equals `pointer` or a prefix of it, segment by segment.
-    pub fn matches_prefix_of(&self, pointer: &str) -> bool {
-        let mut parts = pointer.split('/').skip(1);
-        for seg in &self.segments {
-            match parts.next() {
-                Some(p) if seg == "*" || unescape_eq(p, seg) => {}
-                _ => return false,
-            }
-        }
-        true
     }
 }
 
-fn valid_escapes(raw: &str) -> bool {
-    let b = raw.as_bytes();
-    b.iter()
-        .enumerate()
-        .all(|(i, c)| *c != b'~' || matches!(b.get(i + 1), Some(b'0') | Some(b'1')))
-}
-
-fn unescape_eq(escaped: &str, plain: &str) -> bool {
-    if escaped.contains('~') {
-        escaped.replace("~1", "/").replace("~0", "~") == plain
-    } else {
-        escaped == plain
-    }
-}
-
-/// The compiled form of [`TransformConfig`], applied by informers.
+/// The compiled global transforms, applied by informers.
 #[derive(Debug, Clone)]
 pub struct ObjectTransform {
     drop_managed_fields: bool,
     redaction_key: Option<Vec<u8>>,
+    shape: Shape,
     /// Changes confined to these paths are not emitted.
     pub ignore: Vec<PointerGlob>,
 }
 
+/// A global transform that does not compile.
+#[derive(Debug, thiserror::Error)]
+pub enum TransformError {
+    /// An `ignorePaths` glob.
+    #[error("ignorePaths[{0}]: {1}")]
+    Ignore(usize, GlobError),
+    /// A drop / keep / redact path.
+    #[error(transparent)]
+    Shape(#[from] ShapeError),
+}
+
 impl ObjectTransform {
-    /// Compiles a validated config; `cluster` is the default redaction key.
-    pub fn new(config: &TransformConfig, cluster: &str) -> Result<Self, GlobError> {
+    /// Compiles a config; `cluster` is the default redaction key.
+    pub fn new(config: &TransformConfig, cluster: &str) -> Result<Self, TransformError> {
         let ignore = config
             .ignore_paths
             .iter()
-            .map(|p| PointerGlob::parse(p))
+            .enumerate()
+            .map(|(i, p)| PointerGlob::parse(p).map_err(|e| TransformError::Ignore(i, e)))
             .collect::<Result<_, _>>()?;
-        let redaction_key = config.redact_secrets.then(|| {
-            config
-                .redaction_key
-                .clone()
-                .unwrap_or_else(|| cluster.to_string())
-                .into_bytes()
-        });
+        let key = config
+            .redaction_key
+            .clone()
+            .unwrap_or_else(|| cluster.to_string())
+            .into_bytes();
+        let shape = Shape::new(&config.drop_paths, &config.keep_paths, &config.redact, &key)?;
         Ok(Self {
             drop_managed_fields: config.drop_managed_fields,
-            redaction_key,
+            redaction_key: config.redact_secrets.then_some(key),
+            shape,
             ignore,
         })
     }
@@ -163,10 +272,13 @@ impl ObjectTransform {
             for field in ["data", "stringData"] {
                 if let Some(map) = obj.get_mut(field).and_then(Value::as_object_mut) {
                     for v in map.values_mut() {
-                        *v = Value::String(redact(key, v));
+                        *v = Value::String(redact_hash(key, v));
                     }
                 }
             }
+        }
+        if !self.shape.is_identity() {
+            self.shape.apply(obj);
         }
     }
 }
@@ -177,8 +289,8 @@ fn is_secret(obj: &Value) -> bool {
 }
 
 /// `hmac-sha256:<hex>` of a value; the same value always gives the same string, so a
-/// change of a Secret value shows as a change without revealing either value.
-fn redact(key: &[u8], value: &Value) -> String {
+/// change of a value shows as a change without revealing either value.
+pub fn redact_hash(key: &[u8], value: &Value) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
     match value {
         Value::String(s) => mac.update(s.as_bytes()),
@@ -191,20 +303,6 @@ fn redact(key: &[u8], value: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn globs_match_segments_and_prefixes() {
-        let g = PointerGlob::parse("/status/conditions/*/lastHeartbeatTime").unwrap();
-        assert!(g.matches_prefix_of("/status/conditions/3/lastHeartbeatTime"));
-        assert!(!g.matches_prefix_of("/status/conditions/3/status"));
-        assert!(!g.matches_prefix_of("/status/conditions"));
-        let m = PointerGlob::parse("/metadata/managedFields").unwrap();
-        assert!(m.matches_prefix_of("/metadata/managedFields/0/manager"));
-        let esc = PointerGlob::parse("/metadata/annotations/a~1b").unwrap();
-        assert!(esc.matches_prefix_of("/metadata/annotations/a~1b"));
-        assert!(PointerGlob::parse("metadata").is_err());
-        assert!(PointerGlob::parse("/a/~2").is_err());
-    }
 
     #[test]
     fn secret_values_are_replaced_by_stable_hashes() {
@@ -231,5 +329,60 @@ mod tests {
             "data": {"k": "v"}});
         t.apply(&mut cm);
         assert_eq!(cm["data"]["k"], "v");
+    }
+
+    #[test]
+    fn metadata_only_projection_keeps_identity() {
+        let config = TransformConfig {
+            keep_paths: vec!["/metadata/labels".into()],
+            ..TransformConfig::default()
+        };
+        let t = ObjectTransform::new(&config, "c").unwrap();
+        let mut pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "n", "uid": "u", "resourceVersion": "1",
+                "labels": {"a": "b"}, "annotations": {"big": "x"}},
+            "spec": {"containers": []}, "status": {}});
+        t.apply(&mut pod);
+        assert_eq!(
+            pod,
+            json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"labels": {"a": "b"}, "name": "p", "namespace": "n", "uid": "u",
+                "resourceVersion": "1"}})
+        );
+    }
+
+    #[test]
+    fn redaction_rules_hash_or_mask_matching_values() {
+        let config = TransformConfig {
+            redact: vec![
+                RedactRule {
+                    path: "/spec/containers/*/env/*/value".into(),
+                    with: RedactWith::Mask,
+                    mask: "***".into(),
+                },
+                RedactRule {
+                    path: "/metadata/annotations/*token*".into(),
+                    with: RedactWith::Hash,
+                    mask: String::new(),
+                },
+            ],
+            drop_paths: vec!["/status".into()],
+            ..TransformConfig::default()
+        };
+        let t = ObjectTransform::new(&config, "c").unwrap();
+        let mut pod = json!({"metadata": {"annotations": {"api-token": "s3cr3t", "note": "ok"}},
+            "spec": {"containers": [{"env": [{"name": "PW", "value": "hunter2"}]}]},
+            "status": {"phase": "Running"}});
+        t.apply(&mut pod);
+        assert_eq!(pod["spec"]["containers"][0]["env"][0]["value"], "***");
+        assert!(
+            pod["metadata"]["annotations"]["api-token"]
+                .as_str()
+                .unwrap()
+                .starts_with("hmac-sha256:")
+        );
+        assert_eq!(pod["metadata"]["annotations"]["note"], "ok");
+        assert!(pod.get("status").is_none());
+        assert!(!pod.to_string().contains("hunter2") && !pod.to_string().contains("s3cr3t"));
     }
 }

@@ -59,6 +59,8 @@ pub struct SharedInformer {
     handlers: Mutex<Vec<Arc<dyn Handler>>>,
     stats: InformerStats,
     started: Instant,
+    /// The cache was seeded from delivered state: first-list adds are real adds then.
+    seeded: AtomicBool,
     task: Mutex<Option<(CancellationToken, JoinHandle<()>)>>,
 }
 
@@ -78,6 +80,7 @@ impl SharedInformer {
             handlers: Mutex::new(Vec::new()),
             stats: InformerStats::default(),
             started: Instant::now(),
+            seeded: AtomicBool::new(false),
             task: Mutex::new(None),
         }
     }
@@ -117,6 +120,24 @@ impl SharedInformer {
     /// True once the first list has been delivered to the handlers.
     pub fn has_synced(&self) -> bool {
         self.stats.synced.load(Ordering::Acquire)
+    }
+
+    /// Seeds the cache with the state downstream last acknowledged (the delivered-state
+    /// store), before `start`: the first list is then compared with it, so only what changed
+    /// while the agent was away is emitted.
+    pub fn seed(&self, objects: Vec<(String, Value)>) {
+        if !objects.is_empty() {
+            self.seeded.store(true, Ordering::Release);
+        }
+        for (key, object) in objects {
+            self.store.insert(
+                key,
+                Entry {
+                    current: Arc::new(object),
+                    emitted: None,
+                },
+            );
+        }
     }
 
     /// Registers a handler. Register before `start` to see the initial list.
@@ -220,6 +241,9 @@ impl SharedInformer {
     /// Lists every page, brings the cache and handlers in line with it, and returns the
     /// list's resourceVersion.
     async fn list_and_sync(&self, first_list: bool) -> Result<String, kube::Error> {
+        // `initialList` marks a snapshot add; after a restart from delivered state, an add in
+        // the first list is an object created while the agent was away.
+        let initial = first_list && !self.seeded.load(Ordering::Acquire);
         let mut params = ListParams {
             label_selector: self.key.label_selector.clone(),
             field_selector: self.key.field_selector.clone(),
@@ -241,9 +265,10 @@ impl SharedInformer {
             self.heard();
             for item in page.items {
                 let mut obj = item.value;
+                self.ensure_type_meta(&mut obj);
                 self.transform.apply(&mut obj);
                 seen.insert(object::cache_key(&obj));
-                self.apply(obj, first_list).await;
+                self.apply(obj, initial).await;
             }
             match page.metadata.continue_.filter(|c| !c.is_empty()) {
                 Some(token) => params.continue_token = Some(token),
@@ -315,6 +340,22 @@ impl SharedInformer {
                 WatchEvent::Error(status) => {
                     return WatchEnd::Retry(rv, format!("{} ({})", status.message, status.code));
                 }
+            }
+        }
+    }
+
+    /// API servers omit `apiVersion` and `kind` on list items; envelopes and transforms
+    /// (Secret redaction) need them, so they are filled from the resource type.
+    fn ensure_type_meta(&self, obj: &mut Value) {
+        if let Some(map) = obj.as_object_mut() {
+            if !map.contains_key("apiVersion") {
+                map.insert(
+                    "apiVersion".into(),
+                    self.resource.api_version.clone().into(),
+                );
+            }
+            if !map.contains_key("kind") {
+                map.insert("kind".into(), self.resource.kind.clone().into());
             }
         }
     }

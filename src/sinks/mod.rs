@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::Envelope;
 
-pub use util::{AckObserver, Batching, SinkHandle, SinkStats};
+pub use util::{AckObserver, Batching, SinkHandle, SinkMonitor, SinkStats};
 
 /// A destination for change events.
 ///

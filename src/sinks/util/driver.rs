@@ -4,12 +4,12 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::sync::mpsc;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
 
-use super::batch::Batcher;
+use super::queue::SinkQueue;
 use super::retry::{Outcome, RetryPolicy, send_with_retry};
 use crate::event::Envelope;
 use crate::sinks::Sink;
@@ -21,7 +21,7 @@ pub trait AckObserver: Send + Sync + 'static {
 }
 
 /// Per-sink counters, read by metrics and readiness.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SinkStats {
     /// Events accepted by the sink.
     pub sent: AtomicU64,
@@ -35,39 +35,84 @@ pub struct SinkStats {
     pub batches: AtomicU64,
     /// 1 while the sink is failing and retrying, else 0.
     pub failing: AtomicU64,
+    /// Seconds from the change's arrival from the API server to the sink's acknowledgement.
+    pub latency: Histogram,
 }
 
-/// The sending side of a sink's queue plus its driver task.
+impl Default for SinkStats {
+    fn default() -> Self {
+        Self {
+            sent: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            failing: AtomicU64::new(0),
+            // 100 µs … ~13 s
+            latency: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+        }
+    }
+}
+
+/// A read-only view of one sink for metrics and health.
+#[derive(Clone)]
+pub struct SinkMonitor {
+    /// The sink's configured name.
+    pub name: String,
+    /// Its queue.
+    pub queue: Arc<SinkQueue>,
+    /// Its counters.
+    pub stats: Arc<SinkStats>,
+    /// The sink, for health checks.
+    pub sink: Arc<dyn Sink>,
+}
+
+/// A sink's queue plus its driver task.
 pub struct SinkHandle {
     /// The sink's configured name.
     pub name: String,
-    tx: Option<mpsc::Sender<Arc<Envelope>>>,
+    sink: Arc<dyn Sink>,
+    queue: Arc<SinkQueue>,
     /// Counters.
     pub stats: Arc<SinkStats>,
     task: JoinHandle<()>,
 }
 
 impl SinkHandle {
-    /// Queues an event, waiting while the queue is full (backpressure).
+    /// Queues an event (waiting for room, or coalescing when full; see [`SinkQueue`]).
     /// Returns false when the sink has shut down.
     pub async fn send(&self, event: Arc<Envelope>) -> bool {
-        match &self.tx {
-            Some(tx) => tx.send(event).await.is_ok(),
-            None => false,
+        self.queue.push(event).await.is_ok()
+    }
+
+    /// Queues `deliver` for this sink, acknowledging the original change `ack` when done.
+    pub async fn send_as(&self, deliver: Arc<Envelope>, ack: Arc<Envelope>) -> bool {
+        self.queue.push_as(deliver, ack).await.is_ok()
+    }
+
+    /// Entries waiting in the queue.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Changes merged into earlier queued changes of the same object.
+    pub fn coalesced(&self) -> u64 {
+        self.queue.coalesced()
+    }
+
+    /// What the ops server reads about this sink.
+    pub fn monitor(&self) -> SinkMonitor {
+        SinkMonitor {
+            name: self.name.clone(),
+            queue: self.queue.clone(),
+            stats: self.stats.clone(),
+            sink: self.sink.clone(),
         }
     }
 
-    /// Events waiting in the queue.
-    pub fn queue_depth(&self) -> usize {
-        self.tx
-            .as_ref()
-            .map(|tx| tx.max_capacity() - tx.capacity())
-            .unwrap_or(0)
-    }
-
     /// Closes the queue: the driver delivers what is queued, then ends.
-    pub fn close(&mut self) {
-        self.tx = None;
+    pub fn close(&self) {
+        self.queue.close();
     }
 
     /// Waits for the driver to end (after `close`, or after `abandon` fired).
@@ -76,9 +121,9 @@ impl SinkHandle {
     }
 }
 
-/// Starts the driver for `sink` with a queue of `capacity` events. `abandon` makes it give up
-/// retrying (shutdown grace period over); unacknowledged events are then re-emitted by the
-/// next run from the delivered state.
+/// Starts the driver for `sink` with a queue of `capacity` entries. `abandon` makes it give up
+/// (shutdown grace period over); unacknowledged events are then re-emitted by the next run
+/// from the delivered state.
 pub fn spawn_driver(
     name: String,
     sink: Arc<dyn Sink>,
@@ -86,20 +131,20 @@ pub fn spawn_driver(
     observer: Arc<dyn AckObserver>,
     abandon: CancellationToken,
 ) -> SinkHandle {
-    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let queue = Arc::new(SinkQueue::new(capacity));
     let stats = Arc::new(SinkStats::default());
-    let batcher = Batcher::new(rx, sink.batching());
     let task = tokio::spawn(drive(
         name.clone(),
-        sink,
-        batcher,
+        sink.clone(),
+        queue.clone(),
         stats.clone(),
         observer,
         abandon,
     ));
     SinkHandle {
         name,
-        tx: Some(tx),
+        sink,
+        queue,
         stats,
         task,
     }
@@ -108,46 +153,54 @@ pub fn spawn_driver(
 async fn drive(
     name: String,
     sink: Arc<dyn Sink>,
-    mut batcher: Batcher,
+    queue: Arc<SinkQueue>,
     stats: Arc<SinkStats>,
     observer: Arc<dyn AckObserver>,
     abandon: CancellationToken,
 ) {
     let policy = RetryPolicy::default();
+    let batching = sink.batching();
     loop {
-        let batch = tokio::select! {
+        let slots = tokio::select! {
             _ = abandon.cancelled() => break,
-            b = batcher.next_batch() => b,
+            b = queue.pop_batch(batching.max_events, batching.max_bytes, batching.max_wait) => b,
         };
-        let Some(batch) = batch else { break };
-        let outcome = send_with_retry(sink.as_ref(), &name, &batch, policy, &stats, &abandon).await;
-        match outcome {
-            Outcome::Accepted => {
-                stats.sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
-            }
-            Outcome::Rejected { indices, reason } => {
-                for &i in &indices {
-                    if let Some(e) = batch.get(i) {
-                        error!(sink = %name, kind = %e.kind, object = %e.display_name(),
-                            uid = %e.uid, resource_version = %e.resource_version,
-                            reason = %reason, "event rejected by sink; dead-lettered");
+        let Some(slots) = slots else { break };
+        let batch: Vec<Arc<Envelope>> = slots.iter().filter_map(|s| s.deliver.clone()).collect();
+        if !batch.is_empty() {
+            let outcome =
+                send_with_retry(sink.as_ref(), &name, &batch, policy, &stats, &abandon).await;
+            match outcome {
+                Outcome::Accepted => {
+                    stats.sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    for e in &batch {
+                        stats.latency.observe(e.observed.elapsed().as_secs_f64());
                     }
                 }
-                stats
-                    .rejected
-                    .fetch_add(indices.len() as u64, Ordering::Relaxed);
-                stats
-                    .sent
-                    .fetch_add((batch.len() - indices.len()) as u64, Ordering::Relaxed);
+                Outcome::Rejected { indices, reason } => {
+                    for &i in &indices {
+                        if let Some(e) = batch.get(i) {
+                            error!(sink = %name, kind = %e.kind, object = %e.display_name(),
+                                uid = %e.uid, resource_version = %e.resource_version,
+                                reason = %reason, "event rejected by sink; dead-lettered");
+                        }
+                    }
+                    stats
+                        .rejected
+                        .fetch_add(indices.len() as u64, Ordering::Relaxed);
+                    stats
+                        .sent
+                        .fetch_add((batch.len() - indices.len()) as u64, Ordering::Relaxed);
+                }
+                Outcome::Abandoned => break,
             }
-            Outcome::Abandoned => break,
+            stats.batches.fetch_add(1, Ordering::Relaxed);
         }
-        stats.batches.fetch_add(1, Ordering::Relaxed);
-        for event in &batch {
-            if event.ack_one() {
-                observer.delivered(event);
+        for slot in &slots {
+            if slot.ack.ack_one() {
+                observer.delivered(&slot.ack);
             }
         }
     }
-    debug!(sink = %name, left = batcher.queued(), "sink driver stopped");
+    debug!(sink = %name, left = queue.len(), "sink driver stopped");
 }

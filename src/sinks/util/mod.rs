@@ -3,8 +3,10 @@
 
 mod batch;
 mod driver;
+mod queue;
 mod retry;
 
-pub use batch::{Batcher, Batching};
-pub use driver::{AckObserver, SinkHandle, SinkStats, spawn_driver};
+pub use batch::Batching;
+pub use driver::{AckObserver, SinkHandle, SinkMonitor, SinkStats, spawn_driver};
+pub use queue::{Closed, SinkQueue, Slot};
 pub use retry::RetryPolicy;

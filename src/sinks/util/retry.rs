@@ -69,6 +69,9 @@ pub async fn send_with_retry(
             _ = abandon.cancelled() => return Outcome::Abandoned,
             r = sink.send(batch) => r,
         };
+        if result.is_ok() {
+            stats.failing.store(0, Ordering::Relaxed);
+        }
         match result {
             Ok(()) => return Outcome::Accepted,
             Err(SinkError::Rejected { message, indices }) => {
@@ -84,6 +87,7 @@ pub async fn send_with_retry(
             }) => {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
                 stats.retries.fetch_add(1, Ordering::Relaxed);
+                stats.failing.store(1, Ordering::Relaxed);
                 let computed = backoff.next().unwrap_or(policy.max_delay);
                 let delay = retry_after.unwrap_or(computed);
                 warn!(sink = sink_name, error = %message, events = batch.len(),
