@@ -139,6 +139,7 @@ fn envelope(kind: &str, namespace: Option<&str>, uid: &str, op: Op, rv: u64) -> 
         api_version: api_version.into(),
         kind: kind.into(),
         plural: format!("{}s", kind.to_ascii_lowercase()).as_str().into(),
+        source: format!("{api_version}/{kind}").as_str().into(),
         include_old: false,
     }
     .build(
@@ -276,7 +277,7 @@ async fn tansu_receives_every_change_keyed_by_uid_in_order_with_headers_and_tomb
     ))
     .await;
     let acks = Arc::new(Acks::default());
-    let mut handle = spawn_driver("e2e".into(), sink, 10_000, acks.clone(), CancellationToken::new());
+    let handle = spawn_driver("e2e".into(), sink, 10_000, acks.clone(), CancellationToken::new());
 
     // 12 objects, each: add, 5 updates, and for a third of them a delete.
     let mut sent = Vec::new();
@@ -435,7 +436,7 @@ async fn tansu_killed_for_20s_mid_stream_loses_nothing_and_duplicates_are_counte
     tokio::time::sleep(Duration::from_secs(5)).await;
     stop.store(true, Ordering::SeqCst);
     producer.await.unwrap();
-    let mut handle = Arc::try_unwrap(handle).ok().expect("sole owner").into_inner();
+    let handle = Arc::try_unwrap(handle).ok().expect("sole owner").into_inner();
     handle.close();
     tokio::time::timeout(Duration::from_secs(120), handle.join())
         .await

@@ -43,6 +43,7 @@ fn envelope(
         api_version: api_version.into(),
         kind: kind.into(),
         plural: plural.as_str().into(),
+        source: format!("{api_version}/{kind}").as_str().into(),
         include_old: false,
     }
     .build(
@@ -555,7 +556,7 @@ async fn an_oversized_event_is_dead_lettered_and_the_rest_delivered() {
 
     // Through the driver: counted as rejected, acknowledged, never retried.
     let observer = Arc::new(CountAcks::default());
-    let mut handle = spawn_driver(
+    let handle = spawn_driver(
         "kafka".into(),
         sink,
         10,
@@ -586,7 +587,7 @@ async fn broker_down_then_up_loses_nothing_through_the_driver() {
     set(&mut c, "message.timeout.ms", "1000");
     let sink = sink(&c);
     let observer = Arc::new(CountAcks::default());
-    let mut handle = spawn_driver(
+    let handle = spawn_driver(
         "kafka".into(),
         sink.clone(),
         1000,
