@@ -681,3 +681,19 @@ async fn sink_ok(bootstrap: &str) {
         .await
         .expect("healthy");
 }
+
+#[test]
+fn bad_properties_in_a_config_file_are_reported_at_their_sink_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lookout.yaml");
+    std::fs::write(
+        &path,
+        "resources:\n  - apiVersion: v1\n    kind: ConfigMap\nsinks:\n  - type: stdout\n    name: out\n  \
+         - type: kafka\n    name: k\n    brokers: [localhost:9092]\n    topic: k8s\n    \
+         properties:\n      acks: sometimes\n",
+    )
+    .unwrap();
+    let err = crate::config::Config::load_with_env(Some(&path), &|_| None, false).unwrap_err();
+    assert_eq!(err.path, "sinks[1].properties");
+    assert!(err.message.contains("acks"), "{}", err.message);
+}
