@@ -110,6 +110,11 @@ impl KafkaContext {
 impl ClientContext for KafkaContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         let sink = &*self.sink;
+        // Connection failures also arrive through `error`, which reports them once.
+        if facility == "FAIL" {
+            debug!(sink, facility, "librdkafka: {message}");
+            return;
+        }
         match level {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert

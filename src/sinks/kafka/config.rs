@@ -155,7 +155,9 @@ impl KafkaSinkConfig {
             return Err(err("queueCapacity", "must be at least 1".into()));
         }
         client::check(self).map_err(|e| match e {
-            ClientError::Reserved { ref key, .. } => err(&format!("properties.{key}"), e.to_string()),
+            ClientError::Reserved { ref key, .. } => {
+                err(&format!("properties.{key}"), e.to_string())
+            }
             e => err("properties", e.to_string()),
         })
     }
@@ -174,8 +176,8 @@ impl KafkaSinkConfig {
     /// # Errors
     /// The topic template or the librdkafka settings are unusable.
     pub fn build(&self, ctx: &SinkContext) -> Result<KafkaSink, String> {
-        let topic = TopicTemplate::parse(&self.topic, &ctx.cluster)
-            .map_err(|e| format!("topic: {e}"))?;
+        let topic =
+            TopicTemplate::parse(&self.topic, &ctx.cluster).map_err(|e| format!("topic: {e}"))?;
         KafkaSink::new(self, topic).map_err(|e| e.to_string())
     }
 }

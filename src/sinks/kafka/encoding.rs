@@ -67,7 +67,10 @@ impl Encoder {
         });
         let headers = identity_headers(headers, e);
         let (payload, headers) = match self.cloud_events {
-            None => (e.to_json().clone(), content_type(headers, "application/json")),
+            None => (
+                e.to_json().clone(),
+                content_type(headers, "application/json"),
+            ),
             Some(CloudEventsMode::Structured) => (
                 cloudevents::structured(e),
                 content_type(headers, CLOUDEVENTS_JSON),

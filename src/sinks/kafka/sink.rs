@@ -95,7 +95,10 @@ impl KafkaSink {
     }
 
     fn producer(&self) -> KafkaProducer {
-        self.producer.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.producer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Checks the brokers once, in the background, so a wrong or unreachable `brokers` shows
@@ -207,7 +210,10 @@ async fn fetch_metadata(producer: KafkaProducer) -> Result<usize, String> {
 
 fn record_fate(
     fate: &mut Fate,
-    result: Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>,
+    result: Result<
+        rdkafka::producer::future_producer::OwnedDeliveryResult,
+        futures::channel::oneshot::Canceled,
+    >,
 ) {
     let outcome = match result {
         Ok(Ok(_)) => Ok(()),
@@ -278,7 +284,8 @@ impl Sink for KafkaSink {
             }
         }
         // Every message is enqueued: now wait for all delivery reports together.
-        let (indices, deliveries): (Vec<usize>, Vec<DeliveryFuture>) = in_flight.into_iter().unzip();
+        let (indices, deliveries): (Vec<usize>, Vec<DeliveryFuture>) =
+            in_flight.into_iter().unzip();
         for (i, result) in indices.into_iter().zip(join_all(deliveries).await) {
             record_fate(&mut fates[i], result);
         }

@@ -168,7 +168,9 @@ async fn consume(bootstrap: &str, topics: &[&str], expected: usize) -> Vec<Recei
             partition: m.partition(),
             offset: m.offset(),
             key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-            value: m.payload().map(|p| serde_json::from_slice(p).expect("JSON value")),
+            value: m
+                .payload()
+                .map(|p| serde_json::from_slice(p).expect("JSON value")),
             headers,
         });
     }
@@ -245,7 +247,8 @@ fn sasl_scram_and_plain_settings_pass_the_check() {
         set(&mut c, "sasl.username", "lookout");
         set(&mut c, "sasl.password", "secret");
         set(&mut c, "compression.type", "lz4");
-        c.validate().unwrap_or_else(|e| panic!("{mechanism}: {}", e.message));
+        c.validate()
+            .unwrap_or_else(|e| panic!("{mechanism}: {}", e.message));
     }
 }
 
@@ -404,12 +407,21 @@ async fn each_object_s_changes_stay_in_one_partition_in_order() {
     let partitions: std::collections::HashSet<i32> = got.iter().map(|m| m.partition).collect();
     assert!(partitions.len() > 1, "keys spread over partitions");
     for (key, msgs) in per_key {
-        assert!(msgs.iter().all(|m| m.partition == msgs[0].partition), "{key}");
+        assert!(
+            msgs.iter().all(|m| m.partition == msgs[0].partition),
+            "{key}"
+        );
         let mut msgs = msgs;
         msgs.sort_by_key(|m| m.offset);
         let rvs: Vec<u64> = msgs
             .iter()
-            .map(|m| m.value.as_ref().unwrap()["resourceVersion"].as_str().unwrap().parse().unwrap())
+            .map(|m| {
+                m.value.as_ref().unwrap()["resourceVersion"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
             .collect();
         assert!(rvs.windows(2).all(|w| w[0] < w[1]), "{key}: {rvs:?}");
         assert_eq!(rvs.len(), 10);
@@ -450,8 +462,7 @@ async fn topic_template_routes_each_kind_group_and_namespace() {
         3,
     )
     .await;
-    let mut routes: Vec<(String, String)> =
-        got.into_iter().map(|m| (m.topic, m.key)).collect();
+    let mut routes: Vec<(String, String)> = got.into_iter().map(|m| (m.topic, m.key)).collect();
     routes.sort();
     assert_eq!(
         routes,
@@ -563,7 +574,15 @@ async fn an_oversized_event_is_dead_lettered_and_the_rest_delivered() {
         observer.clone(),
         CancellationToken::new(),
     );
-    let huge = envelope("v1", "ConfigMap", Some("shop"), &"y".repeat(5000), "u3", Op::Add, 3);
+    let huge = envelope(
+        "v1",
+        "ConfigMap",
+        Some("shop"),
+        &"y".repeat(5000),
+        "u3",
+        Op::Add,
+        3,
+    );
     assert!(handle.send(huge).await);
     assert!(handle.send(deployment("u4", Op::Add, 4)).await);
     handle.close();
@@ -606,7 +625,10 @@ async fn broker_down_then_up_loses_nothing_through_the_driver() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     mock.broker_down(1).unwrap();
-    assert!(sink.healthcheck().await.is_err(), "readiness fails while down");
+    assert!(
+        sink.healthcheck().await.is_err(),
+        "readiness fails while down"
+    );
     for i in 50..150 {
         let op = if i % 30 == 29 { Op::Delete } else { Op::Update };
         let e = deployment(&format!("u{}", i % 5), op, i);
@@ -618,7 +640,10 @@ async fn broker_down_then_up_loses_nothing_through_the_driver() {
     while stats.retries.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(stats.retries.load(Ordering::SeqCst) > 0, "the driver retried");
+    assert!(
+        stats.retries.load(Ordering::SeqCst) > 0,
+        "the driver retried"
+    );
     assert_eq!(stats.rejected.load(Ordering::SeqCst), 0);
     mock.broker_up(1).unwrap();
     handle.close();
