@@ -17,7 +17,7 @@ use crate::event::{Envelope, EnvelopeBuilder, Op};
 use crate::informer::{Handler, InformerError, InformerFactory, InformerKey, SharedInformer};
 use crate::router::{Route, Router};
 use crate::server::{Health, Metrics, Ops};
-use crate::sinks::util::spawn_driver;
+use crate::sinks::util::spawn_driver_with_dead_letter;
 use crate::sinks::{AckObserver, SinkBuildError, SinkContext};
 use crate::state::{StateError, StateStore, StateWriter};
 
@@ -163,16 +163,17 @@ impl Pipeline {
                 .build(&ctx)
                 .await
                 .map_err(|source| PipelineError::Sink { index, source })?;
-            handles.push(spawn_driver(
+            handles.push(spawn_driver_with_dead_letter(
                 sc.name().to_string(),
                 sink,
                 sc.queue_capacity(),
                 observer.clone(),
                 abandon.clone(),
+                sc.dead_letter(&ctx),
             ));
         }
         let monitors: Vec<_> = handles.iter().map(|h| h.monitor()).collect();
-        let factory = Arc::new(InformerFactory::new(client, transform));
+        let factory = Arc::new(InformerFactory::new(client, transform.clone()));
         let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name().to_string()).collect();
         let key = config.redaction_key();
         let routes = config
@@ -203,6 +204,7 @@ impl Pipeline {
         let router = Arc::new(RwLock::new(Some(Router::new(
             handles,
             routes,
+            transform.ignore.clone(),
             namespaces.clone(),
             observer.clone(),
         ))));

@@ -345,8 +345,9 @@ impl Route {
         true
     }
 
-    /// The event as this route's sinks get it; `None` when the reshaped update is empty.
-    fn reshape(&self, e: &Arc<Envelope>) -> Option<Arc<Envelope>> {
+    /// The event as this route's sinks get it; `None` when the reshaped update changes
+    /// nothing but ignored paths (`ignore`: the global ignore paths).
+    fn reshape(&self, e: &Arc<Envelope>, ignore: &[PointerGlob]) -> Option<Arc<Envelope>> {
         if self.shape.is_identity() {
             return Some(e.clone());
         }
@@ -359,7 +360,9 @@ impl Route {
         let patch = match (&old, e.op) {
             (Some(o), Op::Update) => {
                 let p = diff::diff(o, &object);
-                if p.0.is_empty() {
+                if diff::only_ignored_changes(&p, ignore)
+                    || (!self.ignore.is_empty() && diff::only_ignored_changes(&p, &self.ignore))
+                {
                     return None;
                 }
                 Some(p)
@@ -377,6 +380,8 @@ impl Route {
 pub struct Router {
     sinks: Vec<SinkHandle>,
     routes: Vec<Route>,
+    /// The global `transforms.ignorePaths`, applied to reshaped updates too.
+    ignore: Vec<PointerGlob>,
     namespaces: Option<Arc<SharedInformer>>,
     observer: Arc<dyn AckObserver>,
 }
@@ -386,12 +391,14 @@ impl Router {
     pub fn new(
         sinks: Vec<SinkHandle>,
         routes: Vec<Route>,
+        ignore: Vec<PointerGlob>,
         namespaces: Option<Arc<SharedInformer>>,
         observer: Arc<dyn AckObserver>,
     ) -> Self {
         Self {
             sinks,
             routes,
+            ignore,
             namespaces,
             observer,
         }
@@ -436,7 +443,7 @@ impl Router {
             if route.sinks.iter().all(|s| chosen.contains_key(s)) || !route.matches(event, ns) {
                 continue;
             }
-            let Some(shaped) = route.reshape(event) else {
+            let Some(shaped) = route.reshape(event, &self.ignore) else {
                 continue;
             };
             for &s in &route.sinks {

@@ -179,7 +179,9 @@ const CAMEL_KEYS: &[&str] = &[
     "maxSilence",
     "certFile",
     "keyFile",
+    "insecureSkipVerify",
     "cloudEventsMode",
+    "valueFrom",
 ];
 
 fn restore_case(segment: &str) -> String {
@@ -378,7 +380,15 @@ fn mask_secrets(value: &mut serde_json::Value) {
     match value {
         serde_json::Value::Object(map) => {
             for (k, v) in map.iter_mut() {
-                if is_secret_key(k) && !v.is_null() && !v.is_object() {
+                if k == "headers"
+                    && let serde_json::Value::Object(headers) = v
+                {
+                    // Header values are often credentials whatever the header is called;
+                    // `valueFrom` references (names, paths) stay visible.
+                    for value in headers.values_mut().filter(|v| v.is_string()) {
+                        *value = serde_json::Value::String("***".into());
+                    }
+                } else if is_secret_key(k) && !v.is_null() && !v.is_object() {
                     *v = serde_json::Value::String("***".into());
                 } else {
                     mask_secrets(v);
@@ -549,5 +559,22 @@ sinks:
         assert_eq!(v["a"]["sasl.password"], "***");
         assert_eq!(v["a"]["token"], "***");
         assert_eq!(v["a"]["x"], 1);
+    }
+
+    #[test]
+    fn webhook_header_values_and_secret_are_masked_but_references_are_not() {
+        let yaml = MINIMAL.replace(
+            "    type: stdout\n",
+            "    type: stdout\n  - name: hook\n    type: webhook\n    url: https://h/x\n    \
+             secret: s3cr3t\n    headers:\n      X-Api-Key: k3y\n      Authorization:\n        \
+             valueFrom: {env: LOOKOUT_TEST_UNSET_TOKEN}\n        prefix: 'Bearer '\n",
+        );
+        let e = parse(&yaml).unwrap_err();
+        assert_eq!(e.path, "sinks[1].headers.Authorization", "{e}");
+        assert!(e.message.contains("LOOKOUT_TEST_UNSET_TOKEN"), "{e}");
+        let c = parse(&yaml.replace("LOOKOUT_TEST_UNSET_TOKEN", "PATH")).unwrap();
+        let out = c.to_masked_yaml();
+        assert!(!out.contains("s3cr3t") && !out.contains("k3y"), "{out}");
+        assert!(out.contains("env: PATH"), "{out}");
     }
 }

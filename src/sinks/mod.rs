@@ -1,9 +1,11 @@
 //! Sinks: where change events go. One folder per sink with its config beside it; the shared
 //! plumbing (queue, batching, retries, acknowledgement) lives once in [`util`].
 
+pub mod file;
 pub mod kafka;
 pub mod stdout;
 pub mod util;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::Envelope;
 
-pub use util::{AckObserver, Batching, SinkHandle, SinkMonitor, SinkStats};
+pub use util::{AckObserver, Batching, DeadLetter, SinkHandle, SinkMonitor, SinkStats};
 
 /// A destination for change events.
 ///
@@ -102,8 +104,12 @@ pub struct SinkContext {
 pub enum SinkConfig {
     /// One JSON envelope per line (or a human line) on standard output.
     Stdout(stdout::StdoutSinkConfig),
+    /// One JSON envelope per line appended to a file.
+    File(file::FileSinkConfig),
+    /// HTTP(S) requests to a URL: envelope JSON or CloudEvents, optionally signed.
+    Webhook(Box<webhook::WebhookSinkConfig>),
     /// One message per change to Kafka, keyed by object uid.
-    Kafka(kafka::KafkaSinkConfig),
+    Kafka(Box<kafka::KafkaSinkConfig>),
 }
 
 impl SinkConfig {
@@ -111,6 +117,8 @@ impl SinkConfig {
     pub fn name(&self) -> &str {
         match self {
             SinkConfig::Stdout(c) => &c.name,
+            SinkConfig::File(c) => &c.name,
+            SinkConfig::Webhook(c) => &c.name,
             SinkConfig::Kafka(c) => &c.name,
         }
     }
@@ -119,6 +127,8 @@ impl SinkConfig {
     pub fn queue_capacity(&self) -> usize {
         match self {
             SinkConfig::Stdout(c) => c.queue_capacity,
+            SinkConfig::File(c) => c.queue_capacity,
+            SinkConfig::Webhook(c) => c.queue_capacity,
             SinkConfig::Kafka(c) => c.queue_capacity,
         }
     }
@@ -126,7 +136,8 @@ impl SinkConfig {
     /// Checks settings serde cannot.
     pub fn validate(&self) -> Result<(), SinkConfigError> {
         match self {
-            SinkConfig::Stdout(_) => Ok(()),
+            SinkConfig::Stdout(_) | SinkConfig::File(_) => Ok(()),
+            SinkConfig::Webhook(c) => c.validate(),
             SinkConfig::Kafka(c) => c.validate(),
         }
     }
@@ -135,6 +146,8 @@ impl SinkConfig {
     pub async fn build(&self, ctx: &SinkContext) -> Result<Arc<dyn Sink>, SinkBuildError> {
         match self {
             SinkConfig::Stdout(c) => Ok(Arc::new(c.build())),
+            SinkConfig::File(c) => Ok(Arc::new(file::FileSink::open(c)?)),
+            SinkConfig::Webhook(c) => Ok(Arc::new(c.build()?)),
             SinkConfig::Kafka(c) => {
                 let sink = c.build(ctx).map_err(|message| SinkBuildError {
                     name: c.name.clone(),
@@ -142,6 +155,22 @@ impl SinkConfig {
                 })?;
                 sink.spawn_startup_probe();
                 Ok(Arc::new(sink))
+            }
+        }
+    }
+
+    /// Where the driver puts the events this sink rejects for good.
+    pub fn dead_letter(&self, ctx: &SinkContext) -> DeadLetter {
+        match self {
+            // Standard output and files never reject an event; no dead-letter file, and no
+            // start-up complaint.
+            SinkConfig::Stdout(c) => DeadLetter::log_only(&c.name),
+            SinkConfig::File(c) => DeadLetter::log_only(&c.name),
+            SinkConfig::Webhook(c) => {
+                DeadLetter::resolve(&c.name, c.dead_letter.as_ref(), ctx.state_dir.as_deref())
+            }
+            SinkConfig::Kafka(c) => {
+                DeadLetter::resolve(&c.name, c.dead_letter.as_ref(), ctx.state_dir.as_deref())
             }
         }
     }

@@ -332,3 +332,30 @@ pub fn metric(rows: &[(String, f64)], fragments: &[&str]) -> Option<f64> {
         .find(|(k, _)| fragments.iter().all(|f| k.contains(f)))
         .map(|(_, v)| *v)
 }
+
+/// The envelopes a file sink wrote so far.
+pub fn read_jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
+/// Waits until the file sink at `path` holds at least `n` envelopes; returns them all.
+pub async fn wait_jsonl(path: &Path, n: usize) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + SOON;
+    loop {
+        let got = read_jsonl(path);
+        if got.len() >= n {
+            return got;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} has {} envelopes, wanted {n}: {got:#?}",
+            path.display(),
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

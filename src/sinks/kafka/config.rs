@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::client::{self, ClientError};
 use super::sink::KafkaSink;
 use super::topic::TopicTemplate;
+use crate::sinks::util::DeadLetterConfig;
 use crate::sinks::{SinkConfigError, SinkContext, default_queue_capacity};
 
 /// `type: kafka`.
@@ -42,6 +43,9 @@ pub struct KafkaSinkConfig {
     /// Events the sink's queue holds before the informers wait.
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
+    /// Where events Kafka rejects for good (e.g. larger than `message.max.bytes`) are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<DeadLetterConfig>,
 }
 
 /// The payload of a Kafka message.

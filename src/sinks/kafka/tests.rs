@@ -79,6 +79,7 @@ fn config(brokers: &str, topic: &str) -> KafkaSinkConfig {
         tombstones: false,
         properties: BTreeMap::new(),
         queue_capacity: 1000,
+        dead_letter: None,
     }
 }
 
@@ -290,6 +291,8 @@ properties:
   sasl.mechanism: SCRAM-SHA-512
   linger.ms: 20
   enable.idempotence: true
+deadLetter:
+  path: /var/lib/lookout/kafka-rejected.jsonl
 "#;
     let sc: SinkConfig = serde_yaml_ng::from_str(yaml).unwrap();
     let SinkConfig::Kafka(c) = &sc else {
@@ -303,6 +306,7 @@ properties:
     );
     assert_eq!(c.cloud_events(), Some(CloudEventsMode::Binary));
     assert!(c.tombstones);
+    assert!(c.dead_letter.as_ref().unwrap().path.is_some());
     assert_eq!(sc.name(), "events");
     let err = serde_yaml_ng::from_str::<SinkConfig>(&format!("{yaml}\nbogus: 1")).unwrap_err();
     assert!(err.to_string().contains("bogus"), "{err}");
