@@ -2,6 +2,7 @@
 //! plumbing (queue, batching, retries, acknowledgement) lives once in [`util`].
 
 pub mod file;
+pub mod kafka;
 pub mod stdout;
 pub mod util;
 pub mod webhook;
@@ -107,6 +108,8 @@ pub enum SinkConfig {
     File(file::FileSinkConfig),
     /// HTTP(S) requests to a URL: envelope JSON or CloudEvents, optionally signed.
     Webhook(Box<webhook::WebhookSinkConfig>),
+    /// One message per change to Kafka, keyed by object uid.
+    Kafka(Box<kafka::KafkaSinkConfig>),
 }
 
 impl SinkConfig {
@@ -116,6 +119,7 @@ impl SinkConfig {
             SinkConfig::Stdout(c) => &c.name,
             SinkConfig::File(c) => &c.name,
             SinkConfig::Webhook(c) => &c.name,
+            SinkConfig::Kafka(c) => &c.name,
         }
     }
 
@@ -125,6 +129,7 @@ impl SinkConfig {
             SinkConfig::Stdout(c) => c.queue_capacity,
             SinkConfig::File(c) => c.queue_capacity,
             SinkConfig::Webhook(c) => c.queue_capacity,
+            SinkConfig::Kafka(c) => c.queue_capacity,
         }
     }
 
@@ -133,15 +138,24 @@ impl SinkConfig {
         match self {
             SinkConfig::Stdout(_) | SinkConfig::File(_) => Ok(()),
             SinkConfig::Webhook(c) => c.validate(),
+            SinkConfig::Kafka(c) => c.validate(),
         }
     }
 
     /// Builds the running sink.
-    pub async fn build(&self, _ctx: &SinkContext) -> Result<Arc<dyn Sink>, SinkBuildError> {
+    pub async fn build(&self, ctx: &SinkContext) -> Result<Arc<dyn Sink>, SinkBuildError> {
         match self {
             SinkConfig::Stdout(c) => Ok(Arc::new(c.build())),
             SinkConfig::File(c) => Ok(Arc::new(file::FileSink::open(c)?)),
             SinkConfig::Webhook(c) => Ok(Arc::new(c.build()?)),
+            SinkConfig::Kafka(c) => {
+                let sink = c.build(ctx).map_err(|message| SinkBuildError {
+                    name: c.name.clone(),
+                    message,
+                })?;
+                sink.spawn_startup_probe();
+                Ok(Arc::new(sink))
+            }
         }
     }
 
@@ -153,6 +167,9 @@ impl SinkConfig {
             SinkConfig::Stdout(c) => DeadLetter::log_only(&c.name),
             SinkConfig::File(c) => DeadLetter::log_only(&c.name),
             SinkConfig::Webhook(c) => {
+                DeadLetter::resolve(&c.name, c.dead_letter.as_ref(), ctx.state_dir.as_deref())
+            }
+            SinkConfig::Kafka(c) => {
                 DeadLetter::resolve(&c.name, c.dead_letter.as_ref(), ctx.state_dir.as_deref())
             }
         }
