@@ -242,7 +242,8 @@ async fn a_sink_down_for_a_long_time_keeps_memory_bounded_and_delivers_every_fin
     down.store(false, Ordering::SeqCst);
 
     let want = cluster_state(&sim, "v1", "ConfigMap");
-    let deadline = tokio::time::Instant::now() + SOON;
+    // Retries back off up to 30 s, so recovery may take that long after the receiver is back.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         drain(&mut rx, &mut got);
