@@ -56,6 +56,10 @@ demo: deps
 test: deps tools
 	$(CARGO) nextest run --workspace --locked --no-fail-fast
 
+## Long fault-injection variants: a 60 s sink outage under churn, and the crash/restart suite.
+soak: deps tools
+	LOOKOUT_SOAK_SECS=60 $(CARGO) nextest run --locked --no-capture --test faults --test durability --test leader
+
 bench: deps tools
 	$(CARGO) run --release --locked -p kubesim --example watch_throughput
 
