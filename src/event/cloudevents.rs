@@ -15,8 +15,33 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 use super::Envelope;
+
+/// What a sink's payload is (`format:`), shared by the Kafka and webhook sinks.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EventFormat {
+    /// The envelope JSON.
+    #[default]
+    Envelope,
+    /// A CloudEvents 1.0 event (see [`CloudEventsMode`]).
+    Cloudevents,
+}
+
+/// How CloudEvents travel (`cloudEventsMode:`), per the transport's protocol binding.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CloudEventsMode {
+    /// The event as JSON (`application/cloudevents+json`; HTTP batches
+    /// `application/cloudevents-batch+json`).
+    #[default]
+    Structured,
+    /// Attributes in headers (`ce-*` over HTTP, `ce_*` on Kafka); the body/value is the
+    /// envelope as `application/json`.
+    Binary,
+}
 
 /// CloudEvents spec version.
 pub const SPEC_VERSION: &str = "1.0";

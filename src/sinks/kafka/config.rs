@@ -6,6 +6,8 @@ use std::fmt;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
+pub use crate::event::cloudevents::{CloudEventsMode, EventFormat as KafkaFormat};
+
 use super::client::{self, ClientError};
 use super::sink::KafkaSink;
 use super::topic::TopicTemplate;
@@ -46,29 +48,6 @@ pub struct KafkaSinkConfig {
     /// Where events Kafka rejects for good (e.g. larger than `message.max.bytes`) are kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter: Option<DeadLetterConfig>,
-}
-
-/// The payload of a Kafka message.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum KafkaFormat {
-    /// The envelope JSON.
-    #[default]
-    Envelope,
-    /// A CloudEvents 1.0 event (see `cloudEventsMode`).
-    Cloudevents,
-}
-
-/// How CloudEvents are put on a Kafka message (CloudEvents Kafka protocol binding).
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum CloudEventsMode {
-    /// The value is the event as JSON (`content-type: application/cloudevents+json`).
-    #[default]
-    Structured,
-    /// Attributes go to `ce_*` headers; the value is the envelope (`content-type:
-    /// application/json`).
-    Binary,
 }
 
 /// A librdkafka property value. YAML writes `linger.ms: 5` as a number and

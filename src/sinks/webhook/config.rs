@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
+
+pub use crate::event::cloudevents::{CloudEventsMode, EventFormat as WebhookFormat};
 use tracing::warn;
 
 use super::encoding::Encoding;
@@ -70,28 +72,6 @@ pub enum WebhookMethod {
     #[serde(alias = "put")]
     #[serde(rename = "PUT")]
     Put,
-}
-
-/// Body format.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum WebhookFormat {
-    /// The event envelope as JSON (`application/json`); a batch is a JSON array.
-    #[default]
-    Envelope,
-    /// CloudEvents 1.0 over HTTP, see `cloudEventsMode`.
-    Cloudevents,
-}
-
-/// CloudEvents HTTP content mode.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum CloudEventsMode {
-    /// `application/cloudevents+json`, or `application/cloudevents-batch+json` for batches.
-    #[default]
-    Structured,
-    /// `ce-*` headers, the envelope as `application/json` body; one event per request.
-    Binary,
 }
 
 /// `tls:` of a webhook sink.
