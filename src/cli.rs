@@ -73,7 +73,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             if server {
                 crate::telemetry::init(config.log.format, "warn");
                 let client = kube::Client::try_default().await?;
-                if let Err(e) = Pipeline::build(config.clone(), client, false).await {
+                if let Err(e) = crate::pipeline::verify_resources(&config, client).await {
                     eprintln!("lookout: {e}");
                     return Ok(ExitCode::from(EXIT_CONFIG));
                 }

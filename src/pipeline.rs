@@ -151,6 +151,37 @@ pub struct Pipeline {
     namespaces: Option<Arc<SharedInformer>>,
 }
 
+/// The informer key a `resources[]` entry describes.
+fn informer_key(r: &crate::config::ResourceConfig) -> InformerKey {
+    InformerKey {
+        api_version: r.api_version.clone(),
+        kind: r.kind.clone(),
+        namespace: r.namespace.clone(),
+        label_selector: r.label_selector.clone().filter(|s| !s.is_empty()),
+        field_selector: r.field_selector.clone().filter(|s| !s.is_empty()),
+    }
+}
+
+/// Asks the API server whether it serves every configured kind (for `lookout check
+/// --server`), without opening state, binding ports or starting sinks.
+///
+/// # Errors
+/// [`PipelineError::Resource`] for the first kind that cannot be watched.
+pub async fn verify_resources(config: &Config, client: kube::Client) -> Result<(), PipelineError> {
+    let transform = Arc::new(
+        ObjectTransform::new(&config.transforms, &config.cluster)
+            .map_err(|e| PipelineError::Transform(e.to_string()))?,
+    );
+    let factory = InformerFactory::new(client, transform);
+    for (index, r) in config.resources.iter().enumerate() {
+        factory
+            .informer(&informer_key(r))
+            .await
+            .map_err(|source| PipelineError::Resource { index, source })?;
+    }
+    Ok(())
+}
+
 impl Pipeline {
     /// Builds sinks and informers (resolving every kind with the API server) without
     /// starting to watch.
@@ -247,13 +278,7 @@ impl Pipeline {
         let mut handled = std::collections::HashSet::new();
         let mut forwarding = Vec::new();
         for (index, r) in config.resources.iter().enumerate() {
-            let key = InformerKey {
-                api_version: r.api_version.clone(),
-                kind: r.kind.clone(),
-                namespace: r.namespace.clone(),
-                label_selector: r.label_selector.clone().filter(|s| !s.is_empty()),
-                field_selector: r.field_selector.clone().filter(|s| !s.is_empty()),
-            };
+            let key = informer_key(r);
             let informer = factory
                 .informer(&key)
                 .await
