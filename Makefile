@@ -56,8 +56,11 @@ demo: deps
 test: deps tools
 	$(CARGO) nextest run --workspace --locked --no-fail-fast
 
+## The benchmark harness (issue #9): figures with targets in a table, and target/bench/report.json.
+## BENCH_ARGS passes options (e.g. BENCH_ARGS="--pods 2000 --skip kafka"; see lookout-bench --help).
 bench: deps tools
-	$(CARGO) run --release --locked -p kubesim --example watch_throughput
+	$(CARGO) build --release --locked --bin lookout --bin lookout-bench
+	$(CARGO) run --release --locked --bin lookout-bench -- --out target/bench $(BENCH_ARGS)
 
 fmt:
 	$(CARGO) fmt --all

@@ -1,6 +1,7 @@
 //! Sinks: where change events go. One folder per sink with its config beside it; the shared
 //! plumbing (queue, batching, retries, acknowledgement) lives once in [`util`].
 
+pub mod blackhole;
 pub mod file;
 pub mod stdout;
 pub mod util;
@@ -104,6 +105,8 @@ pub enum SinkConfig {
     Stdout(stdout::StdoutSinkConfig),
     /// One JSON envelope per line appended to a file.
     File(file::FileSinkConfig),
+    /// Accepts and counts events, delivers nothing (benchmarks).
+    Blackhole(blackhole::BlackholeSinkConfig),
 }
 
 impl SinkConfig {
@@ -112,6 +115,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Stdout(c) => &c.name,
             SinkConfig::File(c) => &c.name,
+            SinkConfig::Blackhole(c) => &c.name,
         }
     }
 
@@ -120,13 +124,14 @@ impl SinkConfig {
         match self {
             SinkConfig::Stdout(c) => c.queue_capacity,
             SinkConfig::File(c) => c.queue_capacity,
+            SinkConfig::Blackhole(c) => c.queue_capacity,
         }
     }
 
     /// Checks settings serde cannot.
     pub fn validate(&self) -> Result<(), SinkConfigError> {
         match self {
-            SinkConfig::Stdout(_) | SinkConfig::File(_) => Ok(()),
+            SinkConfig::Stdout(_) | SinkConfig::File(_) | SinkConfig::Blackhole(_) => Ok(()),
         }
     }
 
@@ -135,6 +140,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Stdout(c) => Ok(Arc::new(c.build())),
             SinkConfig::File(c) => Ok(Arc::new(file::FileSink::open(c)?)),
+            SinkConfig::Blackhole(c) => Ok(Arc::new(c.build())),
         }
     }
 }
