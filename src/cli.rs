@@ -99,10 +99,12 @@ pub async fn run_pipeline(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<ExitCode> {
     match Pipeline::build(config, client, reset_state).await {
-        Ok(p) => {
-            p.run(shutdown).await;
-            Ok(ExitCode::SUCCESS)
-        }
+        Ok(p) => match p.run(shutdown).await {
+            crate::pipeline::RunOutcome::Stopped => Ok(ExitCode::SUCCESS),
+            // Like client-go controllers: exit, and come back (restarted by Kubernetes) as a
+            // fresh standby.
+            crate::pipeline::RunOutcome::LostLeadership => Ok(ExitCode::FAILURE),
+        },
         Err(e @ PipelineError::Resource { .. })
         | Err(e @ PipelineError::Sink { .. })
         | Err(e @ PipelineError::Transform(_))

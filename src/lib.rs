@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod event;
 pub mod informer;
+pub mod leader;
 pub mod pipeline;
 pub mod router;
 pub mod server;

@@ -9,15 +9,16 @@ use json_patch::Patch;
 use serde_json::Value;
 use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::event::transform::ObjectTransform;
 use crate::event::{Envelope, EnvelopeBuilder, Op};
 use crate::informer::{Handler, InformerError, InformerFactory, InformerKey, SharedInformer};
+use crate::leader::Role;
 use crate::router::{Route, Router};
 use crate::server::{Health, Metrics, Ops};
-use crate::sinks::util::spawn_driver;
+use crate::sinks::util::spawn_driver_with_dead_letter;
 use crate::sinks::{AckObserver, SinkBuildError, SinkContext};
 use crate::state::{StateError, StateStore, StateWriter};
 
@@ -105,11 +106,28 @@ impl Handler for EmitHandler {
     }
 }
 
-/// Without a state directory, acknowledgements are only counted by the drivers.
-struct NoState;
+/// Where acknowledgements go: the delivered-state writer once there is one (at start, or
+/// when this replica becomes leader); until then, and without a state directory, nowhere.
+#[derive(Default)]
+struct Acks {
+    writer: std::sync::OnceLock<Arc<StateWriter>>,
+}
 
-impl AckObserver for NoState {
-    fn delivered(&self, _event: &Arc<Envelope>) {}
+impl AckObserver for Acks {
+    fn delivered(&self, event: &Arc<Envelope>) {
+        if let Some(w) = self.writer.get() {
+            w.delivered(event);
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// Shutdown was requested; queued events were given the grace period.
+    Stopped,
+    /// This replica lost the lease and stopped forwarding at once.
+    LostLeadership,
 }
 
 /// A running pipeline.
@@ -120,8 +138,15 @@ pub struct Pipeline {
     config: Config,
     /// The delivered-state writer task; ends after the last sink driver.
     state_task: Option<tokio::task::JoinHandle<()>>,
+    /// Acknowledgement target shared by drivers and router.
+    acks: Arc<Acks>,
+    /// With leader election: the router waits here until this replica leads.
+    standby_router: Option<Router>,
+    /// The informers that forward, with their keys (= delivered-state sources).
+    forwarding: Vec<(InformerKey, Arc<SharedInformer>)>,
+    client: kube::Client,
     ops: Arc<Ops>,
-    listener: tokio::net::TcpListener,
+    listener: Option<tokio::net::TcpListener>,
     /// The Namespace informer routes read labels from, started (and synced) first.
     namespaces: Option<Arc<SharedInformer>>,
 }
@@ -146,33 +171,38 @@ impl Pipeline {
             state_dir: config.state.dir.clone(),
         };
         let abandon = CancellationToken::new();
-        let store = match &config.state.dir {
-            Some(dir) => Some(Arc::new(StateStore::open(dir, reset_state)?)),
-            None => None,
+        let standby = config.leader_election.enabled;
+        // A standby must not open the store: the leader holds it (shared volume); it is
+        // opened on takeover.
+        let store = match (&config.state.dir, standby) {
+            (Some(dir), false) => Some(Arc::new(StateStore::open(dir, reset_state)?)),
+            _ => None,
         };
-        let (observer, state_task): (Arc<dyn AckObserver>, _) = match &store {
-            Some(store) => {
-                let (writer, task) = StateWriter::start(store.clone());
-                (writer, Some(task))
-            }
-            None => (Arc::new(NoState), None),
-        };
+        let acks = Arc::new(Acks::default());
+        let mut state_task = None;
+        if let Some(store) = &store {
+            let (writer, task) = StateWriter::start(store.clone());
+            let _ = acks.writer.set(writer);
+            state_task = Some(task);
+        }
+        let observer: Arc<dyn AckObserver> = acks.clone();
         let mut handles = Vec::new();
         for (index, sc) in config.sinks.iter().enumerate() {
             let sink = sc
                 .build(&ctx)
                 .await
                 .map_err(|source| PipelineError::Sink { index, source })?;
-            handles.push(spawn_driver(
+            handles.push(spawn_driver_with_dead_letter(
                 sc.name().to_string(),
                 sink,
                 sc.queue_capacity(),
                 observer.clone(),
                 abandon.clone(),
+                sc.dead_letter(&ctx),
             ));
         }
         let monitors: Vec<_> = handles.iter().map(|h| h.monitor()).collect();
-        let factory = Arc::new(InformerFactory::new(client, transform.clone()));
+        let factory = Arc::new(InformerFactory::new(client.clone(), transform.clone()));
         let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name().to_string()).collect();
         let key = config.redaction_key();
         let routes = config
@@ -200,16 +230,22 @@ impl Pipeline {
         } else {
             None
         };
-        let router = Arc::new(RwLock::new(Some(Router::new(
+        let built = Router::new(
             handles,
             routes,
             transform.ignore.clone(),
             namespaces.clone(),
             observer.clone(),
-        ))));
+        );
+        let (router, standby_router) = if standby {
+            (Arc::new(RwLock::new(None)), Some(built))
+        } else {
+            (Arc::new(RwLock::new(Some(built))), None)
+        };
         let metrics = Arc::new(Metrics::new(factory.clone(), monitors.clone()));
         let cluster: Arc<str> = config.cluster.as_str().into();
         let mut handled = std::collections::HashSet::new();
+        let mut forwarding = Vec::new();
         for (index, r) in config.resources.iter().enumerate() {
             let key = InformerKey {
                 api_version: r.api_version.clone(),
@@ -226,6 +262,7 @@ impl Pipeline {
             if !handled.insert(key.clone()) {
                 continue;
             }
+            forwarding.push((key.clone(), informer.clone()));
             if let Some(store) = &store {
                 let delivered = store.load(&key.to_string())?;
                 info!(informer = %key, objects = delivered.len(), "resuming from delivered state");
@@ -278,8 +315,12 @@ impl Pipeline {
             abandon,
             config,
             state_task,
+            acks,
+            standby_router,
+            forwarding,
+            client,
             ops,
-            listener,
+            listener: Some(listener),
             namespaces,
         })
     }
@@ -289,16 +330,70 @@ impl Pipeline {
         self.factory.informers()
     }
 
+    /// Leader takeover: open the delivered state, start forwarding, and bring downstream
+    /// from what it acknowledged to the warm caches' current state.
+    async fn take_over(&mut self, shutdown: &mut (impl Future<Output = ()> + Unpin)) -> bool {
+        let mut store = None;
+        if let Some(dir) = &self.config.state.dir {
+            // A previous leader on a shared volume may still hold the store for a moment.
+            loop {
+                match StateStore::open(dir, false) {
+                    Ok(s) => {
+                        store = Some(Arc::new(s));
+                        break;
+                    }
+                    Err(StateError::Locked { .. }) => {
+                        tokio::select! {
+                            _ = &mut *shutdown => return false,
+                            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot open the delivered state; forwarding a full snapshot");
+                        break;
+                    }
+                }
+            }
+        } else {
+            warn!("no state.dir: the new leader sends every object as an add (a snapshot)");
+        }
+        if let Some(store) = &store {
+            let (writer, task) = StateWriter::start(store.clone());
+            let _ = self.acks.writer.set(writer);
+            self.state_task = Some(task);
+        }
+        let mut held = Vec::new();
+        for (_, informer) in &self.forwarding {
+            held.push(informer.hold().await);
+        }
+        *self.router.write().await = self.standby_router.take();
+        for ((key, informer), guard) in self.forwarding.iter().zip(&held) {
+            let delivered = match &store {
+                Some(s) => s.load(&key.to_string()).unwrap_or_else(|e| {
+                    warn!(error = %e, informer = %key, "cannot read delivered state");
+                    Vec::new()
+                }),
+                None => Vec::new(),
+            };
+            info!(informer = %key, delivered = delivered.len(), cached = informer.store().len(),
+                "leader: resuming from delivered state");
+            informer.resync(guard, delivered).await;
+        }
+        true
+    }
+
     /// Watches until `shutdown` resolves, then stops the informers, lets the sinks deliver
-    /// what is queued within the grace period, and returns.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    /// what is queued within the grace period, and returns. With leader election, forwards
+    /// only while holding the lease, and returns at once when the lease is lost.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> RunOutcome {
         let stop_ops = CancellationToken::new();
-        if let Ok(addr) = self.listener.local_addr() {
+        let listener = self.listener.take().expect("run once");
+        if let Ok(addr) = listener.local_addr() {
             info!(%addr, "ops server listening (/metrics, /healthz, /readyz)");
         }
         self.ops.health.spawn_sink_checks(stop_ops.clone());
         let server = tokio::spawn(crate::server::serve(
-            self.listener,
+            listener,
             self.ops.clone(),
             stop_ops.clone().cancelled_owned(),
         ));
@@ -318,16 +413,59 @@ impl Pipeline {
         if !stopping {
             self.factory.start_all();
         }
-        info!(
-            informers = self.factory.informers().len(),
-            "watching; forwarding changes"
-        );
-        if !stopping {
-            shutdown.await;
+        let stop_election = CancellationToken::new();
+        let mut outcome = RunOutcome::Stopped;
+        if self.config.leader_election.enabled && !stopping {
+            let mut role = crate::leader::spawn(
+                self.client.clone(),
+                self.config.leader_election.clone(),
+                stop_election.clone(),
+            );
+            info!(
+                informers = self.factory.informers().len(),
+                "standby: informers warm, forwarding nothing"
+            );
+            loop {
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    changed = role.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        let now = *role.borrow_and_update();
+                        match now {
+                            Role::Leader => {
+                                if !self.take_over(&mut shutdown).await {
+                                    break;
+                                }
+                            }
+                            Role::Lost => {
+                                // Stop forwarding at once; whatever is queued is re-sent by
+                                // the next leader from the delivered state.
+                                error!("lost the lease: stopping forwarding now");
+                                *self.router.write().await = None;
+                                self.abandon.cancel();
+                                outcome = RunOutcome::LostLeadership;
+                                break;
+                            }
+                            Role::Standby => {}
+                        }
+                    }
+                }
+            }
+        } else {
+            info!(
+                informers = self.factory.informers().len(),
+                "watching; forwarding changes"
+            );
+            if !stopping {
+                shutdown.await;
+            }
         }
         info!("shutting down: stopping informers");
         self.factory.stop_all().await;
         let router = self.router.write().await.take();
+        drop(self.standby_router.take());
         if let Some(router) = router {
             let grace = self.config.shutdown.grace_period;
             let abandon = self.abandon.clone();
@@ -341,13 +479,18 @@ impl Pipeline {
                 abandon.cancel();
             }
         }
-        // The drivers are gone, and with them every handle on the state writer: it writes
-        // what was acknowledged last and ends.
+        // Release the lease after the last delivery, so the next leader starts from
+        // everything this one acknowledged.
+        stop_election.cancel();
+        // The drivers are gone, and with them every handle on the state writer but ours:
+        // drop it, and the writer records what was acknowledged last and ends.
+        drop(self.acks);
         if let Some(task) = self.state_task {
             let _ = task.await;
         }
         stop_ops.cancel();
         let _ = server.await;
         info!("stopped");
+        outcome
     }
 }

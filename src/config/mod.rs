@@ -18,6 +18,7 @@ pub use expand::{ExpandError, expand_str};
 pub use yaml::Yaml;
 
 use crate::event::transform::{ObjectTransform, TransformConfig, TransformError};
+use crate::leader::LeaderElectionConfig;
 use crate::router::{Route, RouteConfig};
 use crate::server::ServerConfig;
 use crate::sinks::SinkConfig;
@@ -45,6 +46,9 @@ pub struct Config {
     /// Where delivered state is kept across restarts.
     #[serde(default)]
     pub state: StateConfig,
+    /// Several replicas, one forwarding (Deployment mode).
+    #[serde(default)]
+    pub leader_election: LeaderElectionConfig,
     /// The ops HTTP server (metrics, probes).
     #[serde(default)]
     pub server: ServerConfig,
@@ -167,6 +171,12 @@ const CAMEL_KEYS: &[&str] = &[
     "ignorePaths",
     "includeOld",
     "dropPaths",
+    "leaderElection",
+    "leaseName",
+    "leaseNamespace",
+    "leaseDuration",
+    "renewDeadline",
+    "retryPeriod",
     "apiVersions",
     "keepPaths",
     "redactionKey",
@@ -179,6 +189,9 @@ const CAMEL_KEYS: &[&str] = &[
     "maxSilence",
     "certFile",
     "keyFile",
+    "insecureSkipVerify",
+    "cloudEventsMode",
+    "valueFrom",
 ];
 
 fn restore_case(segment: &str) -> String {
@@ -330,6 +343,9 @@ impl Config {
             s.validate()
                 .map_err(|e| ConfigError::new(format!("sinks[{i}].{}", e.path), e.message))?;
         }
+        self.leader_election
+            .validate()
+            .map_err(|(k, m)| ConfigError::new(format!("leaderElection.{k}"), m))?;
         let sink_names: Vec<String> = self.sinks.iter().map(|s| s.name().to_string()).collect();
         for (i, r) in self.routes.iter().enumerate() {
             Route::compile(r, i, &sink_names, self.redaction_key().as_bytes())
@@ -377,7 +393,15 @@ fn mask_secrets(value: &mut serde_json::Value) {
     match value {
         serde_json::Value::Object(map) => {
             for (k, v) in map.iter_mut() {
-                if is_secret_key(k) && !v.is_null() && !v.is_object() {
+                if k == "headers"
+                    && let serde_json::Value::Object(headers) = v
+                {
+                    // Header values are often credentials whatever the header is called;
+                    // `valueFrom` references (names, paths) stay visible.
+                    for value in headers.values_mut().filter(|v| v.is_string()) {
+                        *value = serde_json::Value::String("***".into());
+                    }
+                } else if is_secret_key(k) && !v.is_null() && !v.is_object() {
                     *v = serde_json::Value::String("***".into());
                 } else {
                     mask_secrets(v);
@@ -548,5 +572,22 @@ sinks:
         assert_eq!(v["a"]["sasl.password"], "***");
         assert_eq!(v["a"]["token"], "***");
         assert_eq!(v["a"]["x"], 1);
+    }
+
+    #[test]
+    fn webhook_header_values_and_secret_are_masked_but_references_are_not() {
+        let yaml = MINIMAL.replace(
+            "    type: stdout\n",
+            "    type: stdout\n  - name: hook\n    type: webhook\n    url: https://h/x\n    \
+             secret: s3cr3t\n    headers:\n      X-Api-Key: k3y\n      Authorization:\n        \
+             valueFrom: {env: LOOKOUT_TEST_UNSET_TOKEN}\n        prefix: 'Bearer '\n",
+        );
+        let e = parse(&yaml).unwrap_err();
+        assert_eq!(e.path, "sinks[1].headers.Authorization", "{e}");
+        assert!(e.message.contains("LOOKOUT_TEST_UNSET_TOKEN"), "{e}");
+        let c = parse(&yaml.replace("LOOKOUT_TEST_UNSET_TOKEN", "PATH")).unwrap();
+        let out = c.to_masked_yaml();
+        assert!(!out.contains("s3cr3t") && !out.contains("k3y"), "{out}");
+        assert!(out.contains("env: PATH"), "{out}");
     }
 }

@@ -12,6 +12,8 @@
 //! | `partitionkey`    | the object `uid` (CloudEvents partitioning extension)                |
 //! | `data`            | the whole envelope                                                   |
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use super::Envelope;
@@ -20,6 +22,10 @@ use super::Envelope;
 pub const SPEC_VERSION: &str = "1.0";
 /// Content type of `data`.
 pub const DATA_CONTENT_TYPE: &str = "application/json";
+/// Media type of one event in structured mode (JSON event format, section 3).
+pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
+/// Media type of a JSON batch of structured events (JSON event format, section 4).
+pub const BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json";
 
 /// `io.k8s.<kind lowercased>.<op>`.
 pub fn event_type(e: &Envelope) -> String {
@@ -79,6 +85,21 @@ pub fn structured(e: &Envelope) -> Bytes {
     Bytes::from(out)
 }
 
+/// A JSON batch (`application/cloudevents-batch+json`): an array of structured events.
+pub fn structured_batch(events: &[Arc<Envelope>]) -> Bytes {
+    let parts: Vec<Bytes> = events.iter().map(|e| structured(e)).collect();
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum::<usize>() + 2);
+    out.push(b'[');
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(p);
+    }
+    out.push(b']');
+    Bytes::from(out)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -127,6 +148,16 @@ mod tests {
         assert_eq!(v["partitionkey"], "u-1");
         assert_eq!(v["data"]["uid"], "u-1");
         assert!(humantime::parse_rfc3339(v["time"].as_str().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn a_batch_is_an_array_of_structured_events() {
+        let events = vec![Arc::new(envelope(Some("a"))), Arc::new(envelope(None))];
+        let v: Value = serde_json::from_slice(&structured_batch(&events)).unwrap();
+        let items = v.as_array().unwrap();
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0]["id"], events[0].id.to_string());
+        assert_eq!(items[1]["subject"], "web");
     }
 
     #[test]

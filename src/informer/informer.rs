@@ -59,6 +59,9 @@ pub struct SharedInformer {
     handlers: Mutex<Vec<Arc<dyn Handler>>>,
     stats: InformerStats,
     started: Instant,
+    /// Held while a change goes from the cache to the handlers, so that a re-sync against
+    /// delivered state (leader takeover) never interleaves with live changes.
+    processing: Arc<tokio::sync::Mutex<()>>,
     /// The cache was seeded from delivered state: first-list adds are real adds then.
     seeded: AtomicBool,
     task: Mutex<Option<(CancellationToken, JoinHandle<()>)>>,
@@ -80,6 +83,7 @@ impl SharedInformer {
             handlers: Mutex::new(Vec::new()),
             stats: InformerStats::default(),
             started: Instant::now(),
+            processing: Arc::new(tokio::sync::Mutex::new(())),
             seeded: AtomicBool::new(false),
             task: Mutex::new(None),
         }
@@ -137,6 +141,63 @@ impl SharedInformer {
                     emitted: None,
                 },
             );
+        }
+    }
+
+    /// Pauses the delivery of changes to handlers until the guard is dropped (the cache keeps
+    /// its state; the watch waits).
+    pub async fn hold(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.processing.clone().lock_owned().await
+    }
+
+    /// Brings the handlers from `delivered` (what downstream last acknowledged) to the
+    /// cache's current state: updates for what changed, adds for what is new, deletes
+    /// (`finalStateUnknown`) for what is gone — the restart comparison, for a warm cache.
+    /// Call with the guard from [`SharedInformer::hold`].
+    pub async fn resync(
+        &self,
+        _held: &tokio::sync::OwnedMutexGuard<()>,
+        delivered: Vec<(String, Value)>,
+    ) {
+        let snapshot = delivered.is_empty();
+        let mut delivered: std::collections::HashMap<String, Value> =
+            delivered.into_iter().collect();
+        for key in self.store.keys() {
+            let Some(entry) = self.store.get(&key) else {
+                continue;
+            };
+            match delivered.remove(&key) {
+                Some(old) if object::uid(&old) == object::uid(&entry.current) => {
+                    let patch = diff::diff(&old, &entry.current);
+                    if !diff::only_ignored_changes(&patch, &self.transform.ignore) {
+                        let old = Arc::new(old);
+                        for h in self.handlers() {
+                            h.on_update(&old, &entry.current, patch.clone()).await;
+                        }
+                    }
+                }
+                Some(old) => {
+                    self.emit_delete(&Arc::new(old), true).await;
+                    for h in self.handlers() {
+                        h.on_add(&entry.current, snapshot).await;
+                    }
+                }
+                None => {
+                    for h in self.handlers() {
+                        h.on_add(&entry.current, snapshot).await;
+                    }
+                }
+            }
+            self.store.insert(
+                key,
+                Entry {
+                    current: entry.current.clone(),
+                    emitted: None,
+                },
+            );
+        }
+        for (_, gone) in delivered {
+            self.emit_delete(&Arc::new(gone), true).await;
         }
     }
 
@@ -268,6 +329,7 @@ impl SharedInformer {
                 self.ensure_type_meta(&mut obj);
                 self.transform.apply(&mut obj);
                 seen.insert(object::cache_key(&obj));
+                let _held = self.processing.lock().await;
                 self.apply(obj, initial).await;
             }
             match page.metadata.continue_.filter(|c| !c.is_empty()) {
@@ -281,6 +343,7 @@ impl SharedInformer {
             if !seen.contains(&key)
                 && let Some(entry) = self.store.remove(&key)
             {
+                let _held = self.processing.lock().await;
                 self.emit_delete(&entry.current, true).await;
             }
         }
@@ -324,6 +387,7 @@ impl SharedInformer {
                     let mut obj = o.value;
                     rv = object::resource_version(&obj).to_string();
                     self.transform.apply(&mut obj);
+                    let _held = self.processing.lock().await;
                     self.apply(obj, false).await;
                 }
                 WatchEvent::Deleted(o) => {
@@ -331,6 +395,7 @@ impl SharedInformer {
                     rv = object::resource_version(&obj).to_string();
                     self.transform.apply(&mut obj);
                     let key = object::cache_key(&obj);
+                    let _held = self.processing.lock().await;
                     if self.store.remove(&key).is_some() {
                         self.emit_delete(&Arc::new(obj), false).await;
                     }

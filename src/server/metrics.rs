@@ -214,6 +214,14 @@ impl Collector for PipelineCollector {
         )?;
         counter(
             &mut e,
+            "sink_dead_letters_written",
+            "Dead letters written to the sink's dead-letter file (the rest were only logged)",
+            sinks,
+            "sink",
+            |s| (name(s), s.stats.dead_lettered.load(Ordering::Relaxed)),
+        )?;
+        counter(
+            &mut e,
             "sink_coalesced",
             "Changes merged into a queued change of the same object (queue full)",
             sinks,

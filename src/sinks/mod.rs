@@ -3,8 +3,10 @@
 
 pub mod blackhole;
 pub mod file;
+pub mod kafka;
 pub mod stdout;
 pub mod util;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::Envelope;
 
-pub use util::{AckObserver, Batching, SinkHandle, SinkMonitor, SinkStats};
+pub use util::{AckObserver, Batching, DeadLetter, SinkHandle, SinkMonitor, SinkStats};
 
 /// A destination for change events.
 ///
@@ -107,6 +109,10 @@ pub enum SinkConfig {
     File(file::FileSinkConfig),
     /// Accepts and counts events, delivers nothing (benchmarks).
     Blackhole(blackhole::BlackholeSinkConfig),
+    /// HTTP(S) requests to a URL: envelope JSON or CloudEvents, optionally signed.
+    Webhook(Box<webhook::WebhookSinkConfig>),
+    /// One message per change to Kafka, keyed by object uid.
+    Kafka(Box<kafka::KafkaSinkConfig>),
 }
 
 impl SinkConfig {
@@ -116,6 +122,8 @@ impl SinkConfig {
             SinkConfig::Stdout(c) => &c.name,
             SinkConfig::File(c) => &c.name,
             SinkConfig::Blackhole(c) => &c.name,
+            SinkConfig::Webhook(c) => &c.name,
+            SinkConfig::Kafka(c) => &c.name,
         }
     }
 
@@ -125,6 +133,8 @@ impl SinkConfig {
             SinkConfig::Stdout(c) => c.queue_capacity,
             SinkConfig::File(c) => c.queue_capacity,
             SinkConfig::Blackhole(c) => c.queue_capacity,
+            SinkConfig::Webhook(c) => c.queue_capacity,
+            SinkConfig::Kafka(c) => c.queue_capacity,
         }
     }
 
@@ -132,15 +142,43 @@ impl SinkConfig {
     pub fn validate(&self) -> Result<(), SinkConfigError> {
         match self {
             SinkConfig::Stdout(_) | SinkConfig::File(_) | SinkConfig::Blackhole(_) => Ok(()),
+            SinkConfig::Webhook(c) => c.validate(),
+            SinkConfig::Kafka(c) => c.validate(),
         }
     }
 
     /// Builds the running sink.
-    pub async fn build(&self, _ctx: &SinkContext) -> Result<Arc<dyn Sink>, SinkBuildError> {
+    pub async fn build(&self, ctx: &SinkContext) -> Result<Arc<dyn Sink>, SinkBuildError> {
         match self {
             SinkConfig::Stdout(c) => Ok(Arc::new(c.build())),
             SinkConfig::File(c) => Ok(Arc::new(file::FileSink::open(c)?)),
             SinkConfig::Blackhole(c) => Ok(Arc::new(c.build())),
+            SinkConfig::Webhook(c) => Ok(Arc::new(c.build()?)),
+            SinkConfig::Kafka(c) => {
+                let sink = c.build(ctx).map_err(|message| SinkBuildError {
+                    name: c.name.clone(),
+                    message,
+                })?;
+                sink.spawn_startup_probe();
+                Ok(Arc::new(sink))
+            }
+        }
+    }
+
+    /// Where the driver puts the events this sink rejects for good.
+    pub fn dead_letter(&self, ctx: &SinkContext) -> DeadLetter {
+        match self {
+            // Standard output and files never reject an event; no dead-letter file, and no
+            // start-up complaint.
+            SinkConfig::Stdout(c) => DeadLetter::log_only(&c.name),
+            SinkConfig::File(c) => DeadLetter::log_only(&c.name),
+            SinkConfig::Blackhole(c) => DeadLetter::log_only(&c.name),
+            SinkConfig::Webhook(c) => {
+                DeadLetter::resolve(&c.name, c.dead_letter.as_ref(), ctx.state_dir.as_deref())
+            }
+            SinkConfig::Kafka(c) => {
+                DeadLetter::resolve(&c.name, c.dead_letter.as_ref(), ctx.state_dir.as_deref())
+            }
         }
     }
 }

@@ -59,6 +59,14 @@ pub enum StateError {
         /// What the store said.
         message: String,
     },
+    /// Another process has the store open (another lookout with the same `state.dir`).
+    #[error(
+        "state store {path} is in use by another process (another lookout with the same state.dir?)"
+    )]
+    Locked {
+        /// The file.
+        path: PathBuf,
+    },
     /// Written by an incompatible version.
     #[error(
         "state store {path} has format {found}, this lookout reads format {FORMAT_VERSION}; \
@@ -130,9 +138,12 @@ impl StateStore {
             tracing::warn!(path = %path.display(), "state reset: every object will be sent as an add");
         }
         let fresh = !path.exists();
-        let db = Database::create(&path).map_err(|e| StateError::Unreadable {
-            path: path.clone(),
-            message: e.to_string(),
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StateError::Locked { path: path.clone() },
+            e => StateError::Unreadable {
+                path: path.clone(),
+                message: e.to_string(),
+            },
         })?;
         let store = Self { db, path };
         store.check_format(fresh)?;

@@ -9,6 +9,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
 
+use super::dead_letter::DeadLetter;
 use super::queue::SinkQueue;
 use super::retry::{Outcome, RetryPolicy, send_with_retry};
 use crate::event::Envelope;
@@ -31,6 +32,9 @@ pub struct SinkStats {
     pub retries: AtomicU64,
     /// Events rejected for good (dead-lettered).
     pub rejected: AtomicU64,
+    /// Rejected events written to the dead-letter file (less than `rejected` when there is
+    /// no file or writing it failed).
+    pub dead_lettered: AtomicU64,
     /// Batches sent.
     pub batches: AtomicU64,
     /// 1 while the sink is failing and retrying, else 0.
@@ -46,6 +50,7 @@ impl Default for SinkStats {
             errors: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             failing: AtomicU64::new(0),
             // 100 µs … ~13 s
@@ -123,13 +128,27 @@ impl SinkHandle {
 
 /// Starts the driver for `sink` with a queue of `capacity` entries. `abandon` makes it give up
 /// (shutdown grace period over); unacknowledged events are then re-emitted by the next run
-/// from the delivered state.
+/// from the delivered state. Rejected events are only logged; see
+/// [`spawn_driver_with_dead_letter`].
 pub fn spawn_driver(
     name: String,
     sink: Arc<dyn Sink>,
     capacity: usize,
     observer: Arc<dyn AckObserver>,
     abandon: CancellationToken,
+) -> SinkHandle {
+    let dead_letter = DeadLetter::log_only(&name);
+    spawn_driver_with_dead_letter(name, sink, capacity, observer, abandon, dead_letter)
+}
+
+/// As [`spawn_driver`], writing rejected events to `dead_letter`.
+pub fn spawn_driver_with_dead_letter(
+    name: String,
+    sink: Arc<dyn Sink>,
+    capacity: usize,
+    observer: Arc<dyn AckObserver>,
+    abandon: CancellationToken,
+    dead_letter: DeadLetter,
 ) -> SinkHandle {
     let queue = Arc::new(SinkQueue::new(capacity));
     let stats = Arc::new(SinkStats::default());
@@ -140,6 +159,7 @@ pub fn spawn_driver(
         stats.clone(),
         observer,
         abandon,
+        dead_letter,
     ));
     SinkHandle {
         name,
@@ -157,6 +177,7 @@ async fn drive(
     stats: Arc<SinkStats>,
     observer: Arc<dyn AckObserver>,
     abandon: CancellationToken,
+    dead_letter: DeadLetter,
 ) {
     let policy = RetryPolicy::default();
     let batching = sink.batching();
@@ -178,12 +199,18 @@ async fn drive(
                     }
                 }
                 Outcome::Rejected { indices, reason } => {
-                    for &i in &indices {
-                        if let Some(e) = batch.get(i) {
-                            error!(sink = %name, kind = %e.kind, object = %e.display_name(),
-                                uid = %e.uid, resource_version = %e.resource_version,
-                                reason = %reason, "event rejected by sink; dead-lettered");
+                    let rejected: Vec<&Arc<Envelope>> =
+                        indices.iter().filter_map(|&i| batch.get(i)).collect();
+                    // Dead-lettered, then acknowledged below like accepted events: a poison
+                    // event must not hold up the queue behind it.
+                    match dead_letter.write(&rejected, &reason).await {
+                        Ok(written) => {
+                            stats
+                                .dead_lettered
+                                .fetch_add(written as u64, Ordering::Relaxed);
                         }
+                        Err(e) => error!(sink = %name, error = %e, events = rejected.len(),
+                            "dead letters lost to the log only"),
                     }
                     stats
                         .rejected

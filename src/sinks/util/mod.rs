@@ -2,11 +2,15 @@
 //! acknowledgement. Sinks never retry or acknowledge on their own.
 
 mod batch;
+mod dead_letter;
 mod driver;
 mod queue;
 mod retry;
 
 pub use batch::Batching;
-pub use driver::{AckObserver, SinkHandle, SinkMonitor, SinkStats, spawn_driver};
+pub use dead_letter::{DeadLetter, DeadLetterConfig, DeadLetterError};
+pub use driver::{
+    AckObserver, SinkHandle, SinkMonitor, SinkStats, spawn_driver, spawn_driver_with_dead_letter,
+};
 pub use queue::{Closed, SinkQueue, Slot};
 pub use retry::RetryPolicy;

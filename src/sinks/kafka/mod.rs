@@ -1,0 +1,15 @@
+//! The Kafka sink: one message per change, keyed by object uid, delivered with librdkafka's
+//! idempotent producer. User documentation: `README.md` beside this file.
+
+mod client;
+mod config;
+mod encoding;
+mod sink;
+mod topic;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{CloudEventsMode, KafkaFormat, KafkaSinkConfig};
+pub use sink::KafkaSink;
+pub use topic::{TopicTemplate, TopicTemplateError};
