@@ -59,8 +59,8 @@ test: deps tools
 ## The benchmark harness (issue #9): figures with targets in a table, and target/bench/report.json.
 ## BENCH_ARGS passes options (e.g. BENCH_ARGS="--pods 2000 --skip kafka"; see lookout-bench --help).
 bench: deps tools
-	$(CARGO) build --release --locked --bin lookout --bin lookout-bench
-	$(CARGO) run --release --locked --bin lookout-bench -- --out target/bench $(BENCH_ARGS)
+	$(CARGO) build --release --locked -p lookout -p lookout-bench
+	$(CARGO) run --release --locked -p lookout-bench -- --out target/bench $(BENCH_ARGS)
 
 fmt:
 	$(CARGO) fmt --all
