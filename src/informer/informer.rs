@@ -476,7 +476,8 @@ impl SharedInformer {
     /// Brings one (transformed) object into the cache and tells the handlers what changed.
     async fn apply(&self, obj: Value, initial_list: bool) {
         let key = object::cache_key(&obj);
-        let Some(entry) = self.store.get(&key) else {
+        // Only the state the patch starts from is decoded from the compact cache.
+        let Some(base) = self.store.base(&key) else {
             let obj = Arc::new(obj);
             self.store.insert(
                 key,
@@ -490,32 +491,20 @@ impl SharedInformer {
             }
             return;
         };
-        if object::uid(&entry.current) != object::uid(&obj) {
+        if object::uid(&base) != object::uid(&obj) {
             // Deleted and re-created under the same name while we were not watching.
-            self.emit_delete(&entry.current, true).await;
-            self.store.remove(&key);
+            if let Some(entry) = self.store.remove(&key) {
+                self.emit_delete(&entry.current, true).await;
+            }
             return Box::pin(self.apply(obj, initial_list)).await;
         }
-        let base = entry.base().clone();
         let patch = diff::diff(&base, &obj);
-        let obj = Arc::new(obj);
         if diff::only_ignored_changes(&patch, &self.transform.ignore) {
-            self.store.insert(
-                key,
-                Entry {
-                    current: obj,
-                    emitted: Some(base),
-                },
-            );
+            self.store.update(key, &obj, true);
             return;
         }
-        self.store.insert(
-            key,
-            Entry {
-                current: obj.clone(),
-                emitted: None,
-            },
-        );
+        self.store.update(key, &obj, false);
+        let obj = Arc::new(obj);
         for h in self.handlers() {
             h.on_update(&base, &obj, patch.clone()).await;
         }
