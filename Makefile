@@ -60,8 +60,11 @@ test: deps tools
 soak: deps tools
 	LOOKOUT_SOAK_SECS=60 $(CARGO) nextest run --locked --no-capture --test faults --test durability --test leader
 
+## The benchmark harness (issue #9): figures with targets in a table, and target/bench/report.json.
+## BENCH_ARGS passes options (e.g. BENCH_ARGS="--pods 2000 --skip kafka"; see lookout-bench --help).
 bench: deps tools
-	$(CARGO) run --release --locked -p kubesim --example watch_throughput
+	$(CARGO) build --release --locked -p lookout -p lookout-bench
+	$(CARGO) run --release --locked -p lookout-bench -- --out target/bench $(BENCH_ARGS)
 
 fmt:
 	$(CARGO) fmt --all

@@ -259,6 +259,11 @@ impl ObjectTransform {
         })
     }
 
+    /// True when `metadata.managedFields` is dropped (the informers then never parse it).
+    pub fn drops_managed_fields(&self) -> bool {
+        self.drop_managed_fields
+    }
+
     /// Applies the transforms in place.
     pub fn apply(&self, obj: &mut Value) {
         if self.drop_managed_fields

@@ -21,8 +21,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::raw::DropManagedFields;
 use super::store::{Entry, Store};
-use super::{Handler, InformerKey, RawObject};
+use super::{Handler, InformerKey, ParsePolicy, RawObject};
 use crate::event::diff;
 use crate::event::object;
 use crate::event::transform::ObjectTransform;
@@ -54,6 +55,9 @@ pub struct SharedInformer {
     key: InformerKey,
     resource: ApiResource,
     api: Api<RawObject>,
+    /// The same resource, parsed without `metadata.managedFields` (when the transforms drop
+    /// it anyway); list and watch go through it then.
+    trimmed: Option<Api<RawObject<DropManagedFields>>>,
     transform: Arc<ObjectTransform>,
     store: Store,
     handlers: Mutex<Vec<Arc<dyn Handler>>>,
@@ -74,10 +78,18 @@ impl SharedInformer {
         api: Api<RawObject>,
         transform: Arc<ObjectTransform>,
     ) -> Self {
+        let trimmed = transform.drops_managed_fields().then(|| {
+            let client = api.clone().into_client();
+            match api.namespace() {
+                Some(ns) => Api::namespaced_with(client, ns, &resource),
+                None => Api::all_with(client, &resource),
+            }
+        });
         Self {
             key,
             resource,
             api,
+            trimmed,
             transform,
             store: Store::default(),
             handlers: Mutex::new(Vec::new()),
@@ -313,7 +325,7 @@ impl SharedInformer {
         };
         let mut seen = HashSet::new();
         let rv = loop {
-            let page = match self.api.list(&params).await {
+            let page = match self.list_page(&params).await {
                 Ok(page) => page,
                 // A continue token that outlived the server's history: start the list over
                 // (objects already compared compare equal the second time).
@@ -324,8 +336,7 @@ impl SharedInformer {
                 Err(e) => return Err(e),
             };
             self.heard();
-            for item in page.items {
-                let mut obj = item.value;
+            for mut obj in page.items {
                 self.ensure_type_meta(&mut obj);
                 self.transform.apply(&mut obj);
                 seen.insert(object::cache_key(&obj));
@@ -361,7 +372,7 @@ impl SharedInformer {
         };
         let stream = tokio::select! {
             _ = cancel.cancelled() => return WatchEnd::Cancelled,
-            s = self.api.watch(&params, &rv) => s,
+            s = self.watch_stream(&params, &rv) => s,
         };
         let stream = match stream {
             Ok(s) => s,
@@ -383,15 +394,13 @@ impl SharedInformer {
             self.heard();
             self.stats.events_received.fetch_add(1, Ordering::Relaxed);
             match event {
-                WatchEvent::Added(o) | WatchEvent::Modified(o) => {
-                    let mut obj = o.value;
+                WatchEvent::Added(mut obj) | WatchEvent::Modified(mut obj) => {
                     rv = object::resource_version(&obj).to_string();
                     self.transform.apply(&mut obj);
                     let _held = self.processing.lock().await;
                     self.apply(obj, false).await;
                 }
-                WatchEvent::Deleted(o) => {
-                    let mut obj = o.value;
+                WatchEvent::Deleted(mut obj) => {
                     rv = object::resource_version(&obj).to_string();
                     self.transform.apply(&mut obj);
                     let key = object::cache_key(&obj);
@@ -406,6 +415,45 @@ impl SharedInformer {
                     return WatchEnd::Retry(rv, format!("{} ({})", status.message, status.code));
                 }
             }
+        }
+    }
+
+    /// One list page, parsed the way the transforms allow.
+    async fn list_page(&self, params: &ListParams) -> Result<Page, kube::Error> {
+        match &self.trimmed {
+            Some(api) => api.list(params).await.map(Page::from),
+            None => self.api.list(params).await.map(Page::from),
+        }
+    }
+
+    /// A watch stream of plain JSON objects, parsed the way the transforms allow.
+    async fn watch_stream(
+        &self,
+        params: &WatchParams,
+        rv: &str,
+    ) -> Result<
+        futures::stream::BoxStream<'static, Result<WatchEvent<Value>, kube::Error>>,
+        kube::Error,
+    > {
+        fn values<P: ParsePolicy>(
+            s: impl futures::Stream<Item = Result<WatchEvent<RawObject<P>>, kube::Error>>
+            + Send
+            + 'static,
+        ) -> futures::stream::BoxStream<'static, Result<WatchEvent<Value>, kube::Error>> {
+            s.map(|r| {
+                r.map(|e| match e {
+                    WatchEvent::Added(o) => WatchEvent::Added(o.value),
+                    WatchEvent::Modified(o) => WatchEvent::Modified(o.value),
+                    WatchEvent::Deleted(o) => WatchEvent::Deleted(o.value),
+                    WatchEvent::Bookmark(b) => WatchEvent::Bookmark(b),
+                    WatchEvent::Error(s) => WatchEvent::Error(s),
+                })
+            })
+            .boxed()
+        }
+        match &self.trimmed {
+            Some(api) => api.watch(params, rv).await.map(values),
+            None => self.api.watch(params, rv).await.map(values),
         }
     }
 
@@ -428,7 +476,8 @@ impl SharedInformer {
     /// Brings one (transformed) object into the cache and tells the handlers what changed.
     async fn apply(&self, obj: Value, initial_list: bool) {
         let key = object::cache_key(&obj);
-        let Some(entry) = self.store.get(&key) else {
+        // Only the state the patch starts from is decoded from the compact cache.
+        let Some(base) = self.store.base(&key) else {
             let obj = Arc::new(obj);
             self.store.insert(
                 key,
@@ -442,32 +491,20 @@ impl SharedInformer {
             }
             return;
         };
-        if object::uid(&entry.current) != object::uid(&obj) {
+        if object::uid(&base) != object::uid(&obj) {
             // Deleted and re-created under the same name while we were not watching.
-            self.emit_delete(&entry.current, true).await;
-            self.store.remove(&key);
+            if let Some(entry) = self.store.remove(&key) {
+                self.emit_delete(&entry.current, true).await;
+            }
             return Box::pin(self.apply(obj, initial_list)).await;
         }
-        let base = entry.base().clone();
         let patch = diff::diff(&base, &obj);
-        let obj = Arc::new(obj);
         if diff::only_ignored_changes(&patch, &self.transform.ignore) {
-            self.store.insert(
-                key,
-                Entry {
-                    current: obj,
-                    emitted: Some(base),
-                },
-            );
+            self.store.update(key, &obj, true);
             return;
         }
-        self.store.insert(
-            key,
-            Entry {
-                current: obj.clone(),
-                emitted: None,
-            },
-        );
+        self.store.update(key, &obj, false);
+        let obj = Arc::new(obj);
         for h in self.handlers() {
             h.on_update(&base, &obj, patch.clone()).await;
         }
@@ -476,6 +513,21 @@ impl SharedInformer {
     async fn emit_delete(&self, last_known: &Arc<Value>, final_state_unknown: bool) {
         for h in self.handlers() {
             h.on_delete(last_known, final_state_unknown).await;
+        }
+    }
+}
+
+/// A list page as plain JSON objects.
+struct Page {
+    items: Vec<Value>,
+    metadata: kube::core::ListMeta,
+}
+
+impl<P: ParsePolicy> From<kube::core::ObjectList<RawObject<P>>> for Page {
+    fn from(l: kube::core::ObjectList<RawObject<P>>) -> Self {
+        Page {
+            items: l.items.into_iter().map(|o| o.value).collect(),
+            metadata: l.metadata,
         }
     }
 }

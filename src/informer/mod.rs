@@ -14,7 +14,7 @@ use serde_json::Value;
 
 pub use factory::{InformerError, InformerFactory};
 pub use informer::{InformerStats, SharedInformer};
-pub use raw::RawObject;
+pub use raw::{DropManagedFields, KeepAll, ParsePolicy, RawObject};
 pub use store::{Entry, Store};
 
 /// Identifies a shared informer: two registrations with equal keys share one list+watch.

@@ -1,6 +1,7 @@
 //! Sinks: where change events go. One folder per sink with its config beside it; the shared
 //! plumbing (queue, batching, retries, acknowledgement) lives once in [`util`].
 
+pub mod blackhole;
 pub mod file;
 pub mod kafka;
 pub mod stdout;
@@ -106,6 +107,8 @@ pub enum SinkConfig {
     Stdout(stdout::StdoutSinkConfig),
     /// One JSON envelope per line appended to a file.
     File(file::FileSinkConfig),
+    /// Accepts and counts events, delivers nothing (benchmarks).
+    Blackhole(blackhole::BlackholeSinkConfig),
     /// HTTP(S) requests to a URL: envelope JSON or CloudEvents, optionally signed.
     Webhook(Box<webhook::WebhookSinkConfig>),
     /// One message per change to Kafka, keyed by object uid.
@@ -118,6 +121,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Stdout(c) => &c.name,
             SinkConfig::File(c) => &c.name,
+            SinkConfig::Blackhole(c) => &c.name,
             SinkConfig::Webhook(c) => &c.name,
             SinkConfig::Kafka(c) => &c.name,
         }
@@ -128,6 +132,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Stdout(c) => c.queue_capacity,
             SinkConfig::File(c) => c.queue_capacity,
+            SinkConfig::Blackhole(c) => c.queue_capacity,
             SinkConfig::Webhook(c) => c.queue_capacity,
             SinkConfig::Kafka(c) => c.queue_capacity,
         }
@@ -136,7 +141,7 @@ impl SinkConfig {
     /// Checks settings serde cannot.
     pub fn validate(&self) -> Result<(), SinkConfigError> {
         match self {
-            SinkConfig::Stdout(_) | SinkConfig::File(_) => Ok(()),
+            SinkConfig::Stdout(_) | SinkConfig::File(_) | SinkConfig::Blackhole(_) => Ok(()),
             SinkConfig::Webhook(c) => c.validate(),
             SinkConfig::Kafka(c) => c.validate(),
         }
@@ -147,6 +152,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Stdout(c) => Ok(Arc::new(c.build())),
             SinkConfig::File(c) => Ok(Arc::new(file::FileSink::open(c)?)),
+            SinkConfig::Blackhole(c) => Ok(Arc::new(c.build())),
             SinkConfig::Webhook(c) => Ok(Arc::new(c.build()?)),
             SinkConfig::Kafka(c) => {
                 let sink = c.build(ctx).map_err(|message| SinkBuildError {
@@ -166,6 +172,7 @@ impl SinkConfig {
             // start-up complaint.
             SinkConfig::Stdout(c) => DeadLetter::log_only(&c.name),
             SinkConfig::File(c) => DeadLetter::log_only(&c.name),
+            SinkConfig::Blackhole(c) => DeadLetter::log_only(&c.name),
             SinkConfig::Webhook(c) => {
                 DeadLetter::resolve(&c.name, c.dead_letter.as_ref(), ctx.state_dir.as_deref())
             }
