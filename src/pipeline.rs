@@ -350,11 +350,6 @@ impl Pipeline {
         })
     }
 
-    /// The informers (for health and the cache API).
-    pub fn informers(&self) -> Vec<Arc<SharedInformer>> {
-        self.factory.informers()
-    }
-
     /// Leader takeover: open the delivered state, start forwarding, and bring downstream
     /// from what it acknowledged to the warm caches' current state.
     async fn take_over(&mut self, shutdown: &mut (impl Future<Output = ()> + Unpin)) -> bool {

@@ -404,11 +404,6 @@ impl Router {
         }
     }
 
-    /// The sink queues.
-    pub fn sinks(&self) -> &[SinkHandle] {
-        &self.sinks
-    }
-
     /// Queues `event` on every sink it is routed to, waiting for room (backpressure).
     pub async fn dispatch(&self, event: Envelope) {
         let event = Arc::new(event);

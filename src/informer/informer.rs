@@ -505,8 +505,13 @@ impl SharedInformer {
         }
         self.store.update(key, &obj, false);
         let obj = Arc::new(obj);
-        for h in self.handlers() {
-            h.on_update(&base, &obj, patch.clone()).await;
+        // The patch moves into the last handler; only extra handlers pay for a copy.
+        let handlers = self.handlers();
+        if let Some((last, rest)) = handlers.split_last() {
+            for h in rest {
+                h.on_update(&base, &obj, patch.clone()).await;
+            }
+            last.on_update(&base, &obj, patch).await;
         }
     }
 
