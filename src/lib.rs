@@ -4,6 +4,7 @@
 //! [`event::Envelope`]s → [`router`] → sink queues ([`sinks::util`]) → [`sinks`] →
 //! acknowledgement.
 
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod demo;
