@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use lookout::event::{Envelope, EnvelopeBuilder, Op, diff};
 use lookout::sinks::kafka::KafkaSinkConfig;
 use lookout::sinks::util::spawn_driver;
-use lookout::sinks::{AckObserver, SinkContext};
+use lookout::sinks::{AckObserver, SinkContext, Slot};
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -280,7 +280,7 @@ fn raw_producer(bootstrap: &str, payloads: &[(String, Vec<u8>)]) -> Result<f64, 
 struct NoState;
 
 impl AckObserver for NoState {
-    fn delivered(&self, _event: &Arc<Envelope>) {}
+    fn delivered(&self, _slot: Slot) {}
 }
 
 /// lookout's Kafka sink behind its real driver (queue, batching, acknowledgement), fed

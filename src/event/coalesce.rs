@@ -8,7 +8,7 @@ use super::{Envelope, Op, diff};
 #[derive(Debug)]
 pub enum Merged {
     /// One new envelope replaces both.
-    Into(Envelope),
+    Into(Arc<Envelope>),
     /// The newer envelope replaces the older as it is.
     Keep,
     /// Both cancel out: an add and a delete of an object the sink never saw.
@@ -26,14 +26,14 @@ pub fn merge(prev: Option<&Arc<Envelope>>, next: &Arc<Envelope>) -> Merged {
         (Op::Add, Op::Update) => {
             let mut e = next.rederive(Op::Add, None, None);
             e.initial_list = prev.initial_list;
-            Merged::Into(e)
+            Merged::Into(Arc::new(e))
         }
         (Op::Add, Op::Delete) => Merged::Cancelled,
         // One update from the state before `prev` to the newest.
         (Op::Update, Op::Update) => {
             let base = prev.old.clone().expect("updates keep their old object");
             let patch = diff::diff(&base, &next.object);
-            Merged::Into(next.rederive(Op::Update, Some(base), Some(patch)))
+            Merged::Into(Arc::new(next.rederive(Op::Update, Some(base), Some(patch))))
         }
         _ => Merged::Keep,
     }

@@ -1,0 +1,124 @@
+//! Wires the agent: informers → cache/diff → router → sink queues → sinks → acknowledgement
+//! tracker → delivered state.
+//!
+//! - [`build`](self::build): the config becomes parts — sink lanes (queue + counters), the
+//!   router, informers with their handlers, the ops server — without watching anything yet.
+//! - `emit`: what an informer callback does: build the envelope, ask the router, register the
+//!   change with the tracker, push one slot (with its token) per sink.
+//! - `takeover`: what starting to forward does: open the delivered state (waiting, bounded,
+//!   for a previous leader to let go of it), start the state writer and the drivers, and bring
+//!   every sink from what it holds to the informers' current state.
+//! - `run`: the phases (warming, forwarding, stopping), the cancellation tree, and the
+//!   shutdown order.
+
+mod build;
+mod emit;
+mod run;
+mod takeover;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+pub use build::verify_resources;
+pub use run::RunOutcome;
+
+use crate::config::Config;
+use crate::event::EnvelopeBuilder;
+use crate::informer::{InformerError, InformerFactory, InformerKey, SharedInformer};
+use crate::router::Router;
+use crate::server::Ops;
+use crate::sinks::{DeadLetter, SinkBuildError, SinkLane};
+use crate::state::{StateError, StateStore};
+
+use self::emit::Forwarding;
+
+/// Why the pipeline could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// A configured resource cannot be watched (kind not served, bad scope): a config error.
+    #[error("config error at `resources[{index}]`: {source}")]
+    Resource {
+        /// Index in `resources`.
+        index: usize,
+        /// Why.
+        #[source]
+        source: InformerError,
+    },
+    /// A sink could not be built: a config error.
+    #[error("config error at `sinks[{index}]`: {source}")]
+    Sink {
+        /// Index in `sinks`.
+        index: usize,
+        /// Why.
+        #[source]
+        source: SinkBuildError,
+    },
+    /// The transforms do not compile.
+    #[error("config error at `transforms`: {0}")]
+    Transform(String),
+    /// The ops server cannot listen.
+    #[error("config error at `server.listen`: cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The delivered-state store cannot be used (unreadable, incompatible).
+    #[error("{0}")]
+    State(#[from] StateError),
+}
+
+/// How this replica gets at the delivered state.
+enum StateAccess {
+    /// No `state.dir`: nothing is remembered; every start sends every object as an add.
+    Nothing,
+    /// A single replica: opened at start (a store that cannot be used is a config error).
+    Open(Arc<StateStore>),
+    /// With leader election: opened on takeover (until then the leader holds it).
+    OnTakeover(PathBuf),
+}
+
+/// One forwarded informer: what it watches, the informer, and how its envelopes are built.
+struct Intake {
+    key: InformerKey,
+    informer: Arc<SharedInformer>,
+    builder: EnvelopeBuilder,
+}
+
+/// A built pipeline, ready to [`run`](Pipeline::run).
+pub struct Pipeline {
+    parts: Parts,
+    /// The ops server's socket, bound at build (a port in use is a config error).
+    listener: tokio::net::TcpListener,
+}
+
+/// Everything a run works with.
+struct Parts {
+    config: Config,
+    client: kube::Client,
+    factory: Arc<InformerFactory>,
+    /// One lane per sink, in `sinks` order (the index is the sink's id everywhere).
+    lanes: Vec<SinkLane>,
+    /// Where each sink's rejected events go, in `sinks` order.
+    dead_letters: Vec<DeadLetter>,
+    router: Arc<Router>,
+    /// The informers that forward (each distinct resource once).
+    intakes: Vec<Intake>,
+    /// The Namespace informer routes read labels from, started (and synced) first.
+    namespaces: Option<Arc<SharedInformer>>,
+    state: StateAccess,
+    ops: Arc<Ops>,
+    /// What the informers' handlers forward through: `Some` only while this replica forwards.
+    gate: Arc<watch::Sender<Option<Arc<Forwarding>>>>,
+}
+
+impl Parts {
+    /// The configured sink names, in order.
+    fn sink_names(&self) -> Vec<String> {
+        self.lanes.iter().map(|l| l.name.clone()).collect()
+    }
+}
