@@ -184,7 +184,7 @@ struct Acks {
 
 impl AckObserver for Acks {
     fn delivered(&self, slot: Slot) {
-        let Some(event) = slot.deliver else { return };
+        let event = slot.deliver;
         self.ids.lock().unwrap().insert(event.id.to_string());
         self.count.fetch_add(1, Ordering::SeqCst);
     }

@@ -55,6 +55,13 @@ impl Agent {
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))
             .kill_on_drop(true);
+        // `LOOKOUT_*` variables of the test run (LOOKOUT_SOAK_SECS, LOOKOUT_FAULT_SEEDS, ...)
+        // steer the tests, not the agent, whose config would refuse them as unknown keys.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("LOOKOUT_") {
+                cmd.env_remove(k);
+            }
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -28,8 +28,7 @@ pub trait AckObserver: Send + Sync + 'static {
         Box::pin(async {})
     }
 
-    /// `slot` is done for its sink: delivered, dead-lettered, or cancelled out by coalescing.
-    /// Called in queue order. A slot the driver gave up on is never passed here.
+    /// `slot` is done for its sink: delivered, or dead-lettered. Called in queue order. A slot the driver gave up on is never passed here.
     fn delivered(&self, slot: Slot);
 }
 
@@ -230,22 +229,11 @@ async fn drive(
             _ = abandon.cancelled() => break,
             _ = observer.recorded(&slots) => {}
         }
-        let (positions, batch): (Vec<usize>, Vec<Arc<Envelope>>) = slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.deliver.clone().map(|e| (i, e)))
-            .unzip();
-        let mut fates = vec![Fate::Delivered; slots.len()];
-        let mut abandoned = false;
-        if !batch.is_empty() {
-            let report = send_with_retry(sink.as_ref(), &name, &batch, &stats, &abandon).await;
-            abandoned = report.abandoned;
-            for (&at, fate) in positions.iter().zip(report.fates) {
-                fates[at] = fate;
-            }
-            record(&name, &stats, &dead_letter, &slots, &fates).await;
-            stats.batches.fetch_add(1, Ordering::Relaxed);
-        }
+        let batch: Vec<Arc<Envelope>> = slots.iter().map(|s| s.deliver.clone()).collect();
+        let report = send_with_retry(sink.as_ref(), &name, &batch, &stats, &abandon).await;
+        let (fates, abandoned) = (report.fates, report.abandoned);
+        record(&name, &stats, &dead_letter, &slots, &fates).await;
+        stats.batches.fetch_add(1, Ordering::Relaxed);
         for (slot, fate) in slots.into_iter().zip(&fates) {
             // A poison event (rejected, dead-lettered) is finished like a delivered one: it
             // must not hold up the queue behind it.
@@ -273,7 +261,7 @@ async fn record(
 ) {
     let mut rejected: Vec<(&Arc<Envelope>, &str)> = Vec::new();
     for (slot, fate) in slots.iter().zip(fates) {
-        let Some(e) = &slot.deliver else { continue };
+        let e = &slot.deliver;
         match fate {
             Fate::Delivered => {
                 stats.sent.fetch_add(1, Ordering::Relaxed);

@@ -24,9 +24,8 @@ use crate::event::coalesce::{Merged, merge};
 /// One queued entry.
 #[derive(Debug)]
 pub struct Slot {
-    /// What the sink delivers; `None` when coalescing cancelled the change out (an add and a
-    /// delete of an object the sink never saw).
-    pub deliver: Option<Arc<Envelope>>,
+    /// What the sink delivers (possibly several changes merged into one).
+    pub deliver: Arc<Envelope>,
     /// The acknowledgement tokens of every change this entry stands for (none for events
     /// queued outside a pipeline, e.g. by tests).
     pub tokens: Vec<AckToken>,
@@ -118,7 +117,7 @@ impl SinkQueue {
                         seq,
                         key,
                         Slot {
-                            deliver: Some(event),
+                            deliver: event,
                             tokens: token.take().into_iter().collect(),
                         },
                     ));
@@ -129,10 +128,9 @@ impl SinkQueue {
                 if let Some(&seq) = st.newest.get(&key) {
                     let index = (seq - st.next_seq) as usize;
                     let (_, _, slot) = &mut st.slots[index];
-                    slot.deliver = match merge(slot.deliver.as_ref(), &event) {
-                        Merged::Into(e) => Some(e),
-                        Merged::Keep => Some(event.clone()),
-                        Merged::Cancelled => None,
+                    slot.deliver = match merge(&slot.deliver, &event) {
+                        Merged::Into(e) => e,
+                        Merged::Keep => event,
                     };
                     slot.tokens.extend(token.take());
                     self.coalesced.fetch_add(1, Ordering::Relaxed);
@@ -160,7 +158,7 @@ impl SinkQueue {
                 let mut st = self.state.lock().expect("queue lock");
                 while batch.len() < max.max(1) {
                     let size = match st.slots.front() {
-                        Some((_, _, s)) => s.deliver.as_ref().map_or(0, |e| e.to_json().len()),
+                        Some((_, _, s)) => s.deliver.to_json().len(),
                         None => break,
                     };
                     if !batch.is_empty() && bytes + size > max_bytes {
@@ -265,7 +263,7 @@ mod tests {
         assert_eq!(q.len(), 2, "memory bounded by objects, not changes");
         assert_eq!(q.coalesced(), 47);
         let batch = q.pop_batch(10, usize::MAX, Duration::ZERO).await.unwrap();
-        let a = batch[0].deliver.as_ref().unwrap();
+        let a = &batch[0].deliver;
         let mut doc = (*obj("a", 1)).clone();
         json_patch::patch(&mut doc, a.patch.as_ref().unwrap()).unwrap();
         assert_eq!(
@@ -274,7 +272,7 @@ mod tests {
             "one patch from the last delivered state to the newest"
         );
         assert_eq!(a.resource_version, "49");
-        assert_eq!(batch[1].deliver.as_ref().unwrap().uid, "b");
+        assert_eq!(batch[1].deliver.uid, "b");
     }
 
     #[tokio::test]
@@ -291,10 +289,10 @@ mod tests {
             "b waits: nothing of b is queued to merge into"
         );
         let first = q.pop_batch(1, usize::MAX, Duration::ZERO).await.unwrap();
-        assert_eq!(first[0].deliver.as_ref().unwrap().uid, "a");
+        assert_eq!(first[0].deliver.uid, "a");
         pusher.await.unwrap().unwrap();
         let second = q.pop_batch(1, usize::MAX, Duration::ZERO).await.unwrap();
-        assert_eq!(second[0].deliver.as_ref().unwrap().uid, "b");
+        assert_eq!(second[0].deliver.uid, "b");
     }
 
     #[tokio::test]
@@ -306,8 +304,6 @@ mod tests {
         let size = q.state.lock().unwrap().slots[0]
             .2
             .deliver
-            .as_ref()
-            .unwrap()
             .to_json()
             .len();
         assert_eq!(
@@ -364,7 +360,7 @@ mod tests {
         let batch = q.pop_batch(10, usize::MAX, Duration::ZERO).await.unwrap();
         assert_eq!(batch.len(), 1);
         assert_eq!(batch[0].tokens.len(), 4, "one token per merged change");
-        let id = crate::delivery::ObjectId::of(batch[0].deliver.as_ref().unwrap());
+        let id = crate::delivery::ObjectId::of(&batch[0].deliver);
         assert_eq!(tracker.owed(&id, 0), 4);
         for t in batch.into_iter().flat_map(|s| s.tokens) {
             tracker.ack(t);
@@ -373,7 +369,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_add_and_a_delete_that_cancel_out_still_carry_both_tokens() {
+    async fn an_add_then_a_delete_is_the_delete_with_both_tokens() {
         let tracker = crate::delivery::Tracker::new(1, None);
         let q = SinkQueue::new(1);
         let add = Arc::new(builder().build(Op::Add, obj("a", 1), None, None, Instant::now()));
@@ -383,8 +379,12 @@ mod tests {
             q.push_with(e, token).await.unwrap();
         }
         let batch = q.pop_batch(10, usize::MAX, Duration::ZERO).await.unwrap();
-        assert!(batch[0].deliver.is_none(), "nothing to deliver");
-        assert_eq!(batch[0].tokens.len(), 2, "but two changes to acknowledge");
+        assert_eq!(
+            batch[0].deliver.op,
+            Op::Delete,
+            "the sink may hold the object from before a crash: it must hear it is gone"
+        );
+        assert_eq!(batch[0].tokens.len(), 2, "two changes to acknowledge");
     }
 
     #[tokio::test]

@@ -29,9 +29,7 @@ struct Acks(mpsc::UnboundedSender<Arc<Envelope>>);
 
 impl AckObserver for Acks {
     fn delivered(&self, slot: Slot) {
-        if let Some(event) = slot.deliver {
-            let _ = self.0.send(event);
-        }
+        let _ = self.0.send(slot.deliver);
     }
 }
 
