@@ -2,7 +2,8 @@
 //! real `lookout` binary against kubesim through random creates, updates and deletes of 30
 //! objects of two kinds (ConfigMap and a Widget CRD in three namespaces), a random route set
 //! (kinds, ops, `changed`, namespace include/exclude, sometimes a drop route) over a file sink
-//! and one or two webhook receivers that go down (503, or a closed port) and come back, with
+//! and one or two webhook receivers that go down (503, a closed port, or taking requests in
+//! without ever answering) and come back, with
 //! random SIGKILLs, SIGTERMs, restarts, and 410 re-lists (kubesim compaction).
 //!
 //! The oracle is written here, independently of the agent (routes are evaluated again from
@@ -19,7 +20,7 @@
 //!   it got and that is gone, and a sink whose routes do not never gets one.
 //!
 //! Seeds: `LOOKOUT_FAULT_SEED=<n>` runs one, `LOOKOUT_FAULT_SEEDS=<count>` or `<a>..<b>`
-//! chooses the set (default 1..=6; `make soak` runs 200), `LOOKOUT_FAULT_JOBS` how many run at
+//! chooses the set (default 1..=24; `make soak` runs 200), `LOOKOUT_FAULT_JOBS` how many run at
 //! once (default 2). A failing seed is printed with the command that replays it. Duplicates
 //! (at-least-once re-sends) are counted and reported.
 
@@ -140,7 +141,14 @@ struct Routes {
 
 impl Routes {
     /// Does sink `s` get the change `prev` → `next` of an object of `kind` in `ns`?
-    fn selects(&self, s: usize, kind: &str, ns: &str, prev: Option<&Value>, next: Option<&Value>) -> bool {
+    fn selects(
+        &self,
+        s: usize,
+        kind: &str,
+        ns: &str,
+        prev: Option<&Value>,
+        next: Option<&Value>,
+    ) -> bool {
         let (op, p, n) = match (prev, next) {
             (None, Some(n)) => ("add", &Value::Null, n),
             (Some(p), Some(n)) => ("update", p, n),
@@ -423,15 +431,24 @@ impl World {
                         json!({"data": {"mode": mode}})
                     }
                     4..7 => {
-                        let others: Vec<&str> =
-                            COLORS.iter().copied().filter(|c| data["color"] != *c).collect();
+                        let others: Vec<&str> = COLORS
+                            .iter()
+                            .copied()
+                            .filter(|c| data["color"] != *c)
+                            .collect();
                         json!({"data": {"color": *others.choose(&mut self.rng).unwrap()}})
                     }
                     _ => json!({"data": {"n": self.rng.random::<u32>().to_string()}}),
                 };
                 Some(
                     self.sim
-                        .merge_patch(spec.api_version, spec.kind, Some(spec.ns), &spec.name, patch)
+                        .merge_patch(
+                            spec.api_version,
+                            spec.kind,
+                            Some(spec.ns),
+                            &spec.name,
+                            patch,
+                        )
                         .unwrap(),
                 )
             }
@@ -453,26 +470,32 @@ impl World {
         }
     }
 
-    /// Starts the agent and waits until it forwards.
+    /// Starts the agent and waits until it is up (its signal handlers are installed); it may
+    /// still be comparing its caches with the delivered state, waiting for a sink that is down.
     async fn start(&mut self) {
         let agent = Agent::start(&self.sim, &self.config).await;
         self.agent = Some(agent);
-        self.wait_live().await;
+        self.wait_log("ops server listening").await;
     }
 
-    /// Waits until the running agent forwards (its start-up comparison is done).
-    async fn wait_live(&mut self) {
+    async fn wait_log(&self, needle: &str) {
         let agent = self.agent.as_ref().expect("running");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while !agent.stderr().contains("watching; forwarding changes") {
+        while !agent.stderr().contains(needle) {
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "seed {}: the agent never started forwarding:\n{}",
+                "seed {}: no `{needle}` in the agent's log:\n{}",
                 self.seed,
                 agent.stderr()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Waits until the running agent forwards (its start-up comparison is done): the last
+    /// disruption.
+    async fn wait_live(&mut self) {
+        self.wait_log("watching; forwarding changes").await;
         self.live_since = Instant::now();
     }
 
@@ -487,7 +510,11 @@ impl World {
     async fn terminate(&mut self) {
         if let Some(agent) = self.agent.take() {
             let (status, _, log) = agent.terminate().await;
-            assert!(status.success(), "seed {}: SIGTERM did not exit 0:\n{log}", self.seed);
+            assert!(
+                status.success(),
+                "seed {}: SIGTERM did not exit 0:\n{log}",
+                self.seed
+            );
             self.tally.terms += 1;
         }
     }
@@ -513,7 +540,11 @@ impl World {
                     let mode = match self.hooks[h].mode() {
                         Mode::Up => {
                             self.tally.outages += 1;
-                            *[Mode::Unavailable, Mode::Closed].choose(&mut self.rng).unwrap()
+                            // 503; nothing listening; or taking requests in and never
+                            // answering (the sender cannot know they arrived).
+                            *[Mode::Unavailable, Mode::Closed, Mode::Swallow]
+                                .choose(&mut self.rng)
+                                .unwrap()
                         }
                         _ => Mode::Up,
                     };
@@ -558,6 +589,7 @@ impl World {
         }
         self.terminate().await;
         self.start().await;
+        self.wait_live().await;
         let n = self.rng.random_range(10..=25);
         self.churn(n).await;
         let deadline = Instant::now() + QUIESCENCE;
@@ -605,12 +637,26 @@ fn read_lake(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// Equal but for `metadata.resourceVersion` (which the agent ignores when diffing).
+fn same_content(a: &Value, b: &Value) -> bool {
+    let without_rv = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("resourceVersion");
+        }
+        v
+    };
+    without_rv(a) == without_rv(b)
+}
+
 fn uid(v: &Value) -> &str {
     v["metadata"]["uid"].as_str().unwrap_or_default()
 }
 
 fn rv(v: &Value) -> &str {
-    v["metadata"]["resourceVersion"].as_str().unwrap_or_default()
+    v["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or_default()
 }
 
 /// The oracle (see the module docs). Ok: the number of duplicates (a `uid` +
@@ -633,7 +679,9 @@ fn check(w: &World, received: &[Vec<Value>]) -> Result<usize, String> {
                 e["name"].as_str().unwrap_or_default(),
             );
             let Some(&i) = index.get(&key) else {
-                return Err(format!("sink {s} got an envelope of an unknown object: {e}"));
+                return Err(format!(
+                    "sink {s} got an envelope of an unknown object: {e}"
+                ));
             };
             let spec = &w.specs[i];
             let op = e["op"].as_str().unwrap_or_default();
@@ -655,10 +703,19 @@ fn check(w: &World, received: &[Vec<Value>]) -> Result<usize, String> {
                     w.specs[i].name,
                     w.history[i]
                         .iter()
-                        .map(|v| v.state.as_ref().map(|s| (uid(s).to_string(), rv(s).to_string(), s["data"].clone())))
+                        .map(|v| v.state.as_ref().map(|s| (
+                            uid(s).to_string(),
+                            rv(s).to_string(),
+                            s["data"].clone()
+                        )))
                         .collect::<Vec<_>>(),
                     got.iter()
-                        .map(|e| (e["op"].clone(), e["uid"].clone(), e["resourceVersion"].clone(), e["object"]["data"].clone()))
+                        .map(|e| (
+                            e["op"].clone(),
+                            e["uid"].clone(),
+                            e["resourceVersion"].clone(),
+                            e["object"]["data"].clone()
+                        ))
                         .collect::<Vec<_>>()
                 )
             })?;
@@ -688,7 +745,9 @@ fn real_state(history: &[Version], e: &Value) -> Result<(), String> {
     if object.get("data").is_some() && object["data"] != state["data"] {
         return Err("data differs from the state with that resourceVersion".into());
     }
-    if e["uid"] != object["metadata"]["uid"] || e["resourceVersion"] != object["metadata"]["resourceVersion"] {
+    if e["uid"] != object["metadata"]["uid"]
+        || e["resourceVersion"] != object["metadata"]["resourceVersion"]
+    {
         return Err("envelope identity differs from its object".into());
     }
     if e["op"] == "update" {
@@ -699,7 +758,8 @@ fn real_state(history: &[Version], e: &Value) -> Result<(), String> {
         let patch: json_patch::Patch = serde_json::from_value(e["patch"].clone())
             .map_err(|err| format!("patch is not RFC 6902: {err}"))?;
         let mut doc = old.clone();
-        json_patch::patch(&mut doc, &patch).map_err(|err| format!("patch does not apply: {err}"))?;
+        json_patch::patch(&mut doc, &patch)
+            .map_err(|err| format!("patch does not apply: {err}"))?;
         if doc != *object {
             return Err("patch applied to `old` is not `object`".into());
         }
@@ -766,10 +826,13 @@ fn judge(w: &World, s: usize, i: usize, got: &[&Value]) -> Result<(), String> {
                 }
                 if let Some(last) = last {
                     match w.routes.watched(s, kind, ns) {
+                        // Equal but for the resourceVersion: a change undone while nobody
+                        // watched leaves nothing to send (resourceVersion-only changes are
+                        // no change).
                         Some(None) => {
                             let updated = versions.len() > 1;
                             if (updated || w.routes.ever(s, kind, ns, "add"))
-                                && last["resourceVersion"].as_str() != Some(rv(f))
+                                && !same_content(&last["object"], f)
                             {
                                 return Err(format!(
                                     "uid {u}: every update is routed here, but the last state received is {} not {}",
@@ -813,7 +876,9 @@ fn judge(w: &World, s: usize, i: usize, got: &[&Value]) -> Result<(), String> {
                 // and delete cancelled out in a full queue).
                 None => {
                     if last.is_some_and(|e| e["op"] != "delete") {
-                        return Err(format!("uid {u}: deleted after the last start, delete not received"));
+                        return Err(format!(
+                            "uid {u}: deleted after the last start, delete not received"
+                        ));
                     }
                 }
             }
@@ -823,18 +888,24 @@ fn judge(w: &World, s: usize, i: usize, got: &[&Value]) -> Result<(), String> {
 }
 
 fn seeds() -> Vec<u64> {
-    if let Some(one) = std::env::var("LOOKOUT_FAULT_SEED").ok().and_then(|s| s.parse().ok()) {
+    if let Some(one) = std::env::var("LOOKOUT_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
         return vec![one];
     }
     match std::env::var("LOOKOUT_FAULT_SEEDS") {
         Ok(spec) => match spec.split_once("..") {
             Some((a, b)) => {
-                let (a, b): (u64, u64) = (a.parse().expect("seed range"), b.parse().expect("seed range"));
+                let (a, b): (u64, u64) = (
+                    a.parse().expect("seed range"),
+                    b.parse().expect("seed range"),
+                );
                 (a..=b).collect()
             }
             None => (1..=spec.parse::<u64>().expect("seed count")).collect(),
         },
-        Err(_) => (1..=6).collect(),
+        Err(_) => (1..=24).collect(),
     }
 }
 

@@ -49,7 +49,10 @@ async fn wait_observed(agent: &Agent, op: &str, n: f64) {
     let deadline = tokio::time::Instant::now() + SOON;
     loop {
         let rows = parse_metrics(&agent.ops_get("/metrics").await.1);
-        let seen = metric(&rows, &["lookout_events_observed_total", &format!("op=\"{op}\"")]);
+        let seen = metric(
+            &rows,
+            &["lookout_events_observed_total", &format!("op=\"{op}\"")],
+        );
         if seen.is_some_and(|v| v >= n) {
             return;
         }
@@ -67,7 +70,12 @@ fn kill(agent: &mut Agent) {
 
 fn mode_route_config(state: &Path, hook: &Hook, lake: Option<&Path>) -> String {
     let lake_sink = lake
-        .map(|p| format!("  - name: lake\n    type: file\n    path: {}\n", p.display()))
+        .map(|p| {
+            format!(
+                "  - name: lake\n    type: file\n    path: {}\n",
+                p.display()
+            )
+        })
         .unwrap_or_default();
     let lake_route = lake
         .map(|_| "  - name: everything\n    sinks: [lake]\n".to_string())
@@ -103,8 +111,14 @@ fn is_mode(e: &Value, name: &str, mode: &str) -> bool {
 }
 
 async fn patch(sim: &kubesim::KubeSim, name: &str, data: Value) {
-    sim.merge_patch("v1", "ConfigMap", Some("default"), name, json!({"data": data}))
-        .unwrap();
+    sim.merge_patch(
+        "v1",
+        "ConfigMap",
+        Some("default"),
+        name,
+        json!({"data": data}),
+    )
+    .unwrap();
 }
 
 #[tokio::test]
@@ -128,7 +142,10 @@ async fn a_change_owed_to_a_down_webhook_survives_a_later_change_routed_nowhere_
     let tried = hook.requests();
     let deadline = tokio::time::Instant::now() + SOON;
     while hook.requests() == tried {
-        assert!(tokio::time::Instant::now() < deadline, "the webhook was never tried");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the webhook was never tried"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // A change no route wants.
@@ -205,13 +222,18 @@ async fn a_change_the_sink_got_just_before_a_crash_is_followed_by_the_delete_mad
     // The receiver takes the add in, but the agent never hears back: it cannot know.
     hook.set(Mode::Swallow).await;
     let created = sim
-        .create("v1", "ConfigMap", configmap("default", "ghost", json!({"v": "1"})))
+        .create(
+            "v1",
+            "ConfigMap",
+            configmap("default", "ghost", json!({"v": "1"})),
+        )
         .unwrap();
     let uid = created["metadata"]["uid"].as_str().unwrap().to_string();
     wait_hook(&hook, &agent, "the add", |e| e["uid"] == uid.as_str()).await;
     kill(&mut agent);
     let _ = agent.child.wait().await;
-    sim.delete("v1", "ConfigMap", Some("default"), "ghost").unwrap();
+    sim.delete("v1", "ConfigMap", Some("default"), "ghost")
+        .unwrap();
 
     hook.set(Mode::Up).await;
     let again = Agent::start(&sim, &config).await;
@@ -275,7 +297,11 @@ async fn sigterm_with_a_dead_webhook_and_a_full_queue_exits_0_within_the_grace_p
         "shutdown took {took:?} (grace {grace:?})\n{}",
         agent.stderr()
     );
-    assert!(agent.stderr().contains("grace period over"), "{}", agent.stderr());
+    assert!(
+        agent.stderr().contains("grace period over"),
+        "{}",
+        agent.stderr()
+    );
 }
 
 fn leader_config(state: &Path, lake: &Path) -> String {
@@ -409,11 +435,17 @@ async fn a_new_leader_waits_for_a_state_directory_still_held_and_takes_over_once
     .await;
     wait_log(&agent, "the state directory is still locked").await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert!(read_jsonl(&lake).is_empty(), "nothing forwarded while waiting");
+    assert!(
+        read_jsonl(&lake).is_empty(),
+        "nothing forwarded while waiting"
+    );
     drop(held);
     wait_jsonl(&lake, 1).await;
     let log = agent.stderr();
-    assert!(log.contains("state directory released; taking over"), "{log}");
+    assert!(
+        log.contains("state directory released; taking over"),
+        "{log}"
+    );
     assert_eq!(
         log.matches("the state directory is still locked").count(),
         1,
@@ -445,8 +477,15 @@ async fn a_new_leader_gives_the_lease_up_when_the_state_directory_stays_held() {
     let took = acquired.elapsed();
     assert_eq!(status.code(), Some(1), "{}", agent.stderr());
     // The bound is the lease duration (3 s).
-    assert!(took >= Duration::from_millis(2500) && took <= Duration::from_secs(6), "{took:?}");
-    assert!(agent.stderr().contains("still locked after"), "{}", agent.stderr());
+    assert!(
+        took >= Duration::from_millis(2500) && took <= Duration::from_secs(6),
+        "{took:?}"
+    );
+    assert!(
+        agent.stderr().contains("still locked after"),
+        "{}",
+        agent.stderr()
+    );
     assert_eq!(lease_holder(&sim), Value::Null, "the lease was given up");
     assert!(read_jsonl(&lake).is_empty());
 }

@@ -274,19 +274,21 @@ impl Parts {
         self.factory.stop_all().await;
         if let Some(Delivery {
             forwarding,
-            mut drivers,
+            drivers,
             writer,
         }) = delivery
         {
             let grace = self.config.shutdown.grace_period;
-            let drained = tokio::time::timeout(grace, join_all(drivers.iter_mut())).await;
-            if drained.is_err() {
+            // One join of every driver, given the grace period, then (if need be) told to
+            // give up and awaited to the end.
+            let mut drained = join_all(drivers);
+            if tokio::time::timeout(grace, &mut drained).await.is_err() {
                 warn!(
                     ?grace,
                     "grace period over; undelivered events will be re-emitted on the next start"
                 );
                 tree.delivery.cancel();
-                join_all(drivers.iter_mut()).await;
+                drained.await;
             }
             // The drivers are gone, and the gate is closed: this is the tracker's last owner.
             // Dropping it closes the writer's channel; the writer records the last

@@ -301,11 +301,7 @@ mod tests {
         for i in 0..5 {
             q.push(update(&format!("o{i}"), 1, 2)).await.unwrap();
         }
-        let size = q.state.lock().unwrap().slots[0]
-            .2
-            .deliver
-            .to_json()
-            .len();
+        let size = q.state.lock().unwrap().slots[0].2.deliver.to_json().len();
         assert_eq!(
             q.pop_batch(2, usize::MAX, Duration::ZERO)
                 .await
