@@ -56,9 +56,12 @@ demo: deps
 test: deps tools
 	$(CARGO) nextest run --workspace --locked --no-fail-fast
 
-## Long fault-injection variants: a 60 s sink outage under churn, and the crash/restart suite.
+## Long fault-injection variants: a 60 s sink outage under churn, the crash/restart suite, and
+## 200 seeds of the fault model (SOAK_SEEDS to change; a failing seed is printed with its replay).
+SOAK_SEEDS ?= 1..200
 soak: deps tools
-	LOOKOUT_SOAK_SECS=60 $(CARGO) nextest run --locked --no-capture --test faults --test durability --test leader
+	LOOKOUT_SOAK_SECS=60 $(CARGO) nextest run --locked --no-capture --test faults --test durability --test leader --test spine
+	LOOKOUT_FAULT_SEEDS=$(SOAK_SEEDS) $(CARGO) nextest run --locked --no-capture --test fault_model
 
 ## The benchmark harness (issue #9): figures with targets in a table, and target/bench/report.json.
 ## BENCH_ARGS passes options (e.g. BENCH_ARGS="--pods 2000 --skip kafka"; see lookout-bench --help).

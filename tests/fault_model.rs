@@ -20,7 +20,7 @@
 //!   it got and that is gone, and a sink whose routes do not never gets one.
 //!
 //! Seeds: `LOOKOUT_FAULT_SEED=<n>` runs one, `LOOKOUT_FAULT_SEEDS=<count>` or `<a>..<b>`
-//! chooses the set (default 1..=24; `make soak` runs 200), `LOOKOUT_FAULT_JOBS` how many run at
+//! chooses the set (default 1..=40; `make soak` runs 200), `LOOKOUT_FAULT_JOBS` how many run at
 //! once (default 2). A failing seed is printed with the command that replays it. Duplicates
 //! (at-least-once re-sends) are counted and reported.
 
@@ -305,6 +305,8 @@ struct World {
     routes: Routes,
     config: String,
     agent: Option<Agent>,
+    /// The logs of the agents that ran before the current one, for a failure report.
+    logs: String,
     /// The last start of the agent that began forwarding (the last disruption).
     live_since: Instant,
     tally: Tally,
@@ -392,6 +394,7 @@ impl World {
             routes,
             config,
             agent: None,
+            logs: String::new(),
             live_since: Instant::now(),
             tally: Tally::default(),
         }
@@ -504,6 +507,7 @@ impl World {
             signal(agent.child.id().unwrap() as i32, libc::SIGKILL);
             let _ = agent.child.wait().await;
             self.tally.kills += 1;
+            let _ = write!(self.logs, "{}\n===== SIGKILL =====\n", agent.stderr());
         }
     }
 
@@ -516,7 +520,16 @@ impl World {
                 self.seed
             );
             self.tally.terms += 1;
+            let _ = write!(self.logs, "{log}\n===== SIGTERM =====\n");
         }
+    }
+
+    /// Writes every agent's log of this seed to a file; returns its path.
+    fn dump_logs(&self) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("lookout-fault-model-seed-{}.log", self.seed));
+        let current = self.agent.as_ref().map(Agent::stderr).unwrap_or_default();
+        let _ = std::fs::write(&path, format!("{}{current}", self.logs));
+        path
     }
 
     /// The envelopes every sink has taken in so far (sink 0 is the file sink).
@@ -602,16 +615,15 @@ impl World {
                     break;
                 }
                 Err(why) if Instant::now() > deadline => {
-                    let log = self.agent.as_ref().map(Agent::stderr).unwrap_or_default();
-                    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                    let logs = self.dump_logs();
                     panic!(
                         "fault model seed {seed} failed: {why}\n\nroutes:\n{routes:#?}\n\nconfig:\n{config}\n\
-                         last log lines (newest first):\n{tail}\n\n\
+                         every agent's log: {logs}\n\
                          replay with: LOOKOUT_FAULT_SEED={seed} cargo nextest run -p lookout --test fault_model",
                         seed = self.seed,
                         routes = self.routes.routes,
                         config = self.config,
-                        tail = tail.join("\n"),
+                        logs = logs.display(),
                     );
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -905,7 +917,7 @@ fn seeds() -> Vec<u64> {
             }
             None => (1..=spec.parse::<u64>().expect("seed count")).collect(),
         },
-        Err(_) => (1..=24).collect(),
+        Err(_) => (1..=40).collect(),
     }
 }
 

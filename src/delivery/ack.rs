@@ -83,9 +83,9 @@ struct Entry {
     latest: Option<Arc<Value>>,
     /// Per sink: changes routed to it and not yet acknowledged.
     owed: Vec<u32>,
-    /// Per sink, while it owes: the registration id of its in-flight marker (0 without a
-    /// store) and the uid the marker names.
-    marker: Vec<Option<(u64, Arc<str>)>>,
+    /// Per sink, while it owes: the uids its in-flight marker names, each with the
+    /// registration id that put it there (0 without a store).
+    marker: Vec<Vec<(Arc<str>, u64)>>,
 }
 
 impl Entry {
@@ -93,7 +93,7 @@ impl Entry {
         Self {
             latest: None,
             owed: vec![0; sinks],
-            marker: vec![None; sinks],
+            marker: vec![Vec::new(); sinks],
         }
     }
 
@@ -163,9 +163,13 @@ impl Tracker {
         entry.latest = state;
         let mut tokens = Vec::with_capacity(targets.len());
         for &sink in targets {
-            let needs = match &entry.marker[sink] {
-                Some((reg, marked)) if entry.owed[sink] > 0 && **marked == *uid => *reg,
-                _ => {
+            if entry.owed[sink] == 0 {
+                entry.marker[sink].clear();
+            }
+            let marked = entry.marker[sink].iter().find(|(u, _)| **u == *uid);
+            let needs = match marked {
+                Some((_, reg)) => *reg,
+                None => {
                     let reg = match tx {
                         Some(tx) => {
                             *last_reg += 1;
@@ -180,7 +184,7 @@ impl Tracker {
                         }
                         None => 0,
                     };
-                    entry.marker[sink] = Some((reg, uid.into()));
+                    entry.marker[sink].push((uid.into(), reg));
                     reg
                 }
             };
@@ -222,7 +226,7 @@ impl Tracker {
         let owed = &mut entry.owed[token.sink];
         *owed = owed.saturating_sub(1);
         if *owed == 0 {
-            entry.marker[token.sink] = None;
+            entry.marker[token.sink].clear();
             if let Some(tx) = tx {
                 let _ = tx.send(StateOp::Base {
                     sink: token.sink,
@@ -456,7 +460,7 @@ mod tests {
     }
 
     #[test]
-    fn a_recreated_object_gets_a_new_marker_naming_its_new_uid() {
+    fn a_marker_names_every_incarnation_the_sink_may_hold() {
         let (t, mut rx, _durable) = tracker(1);
         t.register(&id("a"), state(1), "uid-1", || json!({"uid": 1}), &[0]);
         t.register(&id("a"), None, "uid-1", || json!({"uid": 1}), &[0]);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::emit::Forwarding;
 use super::{Intake, Parts, StateAccess};
@@ -250,7 +250,7 @@ async fn reconcile_object(
         (Some(b), Some(c)) => version(b) == version(c),
         _ => false,
     };
-    if held.iter().all(|h| h.owing.is_none() && same(&h.base)) {
+    if held.iter().all(|h| h.owing.is_empty() && same(&h.base)) {
         return false;
     }
     let router = &fwd.router;
@@ -278,7 +278,7 @@ async fn reconcile_object(
     }
     let mut targets: Vec<(usize, Arc<Envelope>)> = Vec::new();
     for (base, members) in groups {
-        let owing = |s: usize| held[s].owing.is_some();
+        let owing = |s: usize| !held[s].owing.is_empty();
         // (envelope, whether its change is real for sinks that owe nothing)
         let mut changes: Vec<(Arc<Envelope>, bool)> = Vec::new();
         match (base, &current) {
@@ -310,15 +310,14 @@ async fn reconcile_object(
                 ));
             }
         }
-        // A sink that may hold an add that was in flight, of an object now gone (or
-        // re-created under a new uid), gets its delete from the marker's identity.
+        // A sink that may hold an incarnation of the object that was in flight and is gone
+        // now (deleted, or re-created under a new uid) gets its delete from the marker.
         for &s in members.iter().filter(|&&s| owing(s)) {
-            let Some(id) = &held[s].owing else { continue };
             let known = base.as_ref().map(object::uid);
             let now = current.as_deref().map(object::uid);
-            if Some(object::uid(id)) != known && Some(object::uid(id)) != now {
-                for (sink, e) in router.route_to(&delete(id.clone()), &|t| t == s, true) {
-                    targets.push((sink, e));
+            for id in &held[s].owing {
+                if Some(object::uid(id)) != known && Some(object::uid(id)) != now {
+                    targets.extend(router.route_to(&delete(id.clone()), &|t| t == s, true));
                 }
             }
         }
@@ -338,7 +337,7 @@ async fn reconcile_object(
                 .builder
                 .build(Op::Delete, Arc::new(b), None, None, Instant::now())
         }
-        (None, None) => match held.iter().find_map(|h| h.owing.clone()) {
+        (None, None) => match held.iter().find_map(|h| h.owing.first().cloned()) {
             Some(id) => intake
                 .builder
                 .build(Op::Delete, Arc::new(id), None, None, Instant::now()),
@@ -349,6 +348,10 @@ async fn reconcile_object(
         source: intake.builder.source.clone(),
         key: key.into(),
     };
+    debug!(informer = %intake.key, object = key,
+        owing = ?held.iter().map(|h| h.owing.len()).collect::<Vec<_>>(),
+        sends = ?targets.iter().map(|(s, e)| format!("{s}:{}:{}", e.op.as_str(), e.uid)).collect::<Vec<_>>(),
+        "start-up comparison");
     fwd.deliver(&object, current, &named, targets).await;
     true
 }

@@ -15,8 +15,9 @@
 //!   nothing is owed, so an object is stored once).
 //! - `sink_bases`: `<sink>\0<informer key>\0<namespace/name>` → the base of one sink that
 //!   differs from `objects` (an empty value: the sink holds nothing of the object).
-//! - `owing`: `<sink>\0<informer key>\0<namespace/name>` → the object's identity: the sink was
-//!   (or was about to be) sent a change newer than its base that it has not acknowledged.
+//! - `owing`: `<sink>\0<informer key>\0<namespace/name>` → the identities (a JSON array, one
+//!   per uid) of what the sink was, or was about to be, sent beyond its base without
+//!   acknowledging it: an object deleted and re-created while the sink owed has several.
 //!
 //! Format 1 (one shared state per object) is format 2 without the last two tables; it is
 //! upgraded in place on open.
@@ -104,8 +105,9 @@ fn store_err(e: impl std::fmt::Display) -> StateError {
 /// One change to the delivered state, as the acknowledgement tracker decides it.
 #[derive(Debug)]
 pub enum StateOp {
-    /// Sink `sink` is about to be sent a change of the object newer than its base. Must be
-    /// on disk before the sink receives it (registration `reg` is reported durable then).
+    /// Sink `sink` is about to be sent a change of the object newer than its base: the
+    /// identity joins the sink's in-flight marker (one per uid). Must be on disk before the
+    /// sink receives the change (registration `reg` is reported durable then).
     Owing {
         /// Registration id (increasing).
         reg: u64,
@@ -138,9 +140,9 @@ pub enum StateOp {
 pub struct SinkBase {
     /// The state the sink acknowledged last (`None`: nothing, or a delete).
     pub base: Option<Value>,
-    /// Set when the sink may hold a newer state than `base` (a change was in flight): the
-    /// object's identity as of that change.
-    pub owing: Option<Value>,
+    /// Not empty when the sink may hold a newer state than `base` (a change was in flight):
+    /// the identity of each incarnation (uid) of the object it may hold.
+    pub owing: Vec<Value>,
 }
 
 /// The store.
@@ -340,12 +342,20 @@ impl StateStore {
                         identity,
                         ..
                     } => {
-                        let bytes = serde_json::to_vec(identity.as_ref()).map_err(store_err)?;
+                        let at = sink_key(&sinks[*sink], source, key);
+                        let mut ids: Vec<Value> = match owing.get(at.as_str()).map_err(store_err)? {
+                            Some(v) => serde_json::from_slice(v.value()).unwrap_or_default(),
+                            None => Vec::new(),
+                        };
+                        if !ids
+                            .iter()
+                            .any(|i| i["metadata"]["uid"] == identity["metadata"]["uid"])
+                        {
+                            ids.push((**identity).clone());
+                        }
+                        let bytes = serde_json::to_vec(&ids).map_err(store_err)?;
                         owing
-                            .insert(
-                                sink_key(&sinks[*sink], source, key).as_str(),
-                                bytes.as_slice(),
-                            )
+                            .insert(at.as_str(), bytes.as_slice())
                             .map_err(store_err)?;
                     }
                     StateOp::Base {
@@ -513,8 +523,13 @@ impl Baseline<'_> {
                 None => shared.clone(),
             };
             let owing = match self.owing.get(at.as_str()).map_err(store_err)? {
-                Some(v) => Some(self.store.parse(key, v.value())?),
-                None => None,
+                Some(v) => {
+                    serde_json::from_slice(v.value()).map_err(|e| StateError::Unreadable {
+                        path: self.store.path.clone(),
+                        message: format!("in-flight marker of {key}: {e}"),
+                    })?
+                }
+                None => Vec::new(),
             };
             out.push(SinkBase { base, owing });
         }
@@ -626,13 +641,13 @@ mod tests {
             "a marker alone names the object"
         );
         let b = view.get("ns/a").unwrap();
-        assert_eq!(b[1].owing, Some(identity));
+        assert_eq!(b[1].owing, vec![identity]);
         assert_eq!(b[0], SinkBase::default());
         drop(view);
         s.apply(&[base(1, "cm", "ns/a", Some(json!({"v": 1})))], &two)
             .unwrap();
         let b = s.baseline("cm", &two).unwrap().get("ns/a").unwrap();
-        assert_eq!(b[1].owing, None);
+        assert!(b[1].owing.is_empty());
         assert_eq!(b[1].base, Some(json!({"v": 1})));
         assert_eq!(b[0].base, None, "the lake holds nothing of it");
         assert_eq!(
@@ -640,6 +655,25 @@ mod tests {
             1,
             "rows of a sink no longer configured go"
         );
+    }
+
+    #[test]
+    fn an_object_re_created_while_in_flight_is_named_in_the_marker_under_each_uid() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = sinks(&["hook"]);
+        let s = StateStore::open(dir.path(), false).unwrap();
+        let owing = |reg, uid: &str| StateOp::Owing {
+            reg,
+            sink: 0,
+            source: "cm".into(),
+            key: "ns/a".into(),
+            identity: Arc::new(json!({"metadata": {"name": "a", "uid": uid}})),
+        };
+        s.apply(&[owing(1, "u1"), owing(2, "u2"), owing(3, "u1")], &one)
+            .unwrap();
+        let b = s.baseline("cm", &one).unwrap().get("ns/a").unwrap();
+        let uids: Vec<&Value> = b[0].owing.iter().map(|i| &i["metadata"]["uid"]).collect();
+        assert_eq!(uids, vec!["u1", "u2"]);
     }
 
     #[test]

@@ -15,4 +15,3 @@ pub use driver::{
     spawn_driver_with_dead_letter,
 };
 pub use queue::{Closed, SinkQueue, Slot};
-pub use retry::{BatchReport, Fate, send_with_retry};
