@@ -248,8 +248,11 @@ enum LeaseError {
 }
 
 struct Elector {
+    /// Leases in the configured namespace.
     api: Api<Lease>,
+    /// Who this replica is in the Lease.
     identity: String,
+    /// The settings.
     config: LeaderElectionConfig,
     /// Each request's bound ([`call_timeout`]).
     timeout: Duration,

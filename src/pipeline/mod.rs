@@ -84,8 +84,11 @@ enum StateAccess {
 
 /// One forwarded informer: what it watches, the informer, and how its envelopes are built.
 struct Intake {
+    /// What it watches; as a string, the source its delivered state is filed under.
     key: InformerKey,
+    /// The shared informer.
     informer: Arc<SharedInformer>,
+    /// Builds its envelopes (live, and in the start-up comparison).
     builder: EnvelopeBuilder,
 }
 
@@ -98,19 +101,25 @@ pub struct Pipeline {
 
 /// Everything a run works with.
 struct Parts {
+    /// The effective config.
     config: Config,
+    /// The API server connection (leader election).
     client: kube::Client,
+    /// Every informer (forwarded ones and the Namespace informer routes read).
     factory: Arc<InformerFactory>,
     /// One lane per sink, in `sinks` order (the index is the sink's id everywhere).
     lanes: Vec<SinkLane>,
     /// Where each sink's rejected events go, in `sinks` order.
     dead_letters: Vec<DeadLetter>,
+    /// Which sinks get which changes.
     router: Arc<Router>,
     /// The informers that forward (each distinct resource once).
     intakes: Vec<Intake>,
     /// The Namespace informer routes read labels from, started (and synced) first.
     namespaces: Option<Arc<SharedInformer>>,
+    /// How the delivered state is reached.
     state: StateAccess,
+    /// What the ops server reads.
     ops: Arc<Ops>,
     /// What the informers' handlers forward through: `Some` only while this replica forwards.
     gate: Arc<watch::Sender<Option<Arc<Forwarding>>>>,

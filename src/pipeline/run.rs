@@ -42,14 +42,19 @@ pub enum RunOutcome {
 
 /// The cancellation tree (see the module docs).
 struct Tree {
+    /// Cancelled last: anything still running stops.
     root: CancellationToken,
     /// Shutdown requested (a signal): an event, not a subtree.
     stop: CancellationToken,
     /// The lease was lost: an event, not a subtree.
     lost: CancellationToken,
+    /// No more changes into the queues (they close, and the gate with them).
     intake: CancellationToken,
+    /// The drivers give up.
     delivery: CancellationToken,
+    /// The elector releases the lease and ends.
     election: CancellationToken,
+    /// The ops server and the sink health checks end.
     ops: CancellationToken,
 }
 

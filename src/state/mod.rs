@@ -463,11 +463,17 @@ fn set_base(
 /// What the configured sinks hold of one informer's objects, read in one transaction (see
 /// [`StateStore::baseline`]).
 pub struct Baseline<'s> {
+    /// For error messages (the file's path).
     store: &'s StateStore,
+    /// The informer key.
     source: String,
+    /// The configured sinks, in order.
     sinks: Vec<String>,
+    /// The shared states.
     objects: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    /// The sinks' own states, where they differ.
     bases: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    /// The in-flight markers.
     owing: redb::ReadOnlyTable<&'static str, &'static [u8]>,
 }
 

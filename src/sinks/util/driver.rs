@@ -131,11 +131,13 @@ impl SinkLane {
 
 /// A sink's queue plus its driver task, for using one sink on its own (tests, benchmarks).
 pub struct SinkHandle {
+    /// The sink, its queue and counters.
     lane: SinkLane,
     /// The sink's configured name.
     pub name: String,
     /// Counters.
     pub stats: Arc<SinkStats>,
+    /// The driver.
     task: JoinHandle<()>,
 }
 

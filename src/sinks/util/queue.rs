@@ -36,11 +36,13 @@ type ObjectKey = (Arc<str>, String);
 
 #[derive(Debug, Default)]
 struct State {
+    /// The entries, oldest first, each with its sequence number and object.
     slots: VecDeque<(u64, ObjectKey, Slot)>,
     /// Sequence number of the first slot in `slots`.
     next_seq: u64,
     /// Per object: the sequence number of its newest queued slot.
     newest: HashMap<ObjectKey, u64>,
+    /// No more pushes.
     closed: bool,
 }
 
