@@ -43,9 +43,11 @@ pub enum Command {
         #[arg(long)]
         server: bool,
     },
-    /// Run the pipeline against an embedded, churning simulator and print changes.
+    /// Run the pipeline against an embedded simulated cluster and print its changes.
+    #[cfg(feature = "sim")]
     Demo(crate::demo::DemoArgs),
     /// Run the kubesim API-server simulator alone (same flags as the `kubesim` binary).
+    #[cfg(feature = "sim")]
     Sim(kubesim::Cli),
 }
 
@@ -81,7 +83,9 @@ pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", config.to_masked_yaml());
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "sim")]
         Command::Demo(args) => crate::demo::run(args).await,
+        #[cfg(feature = "sim")]
         Command::Sim(args) => {
             crate::telemetry::init(crate::config::LogFormat::Text, "info");
             kubesim::run_cli(args).await?;

@@ -158,7 +158,7 @@ pub struct Route {
     kinds: Vec<String>,
     ns_include: Vec<String>,
     ns_exclude: Vec<String>,
-    ns_selector: Option<kubesim::selector::LabelSelector>,
+    ns_selector: Option<k8s_selector::LabelSelector>,
     ops: Vec<OpName>,
     when: Vec<(String, Test)>,
     changed: Vec<PointerGlob>,
@@ -238,7 +238,7 @@ impl Route {
         }
         let ns_selector = match &config.namespaces.selector {
             Some(s) => Some(
-                kubesim::selector::LabelSelector::parse(s)
+                k8s_selector::LabelSelector::parse(s)
                     .map_err(|e| err("namespaces.selector", e.to_string()))?,
             ),
             None => None,

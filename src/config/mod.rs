@@ -315,11 +315,11 @@ impl Config {
                 ));
             }
             if let Some(sel) = &r.label_selector {
-                kubesim::selector::LabelSelector::parse(sel)
+                k8s_selector::LabelSelector::parse(sel)
                     .map_err(|e| ConfigError::new(at("labelSelector"), e.to_string()))?;
             }
             if let Some(sel) = &r.field_selector {
-                kubesim::selector::FieldSelector::parse(sel)
+                k8s_selector::FieldSelector::parse(sel)
                     .map_err(|e| ConfigError::new(at("fieldSelector"), e.to_string()))?;
             }
         }
