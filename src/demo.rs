@@ -7,7 +7,7 @@ use std::time::Duration;
 use kubesim::loadgen::LoadGen;
 use kubesim::{KubeSim, SimConfig};
 
-use crate::config::Config;
+use crate::config::{Config, Plan};
 
 /// The demo's config, also shipped as `config/demo.yaml`.
 pub const DEMO_CONFIG: &str = include_str!("../config/demo.yaml");
@@ -34,6 +34,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let signal = crate::shutdown::signal();
     let config = Config::from_yaml_str(DEMO_CONFIG)?;
     crate::telemetry::init(config.log.format, &config.log.level);
+    let plan = Plan::compile(config)?;
     let sim = KubeSim::start(SimConfig::default()).await?;
     let load = LoadGen::seed(&sim, args.pods, args.seed, 2, 2)?;
     tracing::info!(url = %sim.url(), pods = args.pods, rate = args.rate,
@@ -49,7 +50,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             None => signal.await,
         }
     };
-    let code = crate::cli::run_pipeline(config, client, false, shutdown).await?;
+    let code = crate::cli::run_pipeline(plan, client, false, shutdown).await?;
     let changes = churn.stop().await;
     tracing::info!(changes, "demo finished");
     sim.shutdown().await;

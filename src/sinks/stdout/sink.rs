@@ -5,10 +5,18 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::config::StdoutFormat;
 use super::text::render_text;
 use crate::event::Envelope;
 use crate::sinks::{Sink, SinkError};
+
+/// How the stdout sink writes an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdoutFormat {
+    /// One JSON envelope per line.
+    Json,
+    /// One human-readable line per change.
+    Text,
+}
 
 /// Writes each batch with one locked, buffered write and a flush, so lines of concurrent
 /// writers never interleave and a batch is on stdout when `send` returns.
