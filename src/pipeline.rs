@@ -30,7 +30,7 @@ pub enum PipelineError {
     #[error(transparent)]
     Config(#[from] Error),
     /// The API server cannot be reached or refused us (not a config error: retry later).
-    #[error("cannot resolve `{at}` with the API server: {source}")]
+    #[error("cannot resolve `{at}` with the API server: {}", server_cause(.source))]
     Server {
         /// The config entry being resolved.
         at: String,
@@ -60,6 +60,19 @@ async fn resolve(
             }
         }
     })
+}
+
+/// What went wrong talking to the server, without the informer's "does not serve" framing,
+/// which is only true of config errors.
+fn server_cause(e: &InformerError) -> String {
+    match e {
+        InformerError::UnknownKind {
+            api_version,
+            kind,
+            source,
+        } => format!("{api_version} {kind}: {source}"),
+        other => other.to_string(),
+    }
 }
 
 /// True when the API server answered and the answer condemns the configuration: the kind is
