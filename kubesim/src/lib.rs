@@ -14,6 +14,7 @@ pub mod reqlog;
 mod server;
 mod sim;
 pub mod store;
+pub mod story;
 pub mod time;
 
 /// Label and field selectors, shared with the agent (the `k8s-selector` crate).

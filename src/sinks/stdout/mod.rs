@@ -6,4 +6,4 @@ mod text;
 
 pub use config::StdoutSinkConfig;
 pub use sink::{StdoutFormat, StdoutSink};
-pub use text::render_text;
+pub use text::{TextStyle, render_line, render_text};
