@@ -243,7 +243,7 @@ impl Story {
                 // Back-off over, the container runs again; at the next beat it has crashed
                 // and waits out a longer back-off.
                 let t = format_unix(now_unix());
-                let state = if self.restarts % 2 == 0 {
+                let state = if self.restarts.is_multiple_of(2) {
                     json!({"waiting": {"reason": "CrashLoopBackOff",
                         "message": format!("back-off {}s restarting failed container", 10 << (self.restarts / 2).min(4))}})
                 } else {
@@ -253,7 +253,7 @@ impl Story {
                 let worker = self.worker_pod.clone();
                 self.sim.merge_patch("v1", "Pod", ns, &worker, json!({"status": {
                     "containerStatuses": [{"name": WORKER, "restartCount": self.restarts.div_ceil(2),
-                        "state": state, "ready": false, "started": self.restarts % 2 == 0,
+                        "state": state, "ready": false, "started": self.restarts.is_multiple_of(2),
                         "image": "ghcr.io/example/worker:2.3",
                         "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}}}]}}))?;
             }
@@ -358,7 +358,7 @@ fn act(n: u64) -> VecDeque<Beat> {
         CrashLoop,
         ScaleDown,
     ];
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         // Every other act scales first and rolls out afterwards.
         beats.rotate_left(8);
     }
