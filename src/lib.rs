@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+#[cfg(feature = "sim")]
 pub mod demo;
 pub mod event;
 pub mod informer;

@@ -1,7 +1,6 @@
 //! From config to parts: sinks, lanes, router, informers, ops server. Nothing watches or
 //! forwards yet; every config problem found here names its key path (exit 2).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -9,64 +8,102 @@ use tracing::info;
 
 use super::emit::EmitHandler;
 use super::{Intake, Parts, Pipeline, PipelineError, StateAccess};
-use crate::config::Config;
+use crate::config::plan::namespace_key;
+use crate::config::{Error, ErrorKind, Plan};
 use crate::event::EnvelopeBuilder;
-use crate::event::transform::ObjectTransform;
-use crate::informer::{InformerFactory, InformerKey};
-use crate::router::{Route, Router};
+use crate::informer::{InformerError, InformerFactory, InformerKey, SharedInformer};
+use crate::router::Router;
 use crate::server::{Health, Metrics, Ops};
-use crate::sinks::{SinkContext, SinkLane};
+use crate::sinks::SinkLane;
 use crate::state::StateStore;
 
-/// The informer key a `resources[]` entry describes.
-fn informer_key(r: &crate::config::ResourceConfig) -> InformerKey {
-    InformerKey {
-        api_version: r.api_version.clone(),
-        kind: r.kind.clone(),
-        namespace: r.namespace.clone(),
-        label_selector: r.label_selector.clone().filter(|s| !s.is_empty()),
-        field_selector: r.field_selector.clone().filter(|s| !s.is_empty()),
+/// Resolves one informer; a kind the server answered it does not serve is a config error
+/// at `at`, anything else (unreachable, refused) is not.
+async fn resolve(
+    factory: &InformerFactory,
+    key: &InformerKey,
+    at: &str,
+) -> Result<Arc<SharedInformer>, PipelineError> {
+    factory.informer(key).await.map_err(|source| {
+        if is_config_error(&source) {
+            PipelineError::Config(Error::new(at, ErrorKind::Resource(Box::new(source))))
+        } else {
+            PipelineError::Server {
+                at: at.to_string(),
+                source,
+            }
+        }
+    })
+}
+
+/// What went wrong talking to the server, without the informer's "does not serve" framing,
+/// which is only true of config errors.
+pub(super) fn server_cause(e: &InformerError) -> String {
+    match e {
+        InformerError::UnknownKind {
+            api_version,
+            kind,
+            source,
+        } => format!("{api_version} {kind}: {source}"),
+        other => other.to_string(),
     }
 }
 
-fn transform(config: &Config) -> Result<Arc<ObjectTransform>, PipelineError> {
-    ObjectTransform::new(&config.transforms, &config.cluster)
-        .map(Arc::new)
-        .map_err(|e| PipelineError::Transform(e.to_string()))
+/// True when the API server answered and the answer condemns the configuration: the kind is
+/// not served (discovery found no such kind or group, or 404), or a namespace was set for a
+/// cluster-scoped kind. Connection failures, timeouts, 401/403 and 5xx are not.
+fn is_config_error(e: &InformerError) -> bool {
+    match e {
+        InformerError::UnknownKind { source, .. } => match source {
+            kube::Error::Discovery(_) => true,
+            kube::Error::Api(status) => status.code == 404,
+            _ => false,
+        },
+        InformerError::NamespaceOnClusterScoped { .. } => true,
+    }
 }
 
-/// Asks the API server whether it serves every configured kind (for `lookout check
+/// Asks the API server whether it serves every planned kind (for `lookout check
 /// --server`), without opening state, binding ports or starting sinks.
 ///
 /// # Errors
-/// [`PipelineError::Resource`] for the first kind that cannot be watched.
-pub async fn verify_resources(config: &Config, client: kube::Client) -> Result<(), PipelineError> {
-    let factory = InformerFactory::new(client, transform(config)?);
-    for (index, r) in config.resources.iter().enumerate() {
-        factory
-            .informer(&informer_key(r))
-            .await
-            .map_err(|source| PipelineError::Resource { index, source })?;
+/// The first kind that cannot be watched.
+pub async fn verify_resources(plan: &Plan, client: kube::Client) -> Result<(), PipelineError> {
+    let factory = InformerFactory::new(client, plan.transform.clone());
+    for r in &plan.resources {
+        resolve(&factory, &r.key, &r.path()).await?;
+    }
+    if let Some(i) = plan.namespace_route {
+        resolve(&factory, &namespace_key(), &namespace_path(i)).await?;
     }
     Ok(())
 }
 
+/// Where errors of the implicit Namespace informer are reported.
+fn namespace_path(route: usize) -> String {
+    format!("routes[{route}].namespaces.selector")
+}
+
 impl Pipeline {
-    /// Builds sinks and informers (resolving every kind with the API server) without
+    /// Starts the plan's sinks and resolves its informers with the API server, without
     /// starting to watch.
     ///
     /// # Errors
     /// A [`PipelineError`] naming the config entry at fault.
     pub async fn build(
-        config: Config,
+        plan: Plan,
         client: kube::Client,
         reset_state: bool,
     ) -> Result<Self, PipelineError> {
-        let transform = transform(&config)?;
-        let ctx = SinkContext {
-            cluster: config.cluster.clone(),
-            state_dir: config.state.dir.clone(),
-        };
+        let ctx = plan.sink_context();
+        let Plan {
+            config,
+            resources,
+            transform,
+            routes,
+            sinks,
+            namespace_route,
+        } = plan;
         // A standby must not open the store: the leader holds it (shared volume); it is
         // opened on takeover.
         let state = match (&config.state.dir, config.leader_election.enabled) {
@@ -76,46 +113,20 @@ impl Pipeline {
         };
         let mut lanes = Vec::new();
         let mut dead_letters = Vec::new();
-        for (index, sc) in config.sinks.iter().enumerate() {
-            let sink = sc
-                .build(&ctx)
-                .await
-                .map_err(|source| PipelineError::Sink { index, source })?;
-            lanes.push(SinkLane::new(
-                sc.name().to_string(),
-                sink,
-                sc.queue_capacity(),
-            ));
-            dead_letters.push(sc.dead_letter(&ctx));
+        for (index, compiled) in sinks.into_iter().enumerate() {
+            let (name, capacity) = (compiled.name().to_string(), compiled.common.queue_capacity);
+            let started = compiled
+                .start(&ctx)
+                .map_err(|e| e.within(&format!("sinks[{index}]")))?;
+            lanes.push(SinkLane::new(name, started.sink, capacity));
+            dead_letters.push(started.dead_letter);
         }
         let monitors: Vec<_> = lanes.iter().map(SinkLane::monitor).collect();
         let factory = Arc::new(InformerFactory::new(client.clone(), transform.clone()));
-        let sink_names: Vec<String> = lanes.iter().map(|l| l.name.clone()).collect();
-        let key = config.redaction_key();
-        let routes = config
-            .routes
-            .iter()
-            .enumerate()
-            .map(|(i, r)| Route::compile(r, i, &sink_names, key.as_bytes()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| PipelineError::Transform(format!("routes: {}: {}", e.path, e.message)))?;
         // Namespace label selectors in routes read labels from a (shared) Namespace informer.
-        let namespaces = if routes.iter().any(Route::needs_namespaces) {
-            let key = InformerKey {
-                api_version: "v1".into(),
-                kind: "Namespace".into(),
-                namespace: None,
-                label_selector: None,
-                field_selector: None,
-            };
-            Some(
-                factory
-                    .informer(&key)
-                    .await
-                    .map_err(|source| PipelineError::Resource { index: 0, source })?,
-            )
-        } else {
-            None
+        let namespaces = match namespace_route {
+            Some(i) => Some(resolve(&factory, &namespace_key(), &namespace_path(i)).await?),
+            None => None,
         };
         let router = Arc::new(Router::new(
             lanes.len(),
@@ -126,22 +137,16 @@ impl Pipeline {
         let gate = Arc::new(watch::channel(None).0);
         let metrics = Arc::new(Metrics::new(factory.clone(), monitors.clone()));
         let cluster: Arc<str> = config.cluster.as_str().into();
-        let mut handled = HashSet::new();
         let mut intakes = Vec::new();
-        for (index, r) in config.resources.iter().enumerate() {
-            let key = informer_key(r);
-            let informer = factory
-                .informer(&key)
-                .await
-                .map_err(|source| PipelineError::Resource { index, source })?;
-            // The same resource listed twice shares the informer and must not be emitted twice.
-            if !handled.insert(key.clone()) {
-                continue;
-            }
+        // The plan lists each informer once: a resource listed twice shares it and is not
+        // emitted twice.
+        for r in &resources {
+            let key = &r.key;
+            let informer = resolve(&factory, key, &r.path()).await?;
             let builder = EnvelopeBuilder {
                 cluster: cluster.clone(),
-                api_version: r.api_version.as_str().into(),
-                kind: r.kind.as_str().into(),
+                api_version: key.api_version.as_str().into(),
+                kind: key.kind.as_str().into(),
                 plural: informer.resource().plural.as_str().into(),
                 source: key.to_string().into(),
                 include_old: config.transforms.include_old,
@@ -152,7 +157,7 @@ impl Pipeline {
                 metrics: metrics.clone(),
             }));
             intakes.push(Intake {
-                key,
+                key: key.clone(),
                 informer,
                 builder,
             });
@@ -160,9 +165,14 @@ impl Pipeline {
         let listen = config.server.listen;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .map_err(|source| PipelineError::Listen {
-                addr: listen,
-                source,
+            .map_err(|source| {
+                Error::new(
+                    "server.listen",
+                    ErrorKind::Listen {
+                        addr: listen,
+                        source,
+                    },
+                )
             })?;
         let health = Health::new(
             factory.informers(),

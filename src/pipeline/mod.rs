@@ -24,12 +24,12 @@ use tokio::sync::watch;
 pub use build::verify_resources;
 pub use run::RunOutcome;
 
-use crate::config::Config;
+use crate::config::{Config, Error};
 use crate::event::EnvelopeBuilder;
 use crate::informer::{InformerError, InformerFactory, InformerKey, SharedInformer};
 use crate::router::Router;
 use crate::server::Ops;
-use crate::sinks::{DeadLetter, SinkBuildError, SinkLane};
+use crate::sinks::{DeadLetter, SinkLane};
 use crate::state::{StateError, StateStore};
 
 use self::emit::Forwarding;
@@ -37,35 +37,18 @@ use self::emit::Forwarding;
 /// Why the pipeline could not start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    /// A configured resource cannot be watched (kind not served, bad scope): a config error.
-    #[error("config error at `resources[{index}]`: {source}")]
-    Resource {
-        /// Index in `resources`.
-        index: usize,
-        /// Why.
+    /// Something in the configuration cannot be used (a kind the server does not serve, a
+    /// file sink's file, the listen address): exit 2.
+    #[error(transparent)]
+    Config(#[from] Error),
+    /// The API server cannot be reached or refused us (not a config error: retry later).
+    #[error("cannot resolve `{at}` with the API server: {}", build::server_cause(.source))]
+    Server {
+        /// The config entry being resolved.
+        at: String,
+        /// What failed.
         #[source]
         source: InformerError,
-    },
-    /// A sink could not be built: a config error.
-    #[error("config error at `sinks[{index}]`: {source}")]
-    Sink {
-        /// Index in `sinks`.
-        index: usize,
-        /// Why.
-        #[source]
-        source: SinkBuildError,
-    },
-    /// The transforms do not compile.
-    #[error("config error at `transforms`: {0}")]
-    Transform(String),
-    /// The ops server cannot listen.
-    #[error("config error at `server.listen`: cannot listen on {addr}: {source}")]
-    Listen {
-        /// The address.
-        addr: std::net::SocketAddr,
-        /// Why.
-        #[source]
-        source: std::io::Error,
     },
     /// The delivered-state store cannot be used (unreadable, incompatible).
     #[error("{0}")]
