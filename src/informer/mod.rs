@@ -2,6 +2,7 @@
 //! and add / update / delete callbacks to every registered handler.
 
 mod factory;
+#[allow(clippy::module_inception)]
 mod informer;
 mod raw;
 mod store;
