@@ -62,7 +62,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(code) => return Ok(code),
             };
             crate::telemetry::init(config.log.format, &config.log.level);
-            let client = kube::Client::try_default().await?;
+            let client = crate::informer::client(&config.watch).await?;
             run_pipeline(config, client, reset_state, shutdown).await
         }
         Command::Check { config, server } => {
@@ -72,10 +72,23 @@ pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             if server {
                 crate::telemetry::init(config.log.format, "warn");
-                let client = kube::Client::try_default().await?;
-                if let Err(e) = crate::pipeline::verify_resources(&config, client).await {
-                    eprintln!("lookout: {e}");
-                    return Ok(ExitCode::from(EXIT_CONFIG));
+                let client = crate::informer::client(&config.watch).await?;
+                match crate::pipeline::verify_resources(&config, client).await {
+                    Ok(()) => {}
+                    // Not a configuration problem: the server could not be asked.
+                    Err(
+                        e @ PipelineError::Resource {
+                            source: crate::informer::InformerError::Unreachable { .. },
+                            ..
+                        },
+                    ) => {
+                        eprintln!("lookout: {e}");
+                        return Ok(ExitCode::FAILURE);
+                    }
+                    Err(e) => {
+                        eprintln!("lookout: {e}");
+                        return Ok(ExitCode::from(EXIT_CONFIG));
+                    }
                 }
             }
             print!("{}", config.to_masked_yaml());
@@ -91,14 +104,20 @@ pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// Builds and runs the pipeline until `shutdown`; config problems found while building
-/// (a kind the server does not serve) exit 2.
+/// (a kind the server does not serve) exit 2. Building waits for an API server that cannot
+/// be reached yet; `shutdown` ends that wait too (exit 0).
 pub async fn run_pipeline(
     config: Config,
     client: kube::Client,
     reset_state: bool,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<ExitCode> {
-    match Pipeline::build(config, client, reset_state).await {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let built = tokio::select! {
+        built = Pipeline::build(config, client, reset_state) => built,
+        () = &mut shutdown => return Ok(ExitCode::SUCCESS),
+    };
+    match built {
         Ok(p) => match p.run(shutdown).await {
             crate::pipeline::RunOutcome::Stopped => Ok(ExitCode::SUCCESS),
             // Like client-go controllers: exit, and come back (restarted by Kubernetes) as a

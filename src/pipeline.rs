@@ -146,20 +146,17 @@ pub struct Pipeline {
     forwarding: Vec<(InformerKey, Arc<SharedInformer>)>,
     client: kube::Client,
     ops: Arc<Ops>,
-    listener: Option<tokio::net::TcpListener>,
+    /// The ops server, serving from the start of `build` (probes answer while kinds are
+    /// resolved against an API server that may not be reachable yet), until `stop_ops`.
+    server: Option<tokio::task::JoinHandle<()>>,
+    stop_ops: CancellationToken,
     /// The Namespace informer routes read labels from, started (and synced) first.
     namespaces: Option<Arc<SharedInformer>>,
 }
 
 /// The informer key a `resources[]` entry describes.
 fn informer_key(r: &crate::config::ResourceConfig) -> InformerKey {
-    InformerKey {
-        api_version: r.api_version.clone(),
-        kind: r.kind.clone(),
-        namespace: r.namespace.clone(),
-        label_selector: r.label_selector.clone().filter(|s| !s.is_empty()),
-        field_selector: r.field_selector.clone().filter(|s| !s.is_empty()),
-    }
+    InformerKey::from(r)
 }
 
 /// Asks the API server whether it serves every configured kind (for `lookout check
@@ -175,7 +172,7 @@ pub async fn verify_resources(config: &Config, client: kube::Client) -> Result<(
     let factory = InformerFactory::new(client, transform);
     for (index, r) in config.resources.iter().enumerate() {
         factory
-            .informer(&informer_key(r))
+            .try_informer(&informer_key(r))
             .await
             .map_err(|source| PipelineError::Resource { index, source })?;
     }
@@ -233,7 +230,38 @@ impl Pipeline {
             ));
         }
         let monitors: Vec<_> = handles.iter().map(|h| h.monitor()).collect();
-        let factory = Arc::new(InformerFactory::new(client.clone(), transform.clone()));
+        let factory = Arc::new(
+            InformerFactory::new(client.clone(), transform.clone())
+                .configure(&config.watch, &config.resources),
+        );
+        let metrics = Arc::new(Metrics::new(factory.clone(), monitors.clone()));
+        let listen = config.server.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| PipelineError::Listen {
+                addr: listen,
+                source,
+            })?;
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "ops server listening (/metrics, /healthz, /readyz)");
+        }
+        let health = Health::new(
+            factory.clone(),
+            monitors,
+            config.server.readiness.max_silence,
+        );
+        let ops = Arc::new(Ops {
+            health,
+            metrics: metrics.clone(),
+            factory: factory.clone(),
+            cache: config.server.cache.clone(),
+        });
+        let stop_ops = CancellationToken::new();
+        let server = tokio::spawn(crate::server::serve(
+            listener,
+            ops.clone(),
+            stop_ops.clone().cancelled_owned(),
+        ));
         let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name().to_string()).collect();
         let key = config.redaction_key();
         let routes = config
@@ -273,7 +301,6 @@ impl Pipeline {
         } else {
             (Arc::new(RwLock::new(Some(built))), None)
         };
-        let metrics = Arc::new(Metrics::new(factory.clone(), monitors.clone()));
         let cluster: Arc<str> = config.cluster.as_str().into();
         let mut handled = std::collections::HashSet::new();
         let mut forwarding = Vec::new();
@@ -316,24 +343,6 @@ impl Pipeline {
                 );
             }
         }
-        let listen = config.server.listen;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|source| PipelineError::Listen {
-                addr: listen,
-                source,
-            })?;
-        let health = Health::new(
-            factory.informers(),
-            monitors,
-            config.server.readiness.max_silence,
-        );
-        let ops = Arc::new(Ops {
-            health,
-            metrics,
-            factory: factory.clone(),
-            cache: config.server.cache.clone(),
-        });
         Ok(Self {
             factory,
             router,
@@ -345,7 +354,8 @@ impl Pipeline {
             forwarding,
             client,
             ops,
-            listener: Some(listener),
+            server: Some(server),
+            stop_ops,
             namespaces,
         })
     }
@@ -406,17 +416,9 @@ impl Pipeline {
     /// what is queued within the grace period, and returns. With leader election, forwards
     /// only while holding the lease, and returns at once when the lease is lost.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> RunOutcome {
-        let stop_ops = CancellationToken::new();
-        let listener = self.listener.take().expect("run once");
-        if let Ok(addr) = listener.local_addr() {
-            info!(%addr, "ops server listening (/metrics, /healthz, /readyz)");
-        }
+        let stop_ops = self.stop_ops.clone();
+        let server = self.server.take().expect("run once");
         self.ops.health.spawn_sink_checks(stop_ops.clone());
-        let server = tokio::spawn(crate::server::serve(
-            listener,
-            self.ops.clone(),
-            stop_ops.clone().cancelled_owned(),
-        ));
         tokio::pin!(shutdown);
         let mut stopping = false;
         if let Some(ns) = &self.namespaces {

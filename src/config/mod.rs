@@ -18,6 +18,7 @@ pub use expand::{ExpandError, expand_str};
 pub use yaml::Yaml;
 
 use crate::event::transform::{ObjectTransform, TransformConfig, TransformError};
+use crate::informer::{InitialList, WatchConfig};
 use crate::leader::LeaderElectionConfig;
 use crate::router::{Route, RouteConfig};
 use crate::server::ServerConfig;
@@ -40,6 +41,9 @@ pub struct Config {
     /// Which sinks get which events; without routes every event goes to every sink.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteConfig>,
+    /// How watches are kept alive (every informer).
+    #[serde(default)]
+    pub watch: WatchConfig,
     /// Transforms applied to every object before it is cached and diffed.
     #[serde(default)]
     pub transforms: TransformConfig,
@@ -77,6 +81,10 @@ pub struct ResourceConfig {
     /// Kubernetes field selector sent to the API server (`${ENV}` expanded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field_selector: Option<String>,
+    /// How the current objects are listed, at start and after a 410 Gone: `auto` (a
+    /// streaming list, paginated lists once the server refuses one), `stream` or `paginate`.
+    #[serde(default)]
+    pub initial_list: InitialList,
 }
 
 /// What happens on SIGTERM / Ctrl-C.
@@ -192,6 +200,8 @@ const CAMEL_KEYS: &[&str] = &[
     "insecureSkipVerify",
     "cloudEventsMode",
     "valueFrom",
+    "idleTimeout",
+    "initialList",
 ];
 
 fn restore_case(segment: &str) -> String {
@@ -323,6 +333,11 @@ impl Config {
                     .map_err(|e| ConfigError::new(at("fieldSelector"), e.to_string()))?;
             }
         }
+        crate::informer::InformerKey::check_initial_lists(&self.resources)
+            .map_err(|(i, m)| ConfigError::new(format!("resources[{i}].initialList"), m))?;
+        self.watch
+            .validate()
+            .map_err(|(k, m)| ConfigError::new(format!("watch.{k}"), m))?;
         if self.sinks.is_empty() {
             return Err(ConfigError::new("sinks", "at least one sink is required"));
         }
