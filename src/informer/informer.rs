@@ -565,3 +565,303 @@ fn describe(key: &InformerKey, resource: &ApiResource, namespaced: bool) -> Stri
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+    use serde_json::json;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::event::transform::TransformConfig;
+    use crate::informer::api::{RawEvent, RequestError};
+    use crate::informer::testing::{Script, Then, cm, page};
+
+    /// Records every call as a line: `add a (initial)`, `update a 1→6`, `delete b (unknown)`.
+    struct Collect(mpsc::UnboundedSender<String>);
+
+    #[async_trait]
+    impl Handler for Collect {
+        async fn on_add(&self, obj: &Arc<Value>, initial_list: bool) {
+            let tag = if initial_list { " (initial)" } else { "" };
+            let _ = self.0.send(format!("add {}{tag}", object::name(obj)));
+        }
+        async fn on_update(&self, old: &Arc<Value>, new: &Arc<Value>, patch: Patch) {
+            let mut replayed = (**old).clone();
+            json_patch::patch(&mut replayed, &patch).expect("patch applies to the old state");
+            assert_eq!(&replayed, &**new, "patch replays");
+            let _ = self.0.send(format!(
+                "update {} {}→{}",
+                object::name(new),
+                object::resource_version(old),
+                object::resource_version(new)
+            ));
+        }
+        async fn on_delete(&self, last: &Arc<Value>, final_state_unknown: bool) {
+            let tag = if final_state_unknown {
+                " (unknown)"
+            } else {
+                ""
+            };
+            let _ = self.0.send(format!("delete {}{tag}", object::name(last)));
+        }
+    }
+
+    fn configmaps() -> (InformerKey, ApiResource) {
+        let key = InformerKey {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            namespace: None,
+            label_selector: None,
+            field_selector: None,
+        };
+        let resource = ApiResource {
+            group: String::new(),
+            version: "v1".into(),
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            plural: "configmaps".into(),
+        };
+        (key, resource)
+    }
+
+    fn informer(script: Script) -> (Arc<SharedInformer>, mpsc::UnboundedReceiver<String>) {
+        informer_over(Box::new(script))
+    }
+
+    fn informer_over(
+        api: Box<dyn ListWatch>,
+    ) -> (Arc<SharedInformer>, mpsc::UnboundedReceiver<String>) {
+        let (key, resource) = configmaps();
+        let transform = Arc::new(ObjectTransform::new(&TransformConfig::default(), "t").unwrap());
+        let settings = InformerSettings {
+            initial_list: InitialList::Paginate,
+            ..InformerSettings::default()
+        };
+        let informer = Arc::new(SharedInformer::with_api(
+            key,
+            resource,
+            "configmaps in all namespaces".into(),
+            api,
+            transform,
+            settings,
+        ));
+        let (tx, rx) = mpsc::unbounded_channel();
+        informer.add_handler(Arc::new(Collect(tx)));
+        (informer, rx)
+    }
+
+    async fn take(rx: &mut mpsc::UnboundedReceiver<String>, n: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let line = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("only {out:?} within 10s"))
+                .expect("handler alive");
+            out.push(line);
+        }
+        out
+    }
+
+    /// Waits (bounded) until `f` holds.
+    async fn until(what: &str, f: impl Fn() -> bool) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !f() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{what} within 10s"));
+    }
+
+    fn with_uid(mut obj: Value, uid: &str) -> Value {
+        obj["metadata"]["uid"] = json!(uid);
+        obj
+    }
+
+    fn gone() -> (Vec<Result<RawEvent, RequestError>>, Then) {
+        (vec![Err(RequestError::Gone("too old".into()))], Then::Hang)
+    }
+
+    #[tokio::test]
+    async fn a_relist_announces_changes_deletes_and_recreations_from_the_swapped_in_list() {
+        let script = Script::default()
+            .list(Ok(page(
+                &[cm("a", "1"), cm("b", "2"), cm("same", "3"), cm("gone", "4")],
+                "10",
+                None,
+            )))
+            .watch(Ok(gone()))
+            .list(Ok(page(
+                &[
+                    cm("a", "1"),
+                    cm("b", "12"),
+                    with_uid(cm("same", "13"), "uid-same-2"),
+                    cm("fresh", "14"),
+                ],
+                "20",
+                None,
+            )))
+            .watch(Ok((vec![], Then::Hang)));
+        let (informer, mut rx) = informer(script);
+        informer.start();
+        assert_eq!(
+            take(&mut rx, 4).await,
+            [
+                "add a (initial)",
+                "add b (initial)",
+                "add same (initial)",
+                "add gone (initial)"
+            ]
+        );
+        assert_eq!(
+            take(&mut rx, 5).await,
+            [
+                "update b 2→12",
+                "delete same (unknown)",
+                "add same",
+                "add fresh",
+                "delete gone (unknown)"
+            ]
+        );
+        until("re-list counted", || {
+            informer.stats().relists.load(Ordering::Relaxed) == 1
+        })
+        .await;
+        assert_eq!(informer.store().len(), 4);
+        assert_eq!(informer.stats().watch_restarts.get(RestartReason::Gone), 1);
+        informer.stop().await;
+        assert!(rx.try_recv().is_err(), "nothing else");
+    }
+
+    #[tokio::test]
+    async fn readers_see_the_old_cache_until_a_relist_is_complete() {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let script = Script::default()
+            .list(Ok(page(&[cm("a", "1"), cm("b", "2")], "10", None)))
+            .watch(Ok(gone()))
+            .list(Ok(page(&[cm("a", "11")], "", Some("t"))))
+            .list_after(gate.clone(), Ok(page(&[cm("c", "12")], "20", None)))
+            .watch(Ok((vec![], Then::Hang)));
+        let script = Arc::new(script);
+        let (informer, mut rx) = informer_over(Box::new(script.clone()));
+        informer.start();
+        take(&mut rx, 2).await;
+        until("the second page of the re-list is asked for", || {
+            script.calls().iter().any(|c| c == "list(t)")
+        })
+        .await;
+        // Half a re-list is in: readers still see the whole old list, nothing announced.
+        let store = informer.store();
+        assert_eq!(store.len(), 2);
+        assert_eq!(
+            object::resource_version(&store.current("default/a").unwrap()),
+            "1"
+        );
+        assert!(store.current("default/b").is_some() && store.current("default/c").is_none());
+        assert!(rx.try_recv().is_err(), "nothing emitted before the swap");
+        gate.notify_one();
+        assert_eq!(
+            take(&mut rx, 3).await,
+            ["update a 1→11", "add c", "delete b (unknown)"]
+        );
+        assert_eq!(store.len(), 2);
+        assert!(store.current("default/b").is_none());
+        informer.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_seeded_informer_emits_only_what_changed_while_the_agent_was_away() {
+        let script = Script::default()
+            .list(Ok(page(
+                &[cm("kept", "1"), cm("changed", "5"), cm("new", "6")],
+                "10",
+                None,
+            )))
+            .watch(Ok((vec![], Then::Hang)));
+        let (informer, mut rx) = informer(script);
+        let delivered = [cm("kept", "1"), cm("changed", "2"), cm("gone", "3")]
+            .into_iter()
+            .map(|o| {
+                let o = informer.prepare(o);
+                (object::cache_key(&o), o)
+            })
+            .collect();
+        informer.seed(delivered);
+        informer.start();
+        assert_eq!(
+            take(&mut rx, 3).await,
+            ["update changed 2→5", "add new", "delete gone (unknown)"],
+            "an add after a restart is not part of a snapshot"
+        );
+        until("synced", || informer.has_synced()).await;
+        informer.stop().await;
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_change_confined_to_ignored_paths_at_a_relist_keeps_the_emitted_base() {
+        let only_rv = |rv: &str| {
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "a", "namespace": "default", "uid": "u", "resourceVersion": rv},
+                "data": {"k": "v"}})
+        };
+        let mut changed = only_rv("6");
+        changed["data"]["k"] = json!("w");
+        let script = Script::default()
+            .list(Ok(page(&[only_rv("1")], "10", None)))
+            .watch(Ok(gone()))
+            .list(Ok(page(&[only_rv("5")], "20", None)))
+            .watch(Ok((vec![Ok(RawEvent::Modified(changed))], Then::Hang)));
+        let (informer, mut rx) = informer(script);
+        informer.start();
+        assert_eq!(take(&mut rx, 1).await, ["add a (initial)"]);
+        // The re-list's resourceVersion-only change is not emitted; the next patch starts
+        // from what was emitted (1), so it replays on the consumer's copy.
+        assert_eq!(take(&mut rx, 1).await, ["update a 1→6"]);
+        informer.stop().await;
+    }
+
+    #[tokio::test]
+    async fn stopping_abandons_a_handler_call_that_waits_for_ever() {
+        struct Stuck;
+        #[async_trait]
+        impl Handler for Stuck {
+            async fn on_add(&self, _: &Arc<Value>, _: bool) {
+                std::future::pending::<()>().await
+            }
+            async fn on_update(&self, _: &Arc<Value>, _: &Arc<Value>, _: Patch) {}
+            async fn on_delete(&self, _: &Arc<Value>, _: bool) {}
+        }
+        let script = Script::default()
+            .list(Ok(page(&[cm("a", "1")], "10", None)))
+            .watch(Ok((vec![], Then::Hang)));
+        let (informer, mut rx) = informer(script);
+        informer.add_handler(Arc::new(Stuck));
+        informer.start();
+        take(&mut rx, 1).await;
+        tokio::time::timeout(Duration::from_secs(5), informer.stop())
+            .await
+            .expect("stop does not wait for a stuck handler");
+    }
+
+    #[test]
+    fn resources_are_named_the_way_rbac_names_them() {
+        let (mut key, mut resource) = configmaps();
+        assert_eq!(
+            describe(&key, &resource, true),
+            "configmaps in all namespaces"
+        );
+        key.namespace = Some("shop".into());
+        resource.group = "apps".into();
+        resource.plural = "deployments".into();
+        assert_eq!(
+            describe(&key, &resource, true),
+            "deployments.apps in namespace shop"
+        );
+        key.namespace = None;
+        resource.group = String::new();
+        resource.plural = "nodes".into();
+        assert_eq!(describe(&key, &resource, false), "nodes");
+    }
+}

@@ -2,7 +2,7 @@
 //! machine asks for is taken, in order, from the script.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,7 +28,12 @@ pub(super) type ScriptedWatch = (Vec<Result<RawEvent, RequestError>>, Then);
 /// Answers in order; records what was asked.
 #[derive(Default)]
 pub(super) struct Script {
-    lists: Mutex<VecDeque<Result<ListPage, RequestError>>>,
+    lists: Mutex<
+        VecDeque<(
+            Option<Arc<tokio::sync::Notify>>,
+            Result<ListPage, RequestError>,
+        )>,
+    >,
     watches: Mutex<VecDeque<Result<ScriptedWatch, RequestError>>>,
     calls: Mutex<Vec<String>>,
 }
@@ -36,7 +41,17 @@ pub(super) struct Script {
 impl Script {
     /// The answer to the next list request.
     pub(super) fn list(self, answer: Result<ListPage, RequestError>) -> Self {
-        self.lists.lock().unwrap().push_back(answer);
+        self.lists.lock().unwrap().push_back((None, answer));
+        self
+    }
+
+    /// The answer to the next list request, given only once `gate` is notified.
+    pub(super) fn list_after(
+        self,
+        gate: Arc<tokio::sync::Notify>,
+        answer: Result<ListPage, RequestError>,
+    ) -> Self {
+        self.lists.lock().unwrap().push_back((Some(gate), answer));
         self
     }
 
@@ -64,7 +79,13 @@ impl ListWatch for Script {
             continue_token.as_deref().unwrap_or("-")
         ));
         let next = self.lists.lock().unwrap().pop_front();
-        next.unwrap_or_else(|| Err(exhausted()))
+        let Some((gate, answer)) = next else {
+            return Err(exhausted());
+        };
+        if let Some(gate) = gate {
+            gate.notified().await;
+        }
+        answer
     }
 
     async fn watch(&self, from: WatchFrom) -> Result<EventStream, RequestError> {
@@ -86,6 +107,18 @@ impl ListWatch for Script {
                 .chain(futures::stream::pending())
                 .boxed(),
         })
+    }
+}
+
+/// A script the test keeps a handle on (to read [`Script::calls`]).
+#[async_trait]
+impl ListWatch for Arc<Script> {
+    async fn list(&self, continue_token: Option<String>) -> Result<ListPage, RequestError> {
+        self.as_ref().list(continue_token).await
+    }
+
+    async fn watch(&self, from: WatchFrom) -> Result<EventStream, RequestError> {
+        self.as_ref().watch(from).await
     }
 }
 
