@@ -333,6 +333,38 @@ pub fn metric(rows: &[(String, f64)], fragments: &[&str]) -> Option<f64> {
         .map(|(_, v)| *v)
 }
 
+/// The sum of every sample whose name and labels contain every fragment (a counter split by
+/// a label, e.g. `lookout_watch_restarts_total{reason}`).
+pub fn metric_sum(rows: &[(String, f64)], fragments: &[&str]) -> f64 {
+    rows.iter()
+        .filter(|(k, _)| fragments.iter().all(|f| k.contains(f)))
+        .map(|(_, v)| *v)
+        .sum()
+}
+
+/// Requests that listed the collection at `path` from scratch: a first list page (no
+/// `continue`), or a streaming list (a watch with `sendInitialEvents=true`).
+pub fn initial_lists(log: &[kubesim::RequestRecord], path: &str) -> usize {
+    log.iter()
+        .filter(|r| r.path == path)
+        .filter(|r| {
+            (r.verb == "list" && r.param("continue").is_none())
+                || (r.watch && r.param("sendInitialEvents") == Some("true"))
+        })
+        .count()
+}
+
+/// `config` with `initialList: <mode>` on every resource (written by [`stdout_config`]).
+pub fn with_initial_list(config: &str, mode: &str) -> String {
+    config.replace(
+        "    kind: ",
+        &format!(
+            "    initialList: {mode}
+    kind: "
+        ),
+    )
+}
+
 /// The envelopes a file sink wrote so far.
 pub fn read_jsonl(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
