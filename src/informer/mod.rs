@@ -45,50 +45,6 @@ pub struct InformerKey {
     pub field_selector: Option<String>,
 }
 
-impl From<&crate::config::ResourceConfig> for InformerKey {
-    /// The informer a `resources[]` entry describes (empty selectors count as none).
-    fn from(r: &crate::config::ResourceConfig) -> Self {
-        InformerKey {
-            api_version: r.api_version.clone(),
-            kind: r.kind.clone(),
-            namespace: r.namespace.clone(),
-            label_selector: r.label_selector.clone().filter(|s| !s.is_empty()),
-            field_selector: r.field_selector.clone().filter(|s| !s.is_empty()),
-        }
-    }
-}
-
-impl InformerKey {
-    /// Entries that share an informer must agree on how it lists: the index of the first
-    /// one that does not, with the reason.
-    pub fn check_initial_lists(
-        resources: &[crate::config::ResourceConfig],
-    ) -> Result<(), (usize, String)> {
-        let mut seen: std::collections::HashMap<InformerKey, (usize, InitialList)> =
-            std::collections::HashMap::new();
-        for (i, r) in resources.iter().enumerate() {
-            match seen.entry(InformerKey::from(r)) {
-                std::collections::hash_map::Entry::Occupied(e) if e.get().1 != r.initial_list => {
-                    let (first, mode) = *e.get();
-                    return Err((
-                        i,
-                        format!(
-                            "`{}` conflicts with `{}` in resources[{first}]: both entries share one list+watch",
-                            r.initial_list.as_str(),
-                            mode.as_str()
-                        ),
-                    ));
-                }
-                std::collections::hash_map::Entry::Occupied(_) => {}
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert((i, r.initial_list));
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
 impl std::fmt::Display for InformerKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.api_version, self.kind)?;
