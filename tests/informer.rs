@@ -37,6 +37,21 @@ fn by_kind(events: &[Value]) -> HashMap<String, Vec<String>> {
     out
 }
 
+/// Creates `n` ConfigMaps in `default`, named and filled by `each(i)`.
+fn create_configmaps(sim: &KubeSim, n: usize, each: impl Fn(usize) -> (String, Value)) {
+    for i in 0..n {
+        let (name, data) = each(i);
+        sim.create("v1", "ConfigMap", configmap("default", &name, data))
+            .unwrap();
+    }
+}
+
+/// Merges `patch` into ConfigMap `default/<name>`.
+fn patch_data(sim: &KubeSim, name: &str, patch: Value) {
+    sim.merge_patch("v1", "ConfigMap", Some("default"), name, patch)
+        .unwrap();
+}
+
 /// Makes the agent's watch fall out of the server's history: the watch drops while the
 /// server hangs, `change` happens (so the agent's resourceVersion is older than the newest),
 /// the history is compacted, and the resume answers 410.
@@ -100,14 +115,7 @@ async fn a_half_open_watch_heals_within_the_idle_timeout_without_a_relist_or_a_d
     )
     .unwrap();
     sim.create("v1", "Pod", pod("p")).unwrap();
-    sim.merge_patch(
-        "v1",
-        "ConfigMap",
-        Some("default"),
-        "a",
-        json!({"data": {"v": "2"}}),
-    )
-    .unwrap();
+    patch_data(&sim, "a", json!({"data": {"v": "2"}}));
     sim.delete("v1", "ConfigMap", Some("default"), "b").unwrap();
     // Readiness tells the truth meanwhile (maxSilence 3s < idleTimeout), but healing does not
     // wait for it.
@@ -176,14 +184,9 @@ async fn a_relist_under_churn_never_shows_the_cache_api_a_half_filled_cache() {
     // Three pages of 500, each answered after 300 ms: the re-list takes about a second.
     const STABLE: usize = 1200;
     let sim = sim().await;
-    for i in 0..STABLE {
-        sim.create(
-            "v1",
-            "ConfigMap",
-            configmap("default", &format!("stable-{i}"), json!({"gen": "1"})),
-        )
-        .unwrap();
-    }
+    create_configmaps(&sim, STABLE, |i| {
+        (format!("stable-{i}"), json!({"gen": "1"}))
+    });
     let config = format!(
         "{}  cache:\n    enabled: true\n",
         with_initial_list(&stdout_config(&[("v1", "ConfigMap")]), "paginate")
@@ -255,14 +258,7 @@ async fn a_relist_under_churn_never_shows_the_cache_api_a_half_filled_cache() {
     // generation, page by page.
     force_relist(&sim, || {
         for i in 0..STABLE {
-            sim.merge_patch(
-                "v1",
-                "ConfigMap",
-                Some("default"),
-                &format!("stable-{i}"),
-                json!({"data": {"gen": "2"}}),
-            )
-            .unwrap();
+            patch_data(&sim, &format!("stable-{i}"), json!({"data": {"gen": "2"}}));
         }
     })
     .await;
@@ -363,14 +359,9 @@ fn comparable(events: Vec<Value>) -> Vec<Value> {
 async fn streaming_and_paginated_initial_lists_give_identical_events() {
     const OBJECTS: usize = 1100;
     let sim = sim().await;
-    for i in 0..OBJECTS {
-        sim.create(
-            "v1",
-            "ConfigMap",
-            configmap("default", &format!("o{i:04}"), json!({"i": i.to_string()})),
-        )
-        .unwrap();
-    }
+    create_configmaps(&sim, OBJECTS, |i| {
+        (format!("o{i:04}"), json!({"i": i.to_string()}))
+    });
     let base = stdout_config(&[("v1", "ConfigMap")]);
     let mut streamed = Agent::start(&sim, &with_initial_list(&base, "stream")).await;
     let mut paged = Agent::start(&sim, &with_initial_list(&base, "paginate")).await;
@@ -385,14 +376,7 @@ async fn streaming_and_paginated_initial_lists_give_identical_events() {
     paged.wait_ready(200, SOON).await;
     // After the initial list, the streaming watch goes on carrying changes, like the
     // paginated informer's watch.
-    sim.merge_patch(
-        "v1",
-        "ConfigMap",
-        Some("default"),
-        "o0007",
-        json!({"data": {"i": "changed"}}),
-    )
-    .unwrap();
+    patch_data(&sim, "o0007", json!({"data": {"i": "changed"}}));
     assert_eq!(
         comparable(vec![streamed.next().await]),
         comparable(vec![paged.next().await])
@@ -428,14 +412,7 @@ async fn a_server_that_refuses_streaming_lists_is_listed_page_by_page_instead() 
     );
     assert_eq!(e["initialList"], true);
     force_relist(&sim, || {
-        sim.merge_patch(
-            "v1",
-            "ConfigMap",
-            Some("default"),
-            "a",
-            json!({"data": {"v": "2"}}),
-        )
-        .unwrap();
+        patch_data(&sim, "a", json!({"data": {"v": "2"}}));
     })
     .await;
     let e = agent.next().await;
