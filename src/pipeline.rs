@@ -20,7 +20,7 @@ use crate::router::{Route, Router};
 use crate::server::{Health, Metrics, Ops};
 use crate::sinks::util::spawn_driver_with_dead_letter;
 use crate::sinks::{AckObserver, SinkBuildError, SinkContext};
-use crate::state::{StateError, StateStore, StateWriter};
+use crate::state::{RedactionKey, StateError, StateStore, StateWriter};
 
 /// Why the pipeline could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -169,7 +169,7 @@ fn informer_key(r: &crate::config::ResourceConfig) -> InformerKey {
 /// [`PipelineError::Resource`] for the first kind that cannot be watched.
 pub async fn verify_resources(config: &Config, client: kube::Client) -> Result<(), PipelineError> {
     let transform = Arc::new(
-        ObjectTransform::new(&config.transforms, &config.cluster)
+        ObjectTransform::new(&config.transforms, RedactionKey::ephemeral())
             .map_err(|e| PipelineError::Transform(e.to_string()))?,
     );
     let factory = InformerFactory::new(client, transform);
@@ -193,8 +193,12 @@ impl Pipeline {
         client: kube::Client,
         reset_state: bool,
     ) -> Result<Self, PipelineError> {
+        let key = RedactionKey::resolve(
+            config.transforms.redaction_key.as_deref(),
+            config.state.dir.as_deref(),
+        )?;
         let transform = Arc::new(
-            ObjectTransform::new(&config.transforms, &config.cluster)
+            ObjectTransform::new(&config.transforms, &key)
                 .map_err(|e| PipelineError::Transform(e.to_string()))?,
         );
         let ctx = SinkContext {
@@ -235,12 +239,11 @@ impl Pipeline {
         let monitors: Vec<_> = handles.iter().map(|h| h.monitor()).collect();
         let factory = Arc::new(InformerFactory::new(client.clone(), transform.clone()));
         let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name().to_string()).collect();
-        let key = config.redaction_key();
         let routes = config
             .routes
             .iter()
             .enumerate()
-            .map(|(i, r)| Route::compile(r, i, &sink_names, key.as_bytes()))
+            .map(|(i, r)| Route::compile(r, i, &sink_names, key.as_ref()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| PipelineError::Transform(format!("routes: {}: {}", e.path, e.message)))?;
         // Namespace label selectors in routes read labels from a (shared) Namespace informer.

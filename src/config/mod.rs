@@ -180,6 +180,13 @@ const CAMEL_KEYS: &[&str] = &[
     "apiVersions",
     "keepPaths",
     "redactionKey",
+    "secretKinds",
+    "deadLetterStatuses",
+    "maxFiles",
+    "maxConcurrent",
+    "maxConnections",
+    "requestTimeout",
+    "maxPageSize",
     "queueCapacity",
     "maxEvents",
     "maxBytes",
@@ -347,28 +354,31 @@ impl Config {
             .validate()
             .map_err(|(k, m)| ConfigError::new(format!("leaderElection.{k}"), m))?;
         let sink_names: Vec<String> = self.sinks.iter().map(|s| s.name().to_string()).collect();
+        // Compiled to check them only: the key (resolved at start) does not matter here.
         for (i, r) in self.routes.iter().enumerate() {
-            Route::compile(r, i, &sink_names, self.redaction_key().as_bytes())
+            Route::compile(r, i, &sink_names, b"")
                 .map_err(|e| ConfigError::new(format!("routes[{i}].{}", e.path), e.message))?;
         }
-        ObjectTransform::new(&self.transforms, &self.cluster).map_err(|e| {
-            let (path, message) = match &e {
-                TransformError::Ignore(i, g) => (format!("ignorePaths[{i}]"), g.to_string()),
-                TransformError::Shape(s) => {
-                    (format!("{}[{}]", s.field, s.index), s.source.to_string())
-                }
-            };
+        if self
+            .transforms
+            .redaction_key
+            .as_deref()
+            .is_some_and(|k| k.trim().is_empty())
+        {
+            return Err(ConfigError::new(
+                "transforms.redactionKey",
+                "must not be empty (an unset `${VAR:-}`?); remove it to have a key generated",
+            ));
+        }
+        ObjectTransform::new(&self.transforms, b"").map_err(|e: TransformError| {
+            let (path, message) = e.key_path();
             ConfigError::new(format!("transforms.{path}"), message)
         })?;
+        self.server
+            .cache
+            .validate()
+            .map_err(|(k, m)| ConfigError::new(format!("server.cache.{k}"), m))?;
         Ok(())
-    }
-
-    /// The key of redaction hashes: `transforms.redactionKey`, else the cluster name.
-    pub fn redaction_key(&self) -> String {
-        self.transforms
-            .redaction_key
-            .clone()
-            .unwrap_or_else(|| self.cluster.clone())
     }
 
     /// The effective configuration as YAML with secret values masked, for `lookout check`.
@@ -384,6 +394,7 @@ fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
     k.contains("password")
         || k.contains("secret")
+        || k == "redactionkey"
         || k.contains("token")
         || k == "authorization"
         || k.ends_with("sasl.password")
@@ -572,6 +583,35 @@ sinks:
         assert_eq!(v["a"]["sasl.password"], "***");
         assert_eq!(v["a"]["token"], "***");
         assert_eq!(v["a"]["x"], 1);
+    }
+
+    #[test]
+    fn the_redaction_key_is_masked_in_the_printed_config() {
+        let c = parse(&format!(
+            "{MINIMAL}transforms:\n  redactionKey: do-not-print-me-0123456789\n"
+        ))
+        .unwrap();
+        let out = c.to_masked_yaml();
+        assert!(!out.contains("do-not-print-me"), "{out}");
+        assert!(out.contains("redactionKey: '***'"), "{out}");
+    }
+
+    #[test]
+    fn empty_or_blank_tokens_and_keys_are_config_errors_naming_the_key() {
+        for token in ["''", "'   '", "'${LOOKOUT_TEST_SURELY_UNSET_TOKEN:-}'"] {
+            let e = parse(&format!(
+                "{MINIMAL}server:\n  cache:\n    enabled: true\n    token: {token}\n"
+            ))
+            .unwrap_err();
+            assert_eq!(e.path, "server.cache.token", "{token}: {e}");
+        }
+        let e = parse(&format!("{MINIMAL}transforms:\n  redactionKey: ' '\n")).unwrap_err();
+        assert_eq!(e.path, "transforms.redactionKey", "{e}");
+        let e = parse(&format!(
+            "{MINIMAL}transforms:\n  secretKinds:\n    - {{group: x.io, kind: K, paths: [nope]}}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.path, "transforms.secretKinds[0].paths[0]", "{e}");
     }
 
     #[test]
