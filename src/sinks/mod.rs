@@ -141,7 +141,8 @@ impl SinkConfig {
     /// Checks settings serde cannot.
     pub fn validate(&self) -> Result<(), SinkConfigError> {
         match self {
-            SinkConfig::Stdout(_) | SinkConfig::File(_) | SinkConfig::Blackhole(_) => Ok(()),
+            SinkConfig::Stdout(_) | SinkConfig::Blackhole(_) => Ok(()),
+            SinkConfig::File(c) => c.file_mode().map(|_| ()),
             SinkConfig::Webhook(c) => c.validate(),
             SinkConfig::Kafka(c) => c.validate(),
         }

@@ -12,6 +12,7 @@ use tracing::warn;
 
 use super::encoding::Encoding;
 use super::sink::WebhookSink;
+use super::status::{DeadLetterStatuses, StatusEntry};
 use crate::sinks::util::DeadLetterConfig;
 use crate::sinks::{Batching, SinkBuildError, SinkConfigError, default_queue_capacity};
 
@@ -55,6 +56,11 @@ pub struct WebhookSinkConfig {
     /// Where events the receiver rejects (4xx) are kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter: Option<DeadLetterConfig>,
+    /// Statuses that dead-letter a request (`404`, `"400-499"`, `"4xx"`); every other
+    /// non-2xx answer is retried. Default: every 4xx but 401, 403, 408 and 429. 3xx always
+    /// dead-letters (redirects are not followed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_statuses: Option<Vec<StatusEntry>>,
     /// Events the sink's queue holds before the informers wait.
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
@@ -201,6 +207,7 @@ impl ValueSource {
 /// Everything `build` needs, checked and read from the environment and files.
 pub(super) struct Resolved {
     pub url: reqwest::Url,
+    pub dead_letter_statuses: DeadLetterStatuses,
     pub headers: HeaderMap,
     pub secret: Option<Vec<u8>>,
     pub ca: Vec<reqwest::Certificate>,
@@ -291,6 +298,8 @@ impl WebhookSinkConfig {
         if self.queue_capacity == 0 {
             return Err(err("queueCapacity", "must be at least 1"));
         }
+        let dead_letter_statuses =
+            DeadLetterStatuses::compile(self.dead_letter_statuses.as_deref())?;
 
         let mut headers = HeaderMap::new();
         for (name, source) in &self.headers {
@@ -351,6 +360,7 @@ impl WebhookSinkConfig {
         };
         Ok(Resolved {
             url,
+            dead_letter_statuses,
             headers,
             secret,
             ca,
