@@ -580,7 +580,7 @@ async fn a_401_or_403_is_retried_with_the_sink_failing_until_the_credentials_are
     let responder: Responder = Arc::new(move |r: &Received| {
         if flag.load(Ordering::SeqCst) {
             (StatusCode::OK, Vec::new())
-        } else if r.seq % 2 == 0 {
+        } else if r.seq.is_multiple_of(2) {
             (StatusCode::UNAUTHORIZED, Vec::new())
         } else {
             (StatusCode::FORBIDDEN, Vec::new())
