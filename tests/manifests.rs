@@ -314,6 +314,15 @@ impl Variant {
         }
     }
 
+    /// The labels of the workload's pods.
+    fn pod_labels(&self) -> BTreeMap<String, String> {
+        self.template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_else(|| panic!("{}: pods without labels", self.name))
+    }
+
     fn pod(&self) -> &PodSpec {
         self.template.spec.as_ref().unwrap()
     }
@@ -923,14 +932,7 @@ fn the_deployment_elects_a_leader_among_two_replicas_protected_by_a_budget() {
     assert_eq!(pdbs.len(), 1);
     let spec = pdbs[0].spec.clone().unwrap();
     assert_eq!(spec.min_available, Some(IntOrString::Int(1)));
-    let labels = v
-        .template
-        .metadata
-        .as_ref()
-        .unwrap()
-        .labels
-        .clone()
-        .unwrap();
+    let labels = v.pod_labels();
     let selector = spec.selector.unwrap().match_labels.unwrap();
     assert!(
         selector.iter().all(|(k, val)| labels.get(k) == Some(val)),
@@ -970,14 +972,7 @@ fn the_metrics_service_reaches_both_workloads_on_the_ops_port() {
         assert_eq!(ports[0].name.as_deref(), Some("metrics"));
         assert_eq!(ports[0].port, OPS_PORT);
         assert_eq!(v.port(ports[0].target_port.as_ref().unwrap()), OPS_PORT);
-        let labels = v
-            .template
-            .metadata
-            .as_ref()
-            .unwrap()
-            .labels
-            .clone()
-            .unwrap();
+        let labels = v.pod_labels();
         assert!(
             spec.selector
                 .unwrap()
@@ -1026,14 +1021,7 @@ fn a_network_policy_admits_only_the_scraper_to_the_ops_port() {
         let p = &policies[0];
         assert_eq!(p.metadata.namespace.as_ref(), Some(&v.namespace));
         let spec = p.spec.clone().unwrap();
-        let labels = v
-            .template
-            .metadata
-            .as_ref()
-            .unwrap()
-            .labels
-            .clone()
-            .unwrap();
+        let labels = v.pod_labels();
         let selector = spec
             .pod_selector
             .unwrap_or_default()
