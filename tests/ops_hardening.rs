@@ -175,6 +175,18 @@ async fn a_client_that_sends_nothing_is_cut_off_and_extra_connections_are_closed
         .unwrap_or(0);
     assert_eq!(n, 0, "no answer beyond the connection limit");
     drop(idle);
-    // Once they are gone, probes are answered again.
-    agent.wait_ready(200, SOON).await;
+    // Once the server has seen them go (a moment: connections may still be refused until
+    // then), probes are answered again.
+    let deadline = tokio::time::Instant::now() + SOON;
+    loop {
+        let r = reqwest::get(format!("http://{addr}/healthz")).await;
+        if r.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "probes stay refused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
