@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use kubesim::selector::{FieldSelector, LabelSelector};
-use lookout::config::{Config, expand_str};
+use k8s_selector::{FieldSelector, LabelSelector};
+use lookout::config::{Config, Plan, expand_str};
 use lookout::event::pointer::{PointerGlob, segment_matches};
 use proptest::prelude::*;
 use serde_json::json;
@@ -105,7 +105,9 @@ proptest! {
 
     #[test]
     fn the_config_loader_refuses_any_string_without_panicking(s in hostile()) {
-        let _ = Config::from_yaml_str(&s);
+        if let Ok(config) = Config::from_yaml_str(&s) {
+            let _ = Plan::compile(config);
+        }
     }
 
     #[test]
@@ -137,7 +139,10 @@ server:
   cache: {{enabled: true, token: {quoted}}}
 "
         );
-        let _ = Config::from_yaml_str(&yaml);
+        // Loaded, then compiled: every value checked by its own parser.
+        if let Ok(config) = Config::from_yaml_str(&yaml) {
+            let _ = Plan::compile(config);
+        }
     }
 }
 

@@ -255,8 +255,8 @@ fn one(informers: &[Arc<SharedInformer>], key: &str, kind: &str) -> Response {
 /// A parsed list request.
 struct ListRequest {
     namespace: Option<String>,
-    labels: Option<kubesim::selector::LabelSelector>,
-    fields: Option<kubesim::selector::FieldSelector>,
+    labels: Option<k8s_selector::LabelSelector>,
+    fields: Option<k8s_selector::FieldSelector>,
     limit: usize,
     /// Resume after this cache key.
     after: Option<String>,
@@ -268,13 +268,13 @@ impl ListRequest {
         let labels = q
             .label_selector
             .as_deref()
-            .map(kubesim::selector::LabelSelector::parse)
+            .map(k8s_selector::LabelSelector::parse)
             .transpose()
             .map_err(|e| bad(format!("labelSelector: {e}")))?;
         let fields = q
             .field_selector
             .as_deref()
-            .map(kubesim::selector::FieldSelector::parse)
+            .map(k8s_selector::FieldSelector::parse)
             .transpose()
             .map_err(|e| bad(format!("fieldSelector: {e}")))?;
         let after = match q.continue_.as_deref().filter(|c| !c.is_empty()) {

@@ -4,14 +4,12 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::sinks::default_queue_capacity;
+use crate::config::{Error, ErrorKind};
 
 /// `type: file`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FileSinkConfig {
-    /// Unique sink name.
-    pub name: String,
     /// The JSONL file to append to (created if missing; its directory must exist).
     pub path: PathBuf,
     /// fsync after every batch before acknowledging it (durable, slower).
@@ -22,9 +20,6 @@ pub struct FileSinkConfig {
     /// file alike; at most `"0666"` (no execute bits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
-    /// Events the sink's queue holds before coalescing / backpressure.
-    #[serde(default = "default_queue_capacity")]
-    pub queue_capacity: usize,
 }
 
 /// The file sink's default mode: owner read/write only.
@@ -34,19 +29,51 @@ impl FileSinkConfig {
     /// The file mode to apply.
     ///
     /// # Errors
-    /// `mode` is not an octal string up to `0666`.
-    pub fn file_mode(&self) -> Result<u32, crate::sinks::SinkConfigError> {
+    /// `mode` is not an octal string up to `0666` (at `mode`).
+    pub fn file_mode(&self) -> Result<u32, Error> {
         let Some(text) = &self.mode else {
             return Ok(DEFAULT_MODE);
         };
         u32::from_str_radix(text.trim_start_matches("0o"), 8)
             .ok()
             .filter(|m| m & !0o666 == 0)
-            .ok_or_else(|| crate::sinks::SinkConfigError {
-                path: "mode".into(),
-                message: format!(
-                    "expected an octal file mode up to \"0666\" (e.g. \"0640\"), got `{text}`"
-                ),
+            .ok_or_else(|| {
+                Error::new(
+                    "mode",
+                    ErrorKind::Invalid(format!(
+                        "expected an octal file mode up to \"0666\" (e.g. \"0640\"), got `{text}`"
+                    )),
+                )
             })
+    }
+
+    /// Checks the file's directory exists; the file itself is opened when the sink starts,
+    /// so `lookout check` creates nothing.
+    ///
+    /// # Errors
+    /// The directory is missing or the path is a directory (at `path`).
+    pub fn compile(&self) -> Result<FileSinkConfig, Error> {
+        self.file_mode()?;
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        let problem = if self.path.is_dir() {
+            Some("is a directory".to_string())
+        } else if !dir.is_dir() {
+            Some(format!("directory {} does not exist", dir.display()))
+        } else {
+            None
+        };
+        match problem {
+            Some(message) => Err(Error::new(
+                "path",
+                ErrorKind::File {
+                    path: self.path.clone(),
+                    message,
+                },
+            )),
+            None => Ok(self.clone()),
+        }
     }
 }

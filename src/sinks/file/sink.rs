@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::FileSinkConfig;
+use crate::config::{Error, ErrorKind};
 use crate::event::Envelope;
-use crate::sinks::{Sink, SinkBuildError, SinkError};
+use crate::sinks::{Sink, SinkError};
 
 /// Appends one envelope per line; a batch is one write (and one fsync when asked).
 pub struct FileSink {
@@ -19,31 +20,34 @@ pub struct FileSink {
 impl FileSink {
     /// Opens the file for appending, created with (and set to) the configured mode, 0600
     /// by default: the envelopes are the cluster's objects.
-    pub fn open(config: &FileSinkConfig) -> Result<Self, SinkBuildError> {
-        let fail = |message: String| SinkBuildError {
-            name: config.name.clone(),
-            message,
+    ///
+    /// # Errors
+    /// The file cannot be opened (at `path`).
+    pub fn open(config: &FileSinkConfig) -> Result<Self, Error> {
+        let fail = |message: String| {
+            Error::new(
+                "path",
+                ErrorKind::File {
+                    path: config.path.clone(),
+                    message,
+                },
+            )
         };
-        let mode = config.file_mode().map_err(|e| fail(e.message))?;
+        let mode = config.file_mode()?;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .mode(mode)
             .open(&config.path)
-            .map_err(|e| fail(format!("cannot open {}: {e}", config.path.display())))?;
+            .map_err(|e| fail(format!("cannot open: {e}")))?;
         // The mode at creation is narrowed by the umask, and an existing file keeps its own:
         // set it exactly (regular files only; `/dev/stdout` or a FIFO is left alone).
         let meta = file
             .metadata()
-            .map_err(|e| fail(format!("cannot stat {}: {e}", config.path.display())))?;
+            .map_err(|e| fail(format!("cannot stat: {e}")))?;
         if meta.is_file() && meta.permissions().mode() & 0o777 != mode {
             file.set_permissions(std::fs::Permissions::from_mode(mode))
-                .map_err(|e| {
-                    fail(format!(
-                        "cannot set mode {mode:o} on {}: {e}",
-                        config.path.display()
-                    ))
-                })?;
+                .map_err(|e| fail(format!("cannot set mode {mode:o}: {e}")))?;
         }
         Ok(Self {
             file: Arc::new(Mutex::new(file)),
@@ -78,17 +82,13 @@ impl Sink for FileSink {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::PermissionsExt;
-
     use super::*;
 
     fn config(path: &std::path::Path, mode: Option<&str>) -> FileSinkConfig {
         FileSinkConfig {
-            name: "f".into(),
             path: path.to_path_buf(),
             fsync: false,
             mode: mode.map(Into::into),
-            queue_capacity: 1,
         }
     }
 

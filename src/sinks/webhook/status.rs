@@ -8,7 +8,7 @@
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use crate::sinks::SinkConfigError;
+use crate::config::{Error, ErrorKind};
 
 /// One entry of `deadLetterStatuses`: a status (`404`), a range (`"400-499"`) or a class
 /// (`"4xx"`).
@@ -52,7 +52,7 @@ impl DeadLetterStatuses {
     ///
     /// # Errors
     /// An entry that is not a status, range or class between 300 and 599, named by index.
-    pub fn compile(entries: Option<&[StatusEntry]>) -> Result<Self, SinkConfigError> {
+    pub fn compile(entries: Option<&[StatusEntry]>) -> Result<Self, Error> {
         let Some(entries) = entries else {
             return Ok(Self { ranges: None });
         };
@@ -62,12 +62,14 @@ impl DeadLetterStatuses {
             .map(|(i, e)| {
                 e.bounds()
                     .filter(|(lo, hi)| *lo >= 300 && *hi <= 599)
-                    .ok_or_else(|| SinkConfigError {
-                        path: format!("deadLetterStatuses[{i}]"),
-                        message: format!(
-                            "expected a status, a range (\"400-499\") or a class (\"4xx\") \
-                             between 300 and 599, got {e:?}"
-                        ),
+                    .ok_or_else(|| {
+                        Error::new(
+                            format!("deadLetterStatuses[{i}]"),
+                            ErrorKind::Invalid(format!(
+                                "expected a status, a range (\"400-499\") or a class \
+                                 (\"4xx\") between 300 and 599, got {e:?}"
+                            )),
+                        )
                     })
             })
             .collect::<Result<_, _>>()?;
