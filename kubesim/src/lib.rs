@@ -16,6 +16,7 @@ mod server;
 mod sim;
 pub mod store;
 pub mod time;
+pub mod tools;
 
 pub use cli::{Cli, run_cli};
 pub use config::SimConfig;
