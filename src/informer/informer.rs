@@ -394,19 +394,19 @@ impl SharedInformer {
             self.heard();
             self.stats.events_received.fetch_add(1, Ordering::Relaxed);
             match event {
-                WatchEvent::Added(mut obj) | WatchEvent::Modified(mut obj) => {
+                WatchEvent::Added((mut obj, at)) | WatchEvent::Modified((mut obj, at)) => {
                     rv = object::resource_version(&obj).to_string();
                     self.transform.apply(&mut obj);
                     let _held = self.processing.lock().await;
-                    self.apply(obj, false).await;
+                    super::arrived_at(at, self.apply(obj, false)).await;
                 }
-                WatchEvent::Deleted(mut obj) => {
+                WatchEvent::Deleted((mut obj, at)) => {
                     rv = object::resource_version(&obj).to_string();
                     self.transform.apply(&mut obj);
                     let key = object::cache_key(&obj);
                     let _held = self.processing.lock().await;
                     if self.store.remove(&key).is_some() {
-                        self.emit_delete(&Arc::new(obj), false).await;
+                        super::arrived_at(at, self.emit_delete(&Arc::new(obj), false)).await;
                     }
                 }
                 WatchEvent::Bookmark(b) => rv = b.metadata.resource_version,
@@ -432,19 +432,20 @@ impl SharedInformer {
         params: &WatchParams,
         rv: &str,
     ) -> Result<
-        futures::stream::BoxStream<'static, Result<WatchEvent<Value>, kube::Error>>,
+        futures::stream::BoxStream<'static, Result<WatchEvent<(Value, Instant)>, kube::Error>>,
         kube::Error,
     > {
         fn values<P: ParsePolicy>(
             s: impl futures::Stream<Item = Result<WatchEvent<RawObject<P>>, kube::Error>>
             + Send
             + 'static,
-        ) -> futures::stream::BoxStream<'static, Result<WatchEvent<Value>, kube::Error>> {
+        ) -> futures::stream::BoxStream<'static, Result<WatchEvent<(Value, Instant)>, kube::Error>>
+        {
             s.map(|r| {
                 r.map(|e| match e {
-                    WatchEvent::Added(o) => WatchEvent::Added(o.value),
-                    WatchEvent::Modified(o) => WatchEvent::Modified(o.value),
-                    WatchEvent::Deleted(o) => WatchEvent::Deleted(o.value),
+                    WatchEvent::Added(o) => WatchEvent::Added((o.value, o.arrived)),
+                    WatchEvent::Modified(o) => WatchEvent::Modified((o.value, o.arrived)),
+                    WatchEvent::Deleted(o) => WatchEvent::Deleted((o.value, o.arrived)),
                     WatchEvent::Bookmark(b) => WatchEvent::Bookmark(b),
                     WatchEvent::Error(s) => WatchEvent::Error(s),
                 })

@@ -52,12 +52,20 @@ pub struct RawObject<P: ParsePolicy = KeepAll> {
     pub value: Value,
     /// name / namespace / uid / resourceVersion only; the JSON is the source of truth.
     meta: ObjectMeta,
+    /// When its bytes were handed to the parser: the change's arrival, where delivery
+    /// latency starts.
+    pub arrived: std::time::Instant,
     policy: PhantomData<P>,
 }
 
 impl<P: ParsePolicy> RawObject<P> {
-    /// Wraps a JSON object.
+    /// Wraps a JSON object that arrived now.
     pub fn new(value: Value) -> Self {
+        Self::arrived_at(value, std::time::Instant::now())
+    }
+
+    /// Wraps a JSON object whose bytes arrived at `arrived`.
+    fn arrived_at(value: Value, arrived: std::time::Instant) -> Self {
         let meta = ObjectMeta {
             name: object::meta_str(&value, "name").map(str::to_string),
             namespace: object::namespace(&value).map(str::to_string),
@@ -68,6 +76,7 @@ impl<P: ParsePolicy> RawObject<P> {
         Self {
             value,
             meta,
+            arrived,
             policy: PhantomData,
         }
     }
@@ -75,12 +84,14 @@ impl<P: ParsePolicy> RawObject<P> {
 
 impl<'de, P: ParsePolicy> Deserialize<'de> for RawObject<P> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        if P::DROP_MANAGED_FIELDS {
-            d.deserialize_map(ObjectVisitor { metadata: false })
-                .map(RawObject::new)
+        // Taken before parsing: the watch line is in memory, the object not yet parsed.
+        let arrived = std::time::Instant::now();
+        let value = if P::DROP_MANAGED_FIELDS {
+            d.deserialize_map(ObjectVisitor { metadata: false })?
         } else {
-            Value::deserialize(d).map(RawObject::new)
-        }
+            Value::deserialize(d)?
+        };
+        Ok(RawObject::arrived_at(value, arrived))
     }
 }
 
