@@ -26,7 +26,12 @@ async fn client(sim: &KubeSim) -> kube::Client {
     kube::Client::try_from(cfg).expect("client")
 }
 
-fn config(identity: &str, lease: Duration, renew: Duration, retry: Duration) -> LeaderElectionConfig {
+fn config(
+    identity: &str,
+    lease: Duration,
+    renew: Duration,
+    retry: Duration,
+) -> LeaderElectionConfig {
     LeaderElectionConfig {
         enabled: true,
         lease_name: LEASE.into(),
@@ -147,7 +152,12 @@ async fn a_lease_renewed_by_another_holder_is_never_taken() {
     let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {
         held_by(&sim, "someone-else", 1);
-        assert_eq!(b.is(), Role::Standby, "took a renewed lease: {}", lease(&sim));
+        assert_eq!(
+            b.is(),
+            Role::Standby,
+            "took a renewed lease: {}",
+            lease(&sim)
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert_eq!(lease(&sim)["spec"]["holderIdentity"], "someone-else");
@@ -175,7 +185,10 @@ async fn an_unrenewed_lease_is_taken_over_only_after_its_duration() {
     );
     let l = lease(&sim);
     assert_eq!(l["spec"]["holderIdentity"], "agent-b");
-    assert_eq!(l["spec"]["leaseTransitions"], 1, "a takeover is a transition");
+    assert_eq!(
+        l["spec"]["leaseTransitions"], 1,
+        "a takeover is a transition"
+    );
     b.cancel.cancel();
 }
 
@@ -218,7 +231,10 @@ async fn a_released_lease_is_taken_by_a_standby_without_waiting_for_expiry() {
         .count()
         .ge(&3)
     {
-        assert!(Instant::now() < deadline, "the standby never read the lease");
+        assert!(
+            Instant::now() < deadline,
+            "the standby never read the lease"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(b.is(), Role::Standby);
@@ -244,7 +260,10 @@ async fn a_released_lease_is_taken_by_a_standby_without_waiting_for_expiry() {
 #[tokio::test]
 async fn two_electors_racing_for_one_lease_never_both_lead() {
     let sim = sim().await;
-    let (mut a, mut b) = tokio::join!(elector(&sim, quick("agent-a")), elector(&sim, quick("agent-b")));
+    let (mut a, mut b) = tokio::join!(
+        elector(&sim, quick("agent-a")),
+        elector(&sim, quick("agent-b"))
+    );
     // One of them wins; the other stays a standby.
     let deadline = Instant::now() + SOON;
     while a.is() != Role::Leader && b.is() != Role::Leader {
@@ -263,7 +282,11 @@ async fn two_electors_racing_for_one_lease_never_both_lead() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (winner, loser) = if a.is() == Role::Leader { (&mut a, &mut b) } else { (&mut b, &mut a) };
+    let (winner, loser) = if a.is() == Role::Leader {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
     assert_eq!(loser.is(), Role::Standby);
     let holder = lease(&sim)["spec"]["holderIdentity"].clone();
     assert!(holder == "agent-a" || holder == "agent-b", "{holder}");

@@ -33,7 +33,12 @@ struct Acks(Mutex<HashMap<String, usize>>);
 
 impl AckObserver for Acks {
     fn delivered(&self, event: &Arc<Envelope>) {
-        *self.0.lock().unwrap().entry(event.id.to_string()).or_default() += 1;
+        *self
+            .0
+            .lock()
+            .unwrap()
+            .entry(event.id.to_string())
+            .or_default() += 1;
     }
 }
 
@@ -44,7 +49,8 @@ fn compile(routes: &str) -> Result<Vec<Route>, String> {
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            Route::compile(c, i, &names, b"test-key").map_err(|e| format!("{}: {}", e.path, e.message))
+            Route::compile(c, i, &names, b"test-key")
+                .map_err(|e| format!("{}: {}", e.path, e.message))
         })
         .collect()
 }
@@ -77,20 +83,12 @@ async fn route(routes: &str, events: Vec<Envelope>) -> (HashMap<&'static str, Ve
         .iter()
         .zip(&recorders)
         .map(|(name, r)| {
-            let lines = r
-                .0
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|e| {
-                    format!(
-                        "{} {} {}",
-                        e.op.as_str(),
-                        e.kind,
-                        e.display_name()
-                    )
-                })
-                .collect();
+            let lines =
+                r.0.lock()
+                    .unwrap()
+                    .iter()
+                    .map(|e| format!("{} {} {}", e.op.as_str(), e.kind, e.display_name()))
+                    .collect();
             (*name, lines)
         })
         .collect();
@@ -127,7 +125,14 @@ fn add(api_version: &str, kind: &str, ns: Option<&str>, name: &str, spec: Value)
     )
 }
 
-fn update(api_version: &str, kind: &str, ns: Option<&str>, name: &str, old: Value, new: Value) -> Envelope {
+fn update(
+    api_version: &str,
+    kind: &str,
+    ns: Option<&str>,
+    name: &str,
+    old: Value,
+    new: Value,
+) -> Envelope {
     let old = object(kind, ns, name, old);
     let mut new = object(kind, ns, name, new);
     new["metadata"]["resourceVersion"] = json!("2");
@@ -198,7 +203,10 @@ async fn an_event_no_route_matches_goes_nowhere_and_is_acknowledged() {
         vec![add("v1", "ConfigMap", Some("a"), "x", json!({}))],
     )
     .await;
-    assert!(got["lake"].is_empty() && got["oncall"].is_empty(), "{got:?}");
+    assert!(
+        got["lake"].is_empty() && got["oncall"].is_empty(),
+        "{got:?}"
+    );
     assert_eq!(
         acks.0.lock().unwrap().values().copied().collect::<Vec<_>>(),
         vec![1],
@@ -218,7 +226,13 @@ async fn kinds_and_api_versions_match_by_glob() {
 ",
         vec![
             add("apps/v1", "Deployment", Some("a"), "web", json!({})),
-            add("extensions/v1beta1", "Deployment", Some("a"), "old", json!({})),
+            add(
+                "extensions/v1beta1",
+                "Deployment",
+                Some("a"),
+                "old",
+                json!({}),
+            ),
             add("v1", "ConfigMap", Some("a"), "cfg", json!({})),
             add("apps/v1", "DaemonSet", Some("a"), "ds", json!({})),
         ],
@@ -273,11 +287,45 @@ async fn ops_and_changed_paths_select_updates() {
   changed: [/spec/replicas]
 ",
         vec![
-            add("apps/v1", "Deployment", Some("a"), "web", json!({"replicas": 1})),
-            update("apps/v1", "Deployment", Some("a"), "web", json!({"replicas": 1}), json!({"replicas": 3})),
-            update("apps/v1", "Deployment", Some("a"), "web", json!({"replicas": 3, "image": "x:1"}), json!({"replicas": 3, "image": "x:2"})),
-            update("apps/v1", "Deployment", Some("a"), "web", json!({"x": 1}), json!({})),
-            update("apps/v1", "Deployment", Some("a"), "web", Value::Null, json!({"replicas": 2})),
+            add(
+                "apps/v1",
+                "Deployment",
+                Some("a"),
+                "web",
+                json!({"replicas": 1}),
+            ),
+            update(
+                "apps/v1",
+                "Deployment",
+                Some("a"),
+                "web",
+                json!({"replicas": 1}),
+                json!({"replicas": 3}),
+            ),
+            update(
+                "apps/v1",
+                "Deployment",
+                Some("a"),
+                "web",
+                json!({"replicas": 3, "image": "x:1"}),
+                json!({"replicas": 3, "image": "x:2"}),
+            ),
+            update(
+                "apps/v1",
+                "Deployment",
+                Some("a"),
+                "web",
+                json!({"x": 1}),
+                json!({}),
+            ),
+            update(
+                "apps/v1",
+                "Deployment",
+                Some("a"),
+                "web",
+                Value::Null,
+                json!({"replicas": 2}),
+            ),
             delete("apps/v1", "Deployment", Some("a"), "web"),
         ],
     )
@@ -319,15 +367,49 @@ async fn when_conditions_test_equals_exists_and_matches_and_all_must_hold() {
     - {path: /spec/paused, exists: false}
 ",
         vec![
-            add("apps/v1", "Deployment", Some("a"), "three", json!({"replicas": 3, "image": "web:1"})),
-            add("apps/v1", "Deployment", Some("a"), "three-text", json!({"replicas": "3"})),
-            add("apps/v1", "Deployment", Some("a"), "paused", json!({"image": "web:2", "paused": true})),
-            add("apps/v1", "Deployment", Some("a"), "null-paused", json!({"image": "web:2", "paused": null})),
-            add("apps/v1", "Deployment", Some("a"), "api", json!({"image": "api:1"})),
+            add(
+                "apps/v1",
+                "Deployment",
+                Some("a"),
+                "three",
+                json!({"replicas": 3, "image": "web:1"}),
+            ),
+            add(
+                "apps/v1",
+                "Deployment",
+                Some("a"),
+                "three-text",
+                json!({"replicas": "3"}),
+            ),
+            add(
+                "apps/v1",
+                "Deployment",
+                Some("a"),
+                "paused",
+                json!({"image": "web:2", "paused": true}),
+            ),
+            add(
+                "apps/v1",
+                "Deployment",
+                Some("a"),
+                "null-paused",
+                json!({"image": "web:2", "paused": null}),
+            ),
+            add(
+                "apps/v1",
+                "Deployment",
+                Some("a"),
+                "api",
+                json!({"image": "api:1"}),
+            ),
         ],
     )
     .await;
-    assert_eq!(got["lake"], vec!["add Deployment a/three"], "equals compares JSON values");
+    assert_eq!(
+        got["lake"],
+        vec!["add Deployment a/three"],
+        "equals compares JSON values"
+    );
     assert_eq!(
         got["oncall"],
         vec!["add Deployment a/three", "add Deployment a/null-paused"],
@@ -357,8 +439,14 @@ async fn a_sink_named_by_two_matching_routes_gets_the_event_once() {
 fn routes_that_cannot_work_are_refused_with_their_key_path() {
     for (routes, want) in [
         ("- sinks: [nowhere]", "sinks[0]: unknown sink `nowhere`"),
-        ("- kinds: [Pod]", "sinks: a forwarding route needs at least one sink"),
-        ("- drop: true\n  sinks: [lake]", "sinks: a drop route forwards nowhere"),
+        (
+            "- kinds: [Pod]",
+            "sinks: a forwarding route needs at least one sink",
+        ),
+        (
+            "- drop: true\n  sinks: [lake]",
+            "sinks: a drop route forwards nowhere",
+        ),
         (
             "- sinks: [lake]\n  when: [{path: /a, matches: '('}]",
             "when[0].matches: invalid regex",
@@ -376,7 +464,9 @@ fn routes_that_cannot_work_are_refused_with_their_key_path() {
             "namespaces.selector:",
         ),
     ] {
-        let err = compile(routes).err().unwrap_or_else(|| panic!("{routes} compiled"));
+        let err = compile(routes)
+            .err()
+            .unwrap_or_else(|| panic!("{routes} compiled"));
         assert!(err.starts_with(want), "{routes}: {err}");
     }
 }

@@ -174,7 +174,8 @@ async fn drop_routes_win_and_forward_routes_pick_sinks_by_kind_namespace_op_and_
     .unwrap();
     let is_marker_update = |e: &Value| e["name"] == "zz-marker" && e["op"] == "update";
     let lake_all = wait_jsonl_until(&lake, "barrier", |es| {
-        es.iter().any(is_marker_update) && es.iter().filter(|e| e["name"] != "zz-marker").count() >= 7
+        es.iter().any(is_marker_update)
+            && es.iter().filter(|e| e["name"] != "zz-marker").count() >= 7
     })
     .await;
     let lake_events: Vec<Value> = lake_all
@@ -581,19 +582,54 @@ async fn the_cache_api_answers_label_selectors_as_written_by_hand() {
     let table: &[(&str, &str, &[&str])] = &[
         ("default", "app=web", &["default/a", "default/b"]),
         ("default", "app==web", &["default/a", "default/b"]),
-        ("default", "app!=web", &["default/c", "default/d", "default/f"]),
-        ("", "app!=web", &["default/c", "default/d", "default/f", "other/e"]),
-        ("default", "tier in (back,data),app!=api", &["default/b", "default/d"]),
-        ("", "tier", &["default/a", "default/b", "default/c", "default/d"]),
+        (
+            "default",
+            "app!=web",
+            &["default/c", "default/d", "default/f"],
+        ),
+        (
+            "",
+            "app!=web",
+            &["default/c", "default/d", "default/f", "other/e"],
+        ),
+        (
+            "default",
+            "tier in (back,data),app!=api",
+            &["default/b", "default/d"],
+        ),
+        (
+            "",
+            "tier",
+            &["default/a", "default/b", "default/c", "default/d"],
+        ),
         ("default", "!tier", &["default/f"]),
         ("", "!tier", &["default/f", "other/e"]),
-        ("", "app notin (web,api)", &["default/d", "default/f", "other/e"]),
-        ("", "tier notin (back)", &["default/a", "default/d", "default/f", "other/e"]),
+        (
+            "",
+            "app notin (web,api)",
+            &["default/d", "default/f", "other/e"],
+        ),
+        (
+            "",
+            "tier notin (back)",
+            &["default/a", "default/d", "default/f", "other/e"],
+        ),
         ("", "app in (web-canary)", &["default/f"]),
         ("", "app=web,tier=front", &["default/a"]),
         ("", "app=nope", &[]),
         ("other", "", &["other/e"]),
-        ("", "", &["default/a", "default/b", "default/c", "default/d", "default/f", "other/e"]),
+        (
+            "",
+            "",
+            &[
+                "default/a",
+                "default/b",
+                "default/c",
+                "default/d",
+                "default/f",
+                "other/e",
+            ],
+        ),
     ];
     for (ns, selector, want) in table {
         let got = item_names(&api.list(ns, selector).await);
@@ -602,17 +638,25 @@ async fn the_cache_api_answers_label_selectors_as_written_by_hand() {
     let (status, field) = api
         .get("/cache/v1/ConfigMap?fieldSelector=metadata.name%3Dc")
         .await;
-    assert_eq!((status, item_names(&field)), (200, vec!["default/c".to_string()]));
+    assert_eq!(
+        (status, item_names(&field)),
+        (200, vec!["default/c".to_string()])
+    );
     let (status, field) = api
         .get("/cache/v1/ConfigMap?fieldSelector=metadata.namespace!%3Ddefault")
         .await;
-    assert_eq!((status, item_names(&field)), (200, vec!["other/e".to_string()]));
+    assert_eq!(
+        (status, item_names(&field)),
+        (200, vec!["other/e".to_string()])
+    );
     let (status, one) = api.get("/cache/v1/ConfigMap/default/b").await;
     assert_eq!((status, one["data"]["k"].clone()), (200, json!("b")));
     assert_eq!(api.get("/cache/v1/ConfigMap/default/nope").await.0, 404);
     assert_eq!(api.get("/cache/v1/Pod").await.0, 404);
     assert_eq!(
-        api.get("/cache/v1/ConfigMap?labelSelector=a%20in%20(").await.0,
+        api.get("/cache/v1/ConfigMap?labelSelector=a%20in%20(")
+            .await
+            .0,
         400
     );
 }

@@ -98,7 +98,10 @@ async fn the_text_format_prints_one_line_per_change_with_old_and_new_values() {
     )
     .unwrap();
     let update = agent.line().await;
-    let want_head = format!("update v1 ConfigMap default/listed rv={}:", rv(&sim, "listed"));
+    let want_head = format!(
+        "update v1 ConfigMap default/listed rv={}:",
+        rv(&sim, "listed")
+    );
     assert!(
         update
             .split_whitespace()

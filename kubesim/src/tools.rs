@@ -148,7 +148,9 @@ mod tests {
 
     #[test]
     fn a_tool_on_neither_the_variable_nor_path_is_missing() {
-        let e = TANSU.find_in(None, Some("/nonexistent".into())).unwrap_err();
+        let e = TANSU
+            .find_in(None, Some("/nonexistent".into()))
+            .unwrap_err();
         assert!(matches!(e, ToolError::Missing { name: "tansu", .. }));
         assert!(e.to_string().contains("make tansu"), "{e}");
     }

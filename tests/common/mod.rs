@@ -139,7 +139,10 @@ impl Agent {
     pub async fn expect_nothing_more(&mut self, sim: &KubeSim) -> Value {
         let mut got = self.until_barrier(sim).await;
         let barrier = got.pop().expect("the barrier");
-        assert!(got.is_empty(), "expected nothing before the barrier, got {got:#?}");
+        assert!(
+            got.is_empty(),
+            "expected nothing before the barrier, got {got:#?}"
+        );
         barrier
     }
 
@@ -406,7 +409,11 @@ pub fn read_jsonl(path: &Path) -> Vec<Value> {
 }
 
 /// Waits until the envelopes the file sink at `path` wrote satisfy `done`; returns them all.
-pub async fn wait_jsonl_until(path: &Path, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+pub async fn wait_jsonl_until(
+    path: &Path,
+    what: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
     let deadline = tokio::time::Instant::now() + SOON;
     loop {
         let got = read_jsonl(path);
