@@ -7,7 +7,7 @@ mod common;
 #[path = "../src/sinks/webhook/tests/receiver.rs"]
 mod receiver;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;

@@ -18,6 +18,8 @@ pub struct Cluster {
     pub kubeconfig: PathBuf,
     /// Updates made so far (makes every value unique).
     written: u64,
+    /// Updates go round-robin over the first `touch` Pods (all by default).
+    pub touch: usize,
 }
 
 impl Cluster {
@@ -39,6 +41,7 @@ impl Cluster {
             pods,
             kubeconfig,
             written: 0,
+            touch: usize::MAX,
         }
     }
 
@@ -47,14 +50,18 @@ impl Cluster {
     pub fn update(&mut self) -> Value {
         let i = self.written;
         self.written += 1;
-        let (ns, name) = &self.pods[(i as usize) % self.pods.len()];
+        let (ns, name) = &self.pods[(i as usize) % self.pods.len().min(self.touch).max(1)];
         let patch = match i % 3 {
             0 => json!({"metadata": {"labels": {"bench/revision": i.to_string()}}}),
             1 => {
                 json!({"metadata": {"annotations": {"bench.lookout.dev/touched": format!("{i}")}}})
             }
             _ => {
-                let ready = if (i / 3) % 2 == 0 { "False" } else { "True" };
+                let ready = if (i / 3).is_multiple_of(2) {
+                    "False"
+                } else {
+                    "True"
+                };
                 let t = format!("2026-01-01T00:{:02}:{:02}Z", (i / 60) % 60, i % 60);
                 json!({"status": {"conditions": [
                     {"type": "PodReadyToStartContainers", "status": "True", "lastProbeTime": null, "lastTransitionTime": "2026-01-01T00:00:00Z"},
