@@ -254,15 +254,8 @@ async fn conditions_on_the_object_select_events() {
         deployment("default", "web-zz-marker", 3, "x:1"),
     )
     .unwrap();
-    let barrier = |path: std::path::PathBuf| async move {
-        let all = wait_jsonl_until(&path, "barrier", |es| {
-            es.iter().any(|e| e["name"] == "web-zz-marker")
-        })
-        .await;
-        before_marker(&all, "web-zz-marker").to_vec()
-    };
-    let lake = barrier(dir.path().join("lake.jsonl")).await;
-    let oncall = barrier(dir.path().join("oncall.jsonl")).await;
+    let lake = until_marker(&dir.path().join("lake.jsonl"), "web-zz-marker").await;
+    let oncall = until_marker(&dir.path().join("oncall.jsonl"), "web-zz-marker").await;
     assert_eq!(
         summary(&lake),
         vec!["add Deployment default/web-a", "add Deployment default/api"]
@@ -318,15 +311,8 @@ async fn route_transforms_reshape_only_their_sinks_and_keep_patches_replayable()
         deployment("default", "zz-marker", 1, "m:1"),
     )
     .unwrap();
-    let barrier = |path: std::path::PathBuf| async move {
-        let all = wait_jsonl_until(&path, "barrier", |es| {
-            es.iter().any(|e| e["name"] == "zz-marker")
-        })
-        .await;
-        before_marker(&all, "zz-marker").to_vec()
-    };
-    let lake = barrier(dir.path().join("lake.jsonl")).await;
-    let oncall = barrier(dir.path().join("oncall.jsonl")).await;
+    let lake = until_marker(&dir.path().join("lake.jsonl"), "zz-marker").await;
+    let oncall = until_marker(&dir.path().join("oncall.jsonl"), "zz-marker").await;
     assert_eq!(lake.len(), 3, "{lake:#?}");
     let all = std::fs::read_to_string(dir.path().join("lake.jsonl")).unwrap();
     assert!(

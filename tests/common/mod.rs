@@ -438,6 +438,13 @@ pub fn before_marker<'a>(events: &'a [Value], name: &str) -> &'a [Value] {
     &events[..at]
 }
 
+/// Waits until the file sink at `path` wrote an envelope about the object named `marker`
+/// (a barrier change made after everything under test); returns the envelopes before it.
+pub async fn until_marker(path: &Path, marker: &str) -> Vec<Value> {
+    let all = wait_jsonl_until(path, marker, |es| es.iter().any(|e| e["name"] == marker)).await;
+    before_marker(&all, marker).to_vec()
+}
+
 /// Waits until the file sink at `path` holds at least `n` envelopes; returns them all.
 pub async fn wait_jsonl(path: &Path, n: usize) -> Vec<Value> {
     let deadline = tokio::time::Instant::now() + SOON;
