@@ -535,15 +535,13 @@ impl Kubectl {
         let seen = pipe::follow(child.stdout.take().expect("piped"), |l| {
             (l == b"}\n").then_some(0)
         });
-        if !seen.wait_for(c.pods.len(), LONG) {
+        // The list comes as one `PodList` per 500-object chunk (kubectl's `--chunk-size`);
+        // it is printed when the output has been quiet for 2 s.
+        let base = seen.wait_quiet(Duration::from_secs(2), LONG);
+        if base == 0 {
             let _ = child.kill();
-            return Err(format!(
-                "kubectl printed {} of {} listed pods",
-                seen.len(),
-                c.pods.len()
-            ));
+            return Err("kubectl printed nothing".into());
         }
-        let base = seen.wait_quiet(Duration::from_millis(500), LONG);
         Ok(Kubectl { child, seen, base })
     }
 
