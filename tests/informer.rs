@@ -145,7 +145,7 @@ async fn a_half_open_watch_heals_within_the_idle_timeout_without_a_relist_or_a_d
     );
     Replay::default().apply_all(&events);
     agent.wait_ready(200, SOON).await;
-    agent.expect_quiet(Duration::from_secs(2)).await;
+    agent.expect_nothing_more(&sim).await;
 
     let log = sim.request_log();
     for path in ["/api/v1/configmaps", "/api/v1/pods"] {
