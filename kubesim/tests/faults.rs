@@ -67,18 +67,7 @@ async fn faults_set_over_the_admin_path_fail_requests_with_500() {
 #[tokio::test]
 async fn dropping_watches_ends_open_streams_abruptly() {
     let sim = start().await;
-    let stream = tokio::net::TcpStream::connect(sim.addr()).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::builder()
-        .uri(format!("{CMS}?watch=true"))
-        .header("host", "x")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let mut body = send.send_request(req).await.unwrap().into_body();
+    let mut body = open_watch(&sim, &format!("{CMS}?watch=true")).await;
     sim.create("v1", "ConfigMap", cm("x", "default", "1"))
         .unwrap();
     assert!(
@@ -150,17 +139,7 @@ async fn a_hung_server_answers_once_resumed_and_a_resetting_one_closes_connectio
     assert_eq!(pending.await.unwrap(), 200);
 
     sim.stop_answering_with(StopMode::Reset);
-    let stream = tokio::net::TcpStream::connect(sim.addr()).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::builder()
-        .uri(CMS)
-        .header("host", "x")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
+    let (mut send, req) = connect(&sim, CMS).await;
     assert!(
         send.send_request(req).await.is_err(),
         "connection closed without an answer"
@@ -365,19 +344,32 @@ async fn churn_produces_a_stream_of_changes_until_stopped() {
     );
 }
 
-/// Opens a raw watch and returns its body (the caller reads frames).
-async fn open_watch(sim: &kubesim::KubeSim, path: &str) -> hyper::body::Incoming {
+type Empty = http_body_util::Empty<bytes::Bytes>;
+
+/// A raw HTTP/1 connection to the simulator, and a GET of `path` to send on it.
+async fn connect(
+    sim: &kubesim::KubeSim,
+    path: &str,
+) -> (
+    hyper::client::conn::http1::SendRequest<Empty>,
+    http::Request<Empty>,
+) {
     let stream = tokio::net::TcpStream::connect(sim.addr()).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let req = http::Request::builder()
         .uri(path)
         .header("host", "x")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .body(Empty::new())
         .unwrap();
+    (send, req)
+}
+
+/// Opens a raw watch and returns its body (the caller reads frames).
+async fn open_watch(sim: &kubesim::KubeSim, path: &str) -> hyper::body::Incoming {
+    let (mut send, req) = connect(sim, path).await;
     send.send_request(req).await.unwrap().into_body()
 }
 

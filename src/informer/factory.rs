@@ -12,7 +12,6 @@ use super::config::{InitialList, WatchConfig};
 use super::informer::InformerSettings;
 use super::{InformerKey, RawObject, SharedInformer};
 use crate::backoff::BackoffPolicy;
-use crate::config::ResourceConfig;
 use crate::event::transform::ObjectTransform;
 
 /// Why an informer could not be created.
@@ -79,13 +78,15 @@ impl InformerFactory {
         }
     }
 
-    /// Informers follow `watch` and each resource's `initialList`.
-    pub fn configure(mut self, watch: &WatchConfig, resources: &[ResourceConfig]) -> Self {
+    /// Informers follow `watch`, and list as `initial_lists` says for their key (`auto`
+    /// for keys it does not name).
+    pub fn configure(
+        mut self,
+        watch: &WatchConfig,
+        initial_lists: impl IntoIterator<Item = (InformerKey, InitialList)>,
+    ) -> Self {
         self.watch = watch.clone();
-        self.initial_lists = resources
-            .iter()
-            .map(|r| (InformerKey::from(r), r.initial_list))
-            .collect();
+        self.initial_lists = initial_lists.into_iter().collect();
         self
     }
 

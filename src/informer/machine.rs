@@ -791,6 +791,14 @@ mod tests {
         }
     }
 
+    /// An ordinary BOOKMARK at `rv`.
+    fn bookmark(rv: &str) -> Result<RawEvent, RequestError> {
+        Ok(RawEvent::Bookmark {
+            resource_version: rv.into(),
+            initial_events_end: false,
+        })
+    }
+
     fn names(staged: Staging, store: &Store) -> Vec<String> {
         let mut swapped = store.swap_in(staged);
         swapped.changed().iter().map(|k| k.to_string()).collect()
@@ -956,13 +964,7 @@ mod tests {
 
     #[tokio::test]
     async fn bookmarks_move_the_resume_point_and_emit_nothing() {
-        let rig = Rig::new(Script::default().watch(Ok((
-            vec![Ok(RawEvent::Bookmark {
-                resource_version: "40".into(),
-                initial_events_end: false,
-            })],
-            Then::Hang,
-        ))));
+        let rig = Rig::new(Script::default().watch(Ok((vec![bookmark("40")], Then::Hang))));
         let mut m = rig.machine(InitialList::Paginate);
         let state = watching(&mut m, "9").await;
         let (out, state) = m.step(state).await;
@@ -1098,13 +1100,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_watch_is_abandoned_after_the_idle_timeout_and_resumed_without_a_relist() {
-        let rig = Rig::new(Script::default().watch(Ok((
-            vec![Ok(RawEvent::Bookmark {
-                resource_version: "20".into(),
-                initial_events_end: false,
-            })],
-            Then::Hang,
-        ))));
+        let rig = Rig::new(Script::default().watch(Ok((vec![bookmark("20")], Then::Hang))));
         let mut m = rig.machine(InitialList::Paginate);
         let state = watching(&mut m, "9").await;
         let (_, state) = m.step(state).await;
@@ -1299,15 +1295,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_plain_bookmark_during_a_streaming_list_means_the_server_ignored_it() {
-        let ignored = || {
-            Ok((
-                vec![Ok(RawEvent::Bookmark {
-                    resource_version: "8".into(),
-                    initial_events_end: false,
-                })],
-                Then::Hang,
-            ))
-        };
+        let ignored = || Ok((vec![bookmark("8")], Then::Hang));
         let rig = Rig::new(Script::default().watch(ignored()).watch(ignored()));
         let mut m = rig.machine(InitialList::Auto);
         let (_, state) = m.step(State::Empty).await;

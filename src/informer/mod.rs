@@ -7,6 +7,8 @@
 mod api;
 mod config;
 mod factory;
+// `informer::informer` is the shared informer itself; the module is the informer room.
+#[allow(clippy::module_inception)]
 mod informer;
 mod machine;
 mod raw;
@@ -41,50 +43,6 @@ pub struct InformerKey {
     pub label_selector: Option<String>,
     /// Field selector sent to the API server.
     pub field_selector: Option<String>,
-}
-
-impl From<&crate::config::ResourceConfig> for InformerKey {
-    /// The informer a `resources[]` entry describes (empty selectors count as none).
-    fn from(r: &crate::config::ResourceConfig) -> Self {
-        InformerKey {
-            api_version: r.api_version.clone(),
-            kind: r.kind.clone(),
-            namespace: r.namespace.clone(),
-            label_selector: r.label_selector.clone().filter(|s| !s.is_empty()),
-            field_selector: r.field_selector.clone().filter(|s| !s.is_empty()),
-        }
-    }
-}
-
-impl InformerKey {
-    /// Entries that share an informer must agree on how it lists: the index of the first
-    /// one that does not, with the reason.
-    pub fn check_initial_lists(
-        resources: &[crate::config::ResourceConfig],
-    ) -> Result<(), (usize, String)> {
-        let mut seen: std::collections::HashMap<InformerKey, (usize, InitialList)> =
-            std::collections::HashMap::new();
-        for (i, r) in resources.iter().enumerate() {
-            match seen.entry(InformerKey::from(r)) {
-                std::collections::hash_map::Entry::Occupied(e) if e.get().1 != r.initial_list => {
-                    let (first, mode) = *e.get();
-                    return Err((
-                        i,
-                        format!(
-                            "`{}` conflicts with `{}` in resources[{first}]: both entries share one list+watch",
-                            r.initial_list.as_str(),
-                            mode.as_str()
-                        ),
-                    ));
-                }
-                std::collections::hash_map::Entry::Occupied(_) => {}
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert((i, r.initial_list));
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 impl std::fmt::Display for InformerKey {

@@ -25,15 +25,16 @@ pub(super) enum Then {
 /// One scripted watch: its events, then what happens.
 pub(super) type ScriptedWatch = (Vec<Result<RawEvent, RequestError>>, Then);
 
+/// One scripted list answer, given once its gate (if any) is notified.
+type ScriptedList = (
+    Option<Arc<tokio::sync::Notify>>,
+    Result<ListPage, RequestError>,
+);
+
 /// Answers in order; records what was asked.
 #[derive(Default)]
 pub(super) struct Script {
-    lists: Mutex<
-        VecDeque<(
-            Option<Arc<tokio::sync::Notify>>,
-            Result<ListPage, RequestError>,
-        )>,
-    >,
+    lists: Mutex<VecDeque<ScriptedList>>,
     watches: Mutex<VecDeque<Result<ScriptedWatch, RequestError>>>,
     calls: Mutex<Vec<String>>,
 }

@@ -39,14 +39,24 @@ impl Agent {
 
     /// As [`Agent::start`], with extra environment variables.
     pub async fn start_with_env(sim: &KubeSim, config: &str, env: &[(&str, &str)]) -> Agent {
+        Self::start_with_kubeconfig(&sim.kubeconfig_yaml(), config, env).await
+    }
+
+    /// Starts `lookout run` with `config` against whatever `kubeconfig` (YAML) points at —
+    /// possibly nothing yet.
+    pub async fn start_with_kubeconfig(
+        kubeconfig_yaml: &str,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
-        sim.write_kubeconfig(&kubeconfig).unwrap();
+        std::fs::write(&kubeconfig, kubeconfig_yaml).unwrap();
         let config_path = dir.path().join("lookout.yaml");
         std::fs::write(&config_path, config).unwrap();
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lookout"));
+        let mut cmd = Command::new(lookout_bin());
         cmd.arg("run")
             .arg("--config")
             .arg(&config_path)
@@ -134,6 +144,15 @@ impl Agent {
         let log = self.stderr();
         (status, rest, log)
     }
+}
+
+/// The `lookout` binary under test: `$TEST_LOOKOUT_BIN` when set (a private copy, which
+/// other worktrees' builds into a shared target directory cannot replace mid-run), else the
+/// one cargo built for these tests.
+pub fn lookout_bin() -> PathBuf {
+    std::env::var_os("TEST_LOOKOUT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_lookout")))
 }
 
 /// Sends a real signal to a process.

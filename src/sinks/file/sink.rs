@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::FileSinkConfig;
+use crate::config::{Error, ErrorKind};
 use crate::event::Envelope;
-use crate::sinks::{Sink, SinkBuildError, SinkError};
+use crate::sinks::{Sink, SinkError};
 
 /// Appends one envelope per line; a batch is one write (and one fsync when asked).
 pub struct FileSink {
@@ -17,14 +18,22 @@ pub struct FileSink {
 
 impl FileSink {
     /// Opens the file for appending.
-    pub fn open(config: &FileSinkConfig) -> Result<Self, SinkBuildError> {
+    ///
+    /// # Errors
+    /// The file cannot be opened (at `path`).
+    pub fn open(config: &FileSinkConfig) -> Result<Self, Error> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&config.path)
-            .map_err(|e| SinkBuildError {
-                name: config.name.clone(),
-                message: format!("cannot open {}: {e}", config.path.display()),
+            .map_err(|e| {
+                Error::new(
+                    "path",
+                    ErrorKind::File {
+                        path: config.path.clone(),
+                        message: format!("cannot open: {e}"),
+                    },
+                )
             })?;
         Ok(Self {
             file: Arc::new(Mutex::new(file)),

@@ -18,7 +18,7 @@ use super::config::KafkaSinkConfig;
 use super::encoding::{Encoder, Message};
 use super::topic::TopicTemplate;
 use crate::event::Envelope;
-use crate::sinks::{Batching, Sink, SinkError};
+use crate::sinks::{Batching, Common, Sink, SinkError};
 
 /// How long a health check waits for broker metadata.
 const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -74,17 +74,21 @@ impl KafkaSink {
     ///
     /// # Errors
     /// librdkafka refuses the settings.
-    pub fn new(config: &KafkaSinkConfig, topic: TopicTemplate) -> Result<Self, ClientError> {
+    pub fn new(
+        config: &KafkaSinkConfig,
+        common: &Common,
+        topic: TopicTemplate,
+    ) -> Result<Self, ClientError> {
         let client_config = client_config(config)?;
         let producer = client_config
-            .create_with_context(KafkaContext::new(&config.name))
+            .create_with_context(KafkaContext::new(&common.name))
             .map_err(ClientError::Librdkafka)?;
         Ok(Self {
-            name: config.name.as_str().into(),
+            name: common.name.as_str().into(),
             brokers: config.brokers.join(","),
             encoder: Encoder {
                 topic,
-                cloud_events: config.cloud_events(),
+                cloud_events: common.payload.cloud_events(),
                 tombstones: config.tombstones,
             },
             client_config,

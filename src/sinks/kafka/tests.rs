@@ -18,9 +18,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::PropertyValue;
 use super::*;
+use crate::config::Error;
 use crate::event::{Envelope, EnvelopeBuilder, Op};
 use crate::sinks::util::spawn_driver;
-use crate::sinks::{AckObserver, Sink, SinkConfig, SinkContext, SinkError};
+use crate::sinks::{
+    AckObserver, Common, Payload, Sink, SinkConfig, SinkContext, SinkError, SinkKind,
+};
 
 // ---------------------------------------------------------------- fixtures
 
@@ -71,15 +74,18 @@ fn deployment(uid: &str, op: Op, rv: u64) -> Arc<Envelope> {
 
 fn config(brokers: &str, topic: &str) -> KafkaSinkConfig {
     KafkaSinkConfig {
-        name: "kafka".into(),
         brokers: vec![brokers.to_string()],
         topic: topic.into(),
-        format: KafkaFormat::Envelope,
-        cloud_events_mode: None,
         tombstones: false,
         properties: BTreeMap::new(),
-        queue_capacity: 1000,
-        dead_letter: None,
+    }
+}
+
+/// The first problem compiling `config` reports.
+fn check_error(config: &KafkaSinkConfig) -> Error {
+    match config.compile(&Common::named("kafka"), &ctx()) {
+        Ok(_) => panic!("compiles"),
+        Err(mut e) => e.0.remove(0),
     }
 }
 
@@ -90,11 +96,19 @@ fn set(config: &mut KafkaSinkConfig, key: &str, value: &str) {
 }
 
 fn sink(config: &KafkaSinkConfig) -> Arc<KafkaSink> {
+    sink_with(config, Payload::Envelope)
+}
+
+fn sink_with(config: &KafkaSinkConfig, payload: Payload) -> Arc<KafkaSink> {
+    let common = Common {
+        payload,
+        ..Common::named("kafka")
+    };
     let ctx = SinkContext {
         cluster: "prod".into(),
         state_dir: None,
     };
-    Arc::new(config.build(&ctx).expect("sink builds"))
+    Arc::new(config.compile(&common, &ctx).expect("sink builds"))
 }
 
 fn mock(topics: &[(&str, i32)]) -> MockCluster<'static, DefaultProducerContext> {
@@ -207,9 +221,9 @@ fn unknown_placeholders_and_illegal_topics_fail_the_config_check() {
         ("k8s/{kind}", "not allowed"),
         ("", "must not be empty"),
     ] {
-        let err = config("localhost:9092", topic).validate().unwrap_err();
+        let err = check_error(&config("localhost:9092", topic));
         assert_eq!(err.path, "topic", "{topic}");
-        assert!(err.message.contains(expected), "{topic}: {}", err.message);
+        assert!(err.to_string().contains(expected), "{topic}: {err}");
     }
 }
 
@@ -217,26 +231,25 @@ fn unknown_placeholders_and_illegal_topics_fail_the_config_check() {
 fn bad_librdkafka_properties_fail_the_check_with_librdkafka_s_message() {
     let mut c = config("localhost:9092", "k8s.{kind}");
     set(&mut c, "no.such.property", "1");
-    let err = c.validate().unwrap_err();
+    let err = check_error(&c);
     assert_eq!(err.path, "properties");
     assert!(
-        err.message.contains("No such configuration property"),
-        "{}",
-        err.message
+        err.to_string().contains("No such configuration property"),
+        "{err}"
     );
 
     let mut c = config("localhost:9092", "k8s.{kind}");
     set(&mut c, "compression.type", "brotli");
-    let err = c.validate().unwrap_err();
-    assert!(err.message.contains("compression.type"), "{}", err.message);
+    let err = check_error(&c);
+    assert!(err.to_string().contains("compression.type"), "{err}");
 
     // Only judged when the client is created, not when the property is set.
     let mut c = config("localhost:9092", "k8s.{kind}");
     set(&mut c, "security.protocol", "SASL_PLAINTEXT");
     set(&mut c, "sasl.mechanism", "NOPE");
-    let err = c.validate().unwrap_err();
-    eprintln!("{}", err.message);
-    assert!(err.message.contains("NOPE"), "{}", err.message);
+    let err = check_error(&c);
+    eprintln!("{err}");
+    assert!(err.to_string().contains("NOPE"), "{err}");
 }
 
 #[test]
@@ -248,8 +261,9 @@ fn sasl_scram_and_plain_settings_pass_the_check() {
         set(&mut c, "sasl.username", "lookout");
         set(&mut c, "sasl.password", "secret");
         set(&mut c, "compression.type", "lz4");
-        c.validate()
-            .unwrap_or_else(|e| panic!("{mechanism}: {}", e.message));
+        c.compile(&Common::named("kafka"), &ctx())
+            .map(drop)
+            .unwrap_or_else(|e| panic!("{mechanism}: {e}"));
     }
 }
 
@@ -257,23 +271,12 @@ fn sasl_scram_and_plain_settings_pass_the_check() {
 fn brokers_belong_in_brokers_not_in_properties() {
     let mut c = config("localhost:9092", "k8s.{kind}");
     set(&mut c, "bootstrap.servers", "elsewhere:9092");
-    let err = c.validate().unwrap_err();
+    let err = check_error(&c);
     assert_eq!(err.path, "properties.bootstrap.servers");
-    assert!(err.message.contains("use `brokers`"));
+    assert!(err.to_string().contains("use `brokers`"));
     c.properties.clear();
     c.brokers.clear();
-    assert_eq!(c.validate().unwrap_err().path, "brokers");
-}
-
-#[test]
-fn cloud_events_mode_only_goes_with_the_cloudevents_format() {
-    let mut c = config("localhost:9092", "k8s");
-    c.cloud_events_mode = Some(CloudEventsMode::Binary);
-    assert_eq!(c.validate().unwrap_err().path, "cloudEventsMode");
-    c.format = KafkaFormat::Cloudevents;
-    c.validate().unwrap();
-    c.cloud_events_mode = None;
-    assert_eq!(c.cloud_events(), Some(CloudEventsMode::Structured));
+    assert_eq!(check_error(&c).path, "brokers");
 }
 
 #[test]
@@ -295,18 +298,19 @@ deadLetter:
   path: /var/lib/lookout/kafka-rejected.jsonl
 "#;
     let sc: SinkConfig = serde_yaml_ng::from_str(yaml).unwrap();
-    let SinkConfig::Kafka(c) = &sc else {
+    let SinkKind::Kafka(c) = &sc.kind else {
         panic!("not kafka")
     };
+    let common = sc.options.check("kafka", sc.kind.accepts()).unwrap();
     assert_eq!(c.brokers, ["b1:9092", "b2:9092"]);
     assert_eq!(c.properties["linger.ms"], PropertyValue("20".into()));
     assert_eq!(
         c.properties["enable.idempotence"],
         PropertyValue("true".into())
     );
-    assert_eq!(c.cloud_events(), Some(CloudEventsMode::Binary));
+    assert_eq!(common.payload.cloud_events(), Some(CloudEventsMode::Binary));
     assert!(c.tombstones);
-    assert!(c.dead_letter.as_ref().unwrap().path.is_some());
+    assert!(common.dead_letter.as_ref().unwrap().path.is_some());
     assert_eq!(sc.name(), "events");
     let err = serde_yaml_ng::from_str::<SinkConfig>(&format!("{yaml}\nbogus: 1")).unwrap_err();
     assert!(err.to_string().contains("bogus"), "{err}");
@@ -482,11 +486,12 @@ async fn topic_template_routes_each_kind_group_and_namespace() {
 async fn cloudevents_binary_mode_puts_attributes_in_ce_headers() {
     let mock = mock(&[("ce", 1)]);
     let bootstrap = mock.bootstrap_servers();
-    let mut c = config(&bootstrap, "ce");
-    c.format = KafkaFormat::Cloudevents;
-    c.cloud_events_mode = Some(CloudEventsMode::Binary);
+    let c = config(&bootstrap, "ce");
     let e = deployment("u1", Op::Update, 7);
-    sink(&c).send(std::slice::from_ref(&e)).await.unwrap();
+    sink_with(&c, Payload::Cloudevents(CloudEventsMode::Binary))
+        .send(std::slice::from_ref(&e))
+        .await
+        .unwrap();
 
     let got = consume(&bootstrap, &["ce"], 1).await;
     let m = &got[0];
@@ -514,9 +519,8 @@ async fn cloudevents_binary_mode_puts_attributes_in_ce_headers() {
 async fn cloudevents_structured_mode_wraps_the_envelope_in_data() {
     let mock = mock(&[("ce", 1)]);
     let bootstrap = mock.bootstrap_servers();
-    let mut c = config(&bootstrap, "ce");
-    c.format = KafkaFormat::Cloudevents;
-    sink(&c)
+    let c = config(&bootstrap, "ce");
+    sink_with(&c, Payload::Cloudevents(CloudEventsMode::Structured))
         .send(&[deployment("u1", Op::Add, 1)])
         .await
         .unwrap();
@@ -722,7 +726,11 @@ fn bad_properties_in_a_config_file_are_reported_at_their_sink_path() {
          properties:\n      acks: sometimes\n",
     )
     .unwrap();
-    let err = crate::config::Config::load_with_env(Some(&path), &|_| None, false).unwrap_err();
+    let config = crate::config::Config::load_with_env(Some(&path), &|_| None, false).unwrap();
+    let err = crate::config::Plan::compile(config)
+        .unwrap_err()
+        .0
+        .remove(0);
     assert_eq!(err.path, "sinks[1].properties");
-    assert!(err.message.contains("acks"), "{}", err.message);
+    assert!(err.to_string().contains("acks"), "{err}");
 }
