@@ -66,7 +66,8 @@ pub struct InformerFactory {
 }
 
 impl InformerFactory {
-    /// A factory whose informers apply `transform` to every object before caching it.
+    /// A factory whose informers apply `transform` (made specific to each informer's resource
+    /// by [`ObjectTransform::for_resource`]) to every object before caching it.
     pub fn new(client: Client, transform: Arc<ObjectTransform>) -> Self {
         Self {
             client,
@@ -185,6 +186,9 @@ impl InformerFactory {
             idle_timeout: self.watch.idle_timeout,
             initial_list: self.initial_lists.get(key).copied().unwrap_or_default(),
         };
+        // Whether objects hold credentials is decided here, by the resource discovery
+        // resolved, never by each object's own `kind`.
+        let transform = Arc::new(self.transform.for_resource(&resource.group, &resource.kind));
         let mut informers = self.informers.lock().expect("informers lock");
         // Another caller may have raced us through discovery; keep the first.
         let informer = informers
@@ -195,7 +199,7 @@ impl InformerFactory {
                     resource,
                     namespaced,
                     api,
-                    self.transform.clone(),
+                    transform,
                     settings,
                 ))
             })
