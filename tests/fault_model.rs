@@ -20,7 +20,7 @@
 //!   it got and that is gone, and a sink whose routes do not never gets one.
 //!
 //! Seeds: `LOOKOUT_FAULT_SEED=<n>` runs one, `LOOKOUT_FAULT_SEEDS=<count>` or `<a>..<b>`
-//! chooses the set (default 1..=40; `make soak` runs 200), `LOOKOUT_FAULT_JOBS` how many run at
+//! chooses the set (default 1..=24; `make soak` runs 200), `LOOKOUT_FAULT_JOBS` how many run at
 //! once (default 2). A failing seed is printed with the command that replays it. Duplicates
 //! (at-least-once re-sends) are counted and reported.
 
@@ -917,7 +917,7 @@ fn seeds() -> Vec<u64> {
             }
             None => (1..=spec.parse::<u64>().expect("seed count")).collect(),
         },
-        Err(_) => (1..=40).collect(),
+        Err(_) => (1..=24).collect(),
     }
 }
 

@@ -1,11 +1,20 @@
 //! Shared informers: one list+watch per distinct (kind, namespace, selectors), a local cache,
 //! and add / update / delete callbacks to every registered handler.
+//!
+//! `api` (the requests, typed) → `machine` (the list/watch protocol as a state machine) →
+//! `informer` (cache swap and diff, handlers) over `store` (the compact cache).
 
+mod api;
+mod config;
 mod factory;
+// `informer::informer` is the shared informer itself; the module is the informer room.
 #[allow(clippy::module_inception)]
 mod informer;
+mod machine;
 mod raw;
 mod store;
+#[cfg(test)]
+mod testing;
 
 use std::sync::Arc;
 
@@ -13,8 +22,11 @@ use async_trait::async_trait;
 use json_patch::Patch;
 use serde_json::Value;
 
+pub use api::RequestError;
+pub use config::{CONNECT_TIMEOUT, ClientError, InitialList, WatchConfig, client};
 pub use factory::{InformerError, InformerFactory};
-pub use informer::{InformerStats, SharedInformer};
+pub use informer::{InformerSettings, InformerStats, Problem, RestartCounts, SharedInformer};
+pub use machine::{RestartReason, Verb, WatchError};
 pub use raw::{DropManagedFields, KeepAll, ParsePolicy, RawObject};
 pub use store::{Entry, Store};
 
@@ -47,6 +59,22 @@ impl std::fmt::Display for InformerKey {
         }
         Ok(())
     }
+}
+
+tokio::task_local! {
+    /// When the watch event being handed to the handlers arrived (set around handler calls).
+    static ARRIVAL: std::time::Instant;
+}
+
+/// When the bytes of the watch event being handled arrived, before parsing; `None` outside
+/// a watch event (list pages, re-syncs). Handlers call it; delivery latency starts there.
+pub fn arrival() -> Option<std::time::Instant> {
+    ARRIVAL.try_with(|a| *a).ok()
+}
+
+/// Runs `f` (handler calls for one watch event) with [`arrival`] answering `at`.
+pub(crate) async fn arrived_at<F: std::future::Future>(at: std::time::Instant, f: F) -> F::Output {
+    ARRIVAL.scope(at, f).await
 }
 
 /// Receives an informer's changes, in order, one object at a time.

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::emit::EmitHandler;
@@ -15,16 +16,23 @@ use crate::informer::{InformerError, InformerFactory, InformerKey, SharedInforme
 use crate::router::Router;
 use crate::server::{Health, Metrics, Ops};
 use crate::sinks::SinkLane;
-use crate::state::StateStore;
+use crate::state::{RedactionKey, StateStore};
 
 /// Resolves one informer; a kind the server answered it does not serve is a config error
-/// at `at`, anything else (unreachable, refused) is not.
+/// at `at`, anything else (unreachable, refused) is not. `wait`: ask until the server
+/// answers (`run`), else once (`check --server`).
 async fn resolve(
     factory: &InformerFactory,
     key: &InformerKey,
     at: &str,
+    wait: bool,
 ) -> Result<Arc<SharedInformer>, PipelineError> {
-    factory.informer(key).await.map_err(|source| {
+    let resolved = if wait {
+        factory.informer(key).await
+    } else {
+        factory.try_informer(key).await
+    };
+    resolved.map_err(|source| {
         if is_config_error(&source) {
             PipelineError::Config(Error::new(at, ErrorKind::Resource(Box::new(source))))
         } else {
@@ -60,6 +68,7 @@ fn is_config_error(e: &InformerError) -> bool {
             _ => false,
         },
         InformerError::NamespaceOnClusterScoped { .. } => true,
+        InformerError::Unreachable { .. } => false,
     }
 }
 
@@ -71,10 +80,10 @@ fn is_config_error(e: &InformerError) -> bool {
 pub async fn verify_resources(plan: &Plan, client: kube::Client) -> Result<(), PipelineError> {
     let factory = InformerFactory::new(client, plan.transform.clone());
     for r in &plan.resources {
-        resolve(&factory, &r.key, &r.path()).await?;
+        resolve(&factory, &r.key, &r.path(), false).await?;
     }
     if let Some(i) = plan.namespace_route {
-        resolve(&factory, &namespace_key(), &namespace_path(i)).await?;
+        resolve(&factory, &namespace_key(), &namespace_path(i), false).await?;
     }
     Ok(())
 }
@@ -95,6 +104,13 @@ impl Pipeline {
         client: kube::Client,
         reset_state: bool,
     ) -> Result<Self, PipelineError> {
+        // The redaction key may live in the state directory: resolved here, at start, not
+        // when the plan is compiled (`lookout check` creates nothing).
+        let key = RedactionKey::resolve(
+            plan.config.transforms.redaction_key.as_deref(),
+            plan.config.state.dir.as_deref(),
+        )?;
+        let plan = plan.with_redaction_key(key.as_ref());
         let ctx = plan.sink_context();
         let Plan {
             config,
@@ -122,10 +138,50 @@ impl Pipeline {
             dead_letters.push(started.dead_letter);
         }
         let monitors: Vec<_> = lanes.iter().map(SinkLane::monitor).collect();
-        let factory = Arc::new(InformerFactory::new(client.clone(), transform.clone()));
+        let factory = Arc::new(
+            InformerFactory::new(client.clone(), transform.clone()).configure(
+                &config.watch,
+                resources.iter().map(|r| (r.key.clone(), r.initial_list)),
+            ),
+        );
+        let metrics = Arc::new(Metrics::new(factory.clone(), monitors.clone()));
+        let listen = config.server.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| {
+                Error::new(
+                    "server.listen",
+                    ErrorKind::Listen {
+                        addr: listen,
+                        source,
+                    },
+                )
+            })?;
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "ops server listening (/metrics, /healthz, /readyz)");
+        }
+        let health = Health::new(
+            factory.clone(),
+            monitors,
+            config.server.readiness.max_silence,
+        );
+        let ops = Arc::new(Ops {
+            health,
+            metrics: metrics.clone(),
+            factory: factory.clone(),
+            cache: config.server.cache.clone(),
+        });
+        // Serving from here on: probes answer while kinds are resolved against an API server
+        // that may not be reachable yet.
+        let stop_ops = CancellationToken::new();
+        let server = tokio::spawn(crate::server::serve(
+            listener,
+            ops.clone(),
+            stop_ops.clone().cancelled_owned(),
+        ));
         // Namespace label selectors in routes read labels from a (shared) Namespace informer.
         let namespaces = match namespace_route {
-            Some(i) => Some(resolve(&factory, &namespace_key(), &namespace_path(i)).await?),
+            Some(i) => Some(resolve(&factory, &namespace_key(), &namespace_path(i), true).await?),
             None => None,
         };
         let router = Arc::new(Router::new(
@@ -135,14 +191,13 @@ impl Pipeline {
             namespaces.clone(),
         ));
         let gate = Arc::new(watch::channel(None).0);
-        let metrics = Arc::new(Metrics::new(factory.clone(), monitors.clone()));
         let cluster: Arc<str> = config.cluster.as_str().into();
         let mut intakes = Vec::new();
         // The plan lists each informer once: a resource listed twice shares it and is not
         // emitted twice.
         for r in &resources {
             let key = &r.key;
-            let informer = resolve(&factory, key, &r.path()).await?;
+            let informer = resolve(&factory, key, &r.path(), true).await?;
             let builder = EnvelopeBuilder {
                 cluster: cluster.clone(),
                 api_version: key.api_version.as_str().into(),
@@ -162,29 +217,6 @@ impl Pipeline {
                 builder,
             });
         }
-        let listen = config.server.listen;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|source| {
-                Error::new(
-                    "server.listen",
-                    ErrorKind::Listen {
-                        addr: listen,
-                        source,
-                    },
-                )
-            })?;
-        let health = Health::new(
-            factory.informers(),
-            monitors,
-            config.server.readiness.max_silence,
-        );
-        let ops = Arc::new(Ops {
-            health,
-            metrics,
-            factory: factory.clone(),
-            cache: config.server.cache.clone(),
-        });
         info!(
             sinks = lanes.len(),
             informers = intakes.len(),
@@ -204,7 +236,8 @@ impl Pipeline {
                 ops,
                 gate,
             },
-            listener,
+            server,
+            stop_ops,
         })
     }
 }

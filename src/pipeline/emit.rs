@@ -85,6 +85,12 @@ pub(super) fn identity(e: &Envelope) -> Value {
     json!({"apiVersion": &*e.api_version, "kind": &*e.kind, "metadata": metadata})
 }
 
+/// When the change arrived from the API server: the watch event's arrival (before parsing),
+/// else now (list pages, re-syncs).
+fn arrival() -> Instant {
+    crate::informer::arrival().unwrap_or_else(Instant::now)
+}
+
 /// Turns one informer's callbacks into envelopes and forwards them (when this replica does).
 pub(super) struct EmitHandler {
     /// Builds this informer's envelopes.
@@ -111,7 +117,7 @@ impl Handler for EmitHandler {
     async fn on_add(&self, obj: &Arc<Value>, initial_list: bool) {
         let mut e = self
             .builder
-            .build(Op::Add, obj.clone(), None, None, Instant::now());
+            .build(Op::Add, obj.clone(), None, None, arrival());
         e.initial_list = initial_list;
         self.emit(e).await;
     }
@@ -122,7 +128,7 @@ impl Handler for EmitHandler {
             new.clone(),
             Some(old.clone()),
             Some(patch),
-            Instant::now(),
+            arrival(),
         );
         self.emit(e).await;
     }
@@ -130,7 +136,7 @@ impl Handler for EmitHandler {
     async fn on_delete(&self, last_known: &Arc<Value>, final_state_unknown: bool) {
         let mut e = self
             .builder
-            .build(Op::Delete, last_known.clone(), None, None, Instant::now());
+            .build(Op::Delete, last_known.clone(), None, None, arrival());
         e.final_state_unknown = final_state_unknown;
         self.emit(e).await;
     }

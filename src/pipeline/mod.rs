@@ -78,8 +78,11 @@ struct Intake {
 /// A built pipeline, ready to [`run`](Pipeline::run).
 pub struct Pipeline {
     parts: Parts,
-    /// The ops server's socket, bound at build (a port in use is a config error).
-    listener: tokio::net::TcpListener,
+    /// The ops server, serving from the start of `build` (probes answer while kinds are
+    /// resolved against an API server that may not be reachable yet).
+    server: tokio::task::JoinHandle<()>,
+    /// Stops the ops server (and, in `run`, the sink health checks).
+    stop_ops: tokio_util::sync::CancellationToken,
 }
 
 /// Everything a run works with.

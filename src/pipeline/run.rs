@@ -59,7 +59,9 @@ struct Tree {
 }
 
 impl Tree {
-    fn new() -> Self {
+    /// A tree whose `ops` branch is the token the ops server already serves under (it
+    /// starts at build, before the run).
+    fn new(ops: CancellationToken) -> Self {
         let root = CancellationToken::new();
         Self {
             stop: root.child_token(),
@@ -67,7 +69,7 @@ impl Tree {
             intake: root.child_token(),
             delivery: root.child_token(),
             election: root.child_token(),
-            ops: root.child_token(),
+            ops,
             root,
         }
     }
@@ -94,8 +96,12 @@ impl Pipeline {
     /// what is queued within the grace period, and returns. With leader election, forwards
     /// only while holding the lease, and returns at once when the lease is lost.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> RunOutcome {
-        let Pipeline { parts, listener } = self;
-        let tree = Tree::new();
+        let Pipeline {
+            parts,
+            server,
+            stop_ops,
+        } = self;
+        let tree = Tree::new(stop_ops);
         let signal = async {
             shutdown.await;
             // First of all: nothing more into the queues, so a handler blocked on a full
@@ -105,17 +111,17 @@ impl Pipeline {
             std::future::pending::<()>().await;
         };
         tokio::select! {
-            outcome = parts.run_phases(&tree, listener) => outcome,
+            outcome = parts.run_phases(&tree, server) => outcome,
             _ = signal => unreachable!("the signal future never ends"),
         }
     }
 }
 
 impl Parts {
-    async fn run_phases(self, tree: &Tree, listener: tokio::net::TcpListener) -> RunOutcome {
+    async fn run_phases(self, tree: &Tree, server: JoinHandle<()>) -> RunOutcome {
         let mut helpers: Vec<(&'static str, JoinHandle<()>)> = vec![
             ("intake closer", self.spawn_intake_closer(&tree.intake)),
-            ("ops server", self.spawn_ops_server(listener, &tree.ops)),
+            ("ops server", server),
         ];
         let mut election: Option<JoinHandle<()>> = None;
         let mut phase = Phase::Warming;
@@ -243,21 +249,6 @@ impl Parts {
                 }
             }
         }
-    }
-
-    fn spawn_ops_server(
-        &self,
-        listener: tokio::net::TcpListener,
-        ops: &CancellationToken,
-    ) -> JoinHandle<()> {
-        if let Ok(addr) = listener.local_addr() {
-            info!(%addr, "ops server listening (/metrics, /healthz, /readyz)");
-        }
-        tokio::spawn(crate::server::serve(
-            listener,
-            self.ops.clone(),
-            ops.clone().cancelled_owned(),
-        ))
     }
 
     /// The stopping phase, in order: queues closed (already, by the intake closer), informers

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tracing::error;
+use tracing::{debug, error};
 
 use super::{StateOp, StateStore};
 
@@ -38,7 +38,14 @@ async fn write_loop(
     durable: watch::Sender<u64>,
 ) {
     let mut ops = Vec::with_capacity(1024);
+    // Acknowledgements (sinks' new states) committed so far; logged so tests can wait for
+    // them to be durable.
+    let mut recorded = 0u64;
     while rx.recv_many(&mut ops, 4096).await > 0 {
+        let bases = ops
+            .iter()
+            .filter(|op| matches!(op, StateOp::Base { .. }))
+            .count() as u64;
         let reg = ops
             .iter()
             .filter_map(|op| match op {
@@ -50,7 +57,10 @@ async fn write_loop(
         let (store, sinks) = (store.clone(), sinks.clone());
         let result = tokio::task::spawn_blocking(move || store.apply(&batch, &sinks)).await;
         match result {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => {
+                recorded += bases;
+                debug!(recorded, "delivered state recorded");
+            }
             // Delivery goes on: a write that failed only means the next start knows less and
             // re-sends more (or, for a lost in-flight marker, may miss a change undone meanwhile).
             Ok(Err(e)) => error!(error = %e, "cannot record delivered state"),
