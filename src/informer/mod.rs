@@ -66,7 +66,8 @@ tokio::task_local! {
     static ARRIVAL: std::time::Instant;
 }
 
-/// When the bytes of the watch event being handled arrived, before parsing; `None` outside
+/// When the watch event being handled left the watch stream (just after its line was
+/// parsed, before transform, cache and diff); `None` outside
 /// a watch event (list pages, re-syncs). Handlers call it; delivery latency starts there.
 pub fn arrival() -> Option<std::time::Instant> {
     ARRIVAL.try_with(|a| *a).ok()
