@@ -482,17 +482,7 @@ impl World {
     }
 
     async fn wait_log(&self, needle: &str) {
-        let agent = self.agent.as_ref().expect("running");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while !agent.stderr().contains(needle) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "seed {}: no `{needle}` in the agent's log:\n{}",
-                self.seed,
-                agent.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.agent.as_ref().expect("running").wait_log(needle).await;
     }
 
     /// Waits until the running agent forwards (its start-up comparison is done): the last

@@ -14,19 +14,6 @@ use common::*;
 use hook::{Hook, Mode};
 use serde_json::{Value, json};
 
-/// Waits until `agent`'s log contains `needle`.
-async fn wait_log(agent: &Agent, needle: &str) {
-    let deadline = tokio::time::Instant::now() + SOON;
-    while !agent.stderr().contains(needle) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no `{needle}` in:\n{}",
-            agent.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Waits until `hook` took in an envelope for which `want` holds; returns it.
 async fn wait_hook(hook: &Hook, agent: &Agent, what: &str, want: impl Fn(&Value) -> bool) -> Value {
     let deadline = tokio::time::Instant::now() + SOON;
@@ -121,27 +108,69 @@ async fn patch(sim: &kubesim::KubeSim, name: &str, data: Value) {
     .unwrap();
 }
 
+/// The crash scenarios: a ConfigMap whose `/data/mode` change is owed to a webhook
+/// (route `changed: [/data/mode]`) that answers 503; then (in each test) another change of
+/// the object; SIGKILL; the webhook back up; a restart.
+struct OwedModeChange {
+    /// The cluster.
+    sim: kubesim::KubeSim,
+    /// The webhook that owes the mode change.
+    hook: Hook,
+    /// The state directory, kept across the restart.
+    _state: tempfile::TempDir,
+    /// The agent's config.
+    config: String,
+}
+
+impl OwedModeChange {
+    async fn new(lake: Option<&Path>) -> (OwedModeChange, Agent) {
+        let sim = sim().await;
+        let hook = Hook::start().await;
+        let state = tempfile::tempdir().unwrap();
+        let config = mode_route_config(state.path(), &hook, lake);
+        sim.create(
+            "v1",
+            "ConfigMap",
+            configmap("default", "app", json!({"mode": "a", "other": "1"})),
+        )
+        .unwrap();
+        let agent = Agent::start(&sim, &config).await;
+        wait_hook(&hook, &agent, "the add", |e| is_mode(e, "app", "a")).await;
+        hook.set(Mode::Unavailable).await;
+        patch(&sim, "app", json!({"mode": "b"})).await;
+        let s = OwedModeChange {
+            sim,
+            hook,
+            _state: state,
+            config,
+        };
+        (s, agent)
+    }
+
+    /// SIGKILL (after giving an agent that records a change too early the time to do so), the
+    /// webhook back up, a restart: the webhook must get the mode change.
+    async fn crash_and_restart(&self, mut agent: Agent) -> Agent {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        kill(&mut agent);
+        let _ = agent.child.wait().await;
+        self.hook.set(Mode::Up).await;
+        let again = Agent::start(&self.sim, &self.config).await;
+        let e = wait_hook(&self.hook, &again, "the mode change", |e| {
+            is_mode(e, "app", "b")
+        })
+        .await;
+        assert_eq!(e["op"], "update", "{e}");
+        again
+    }
+}
+
 #[tokio::test]
 async fn a_change_owed_to_a_down_webhook_survives_a_later_change_routed_nowhere_and_a_sigkill() {
-    let sim = sim().await;
-    let hook = Hook::start().await;
-    let state = tempfile::tempdir().unwrap();
-    let config = mode_route_config(state.path(), &hook, None);
-    sim.create(
-        "v1",
-        "ConfigMap",
-        configmap("default", "app", json!({"mode": "a", "other": "1"})),
-    )
-    .unwrap();
-    let mut agent = Agent::start(&sim, &config).await;
-    wait_hook(&hook, &agent, "the add", |e| is_mode(e, "app", "a")).await;
-
-    hook.set(Mode::Unavailable).await;
-    patch(&sim, "app", json!({"mode": "b"})).await;
+    let (s, agent) = OwedModeChange::new(None).await;
     // The mode change is owed to the webhook, which keeps answering 503.
-    let tried = hook.requests();
+    let tried = s.hook.requests();
     let deadline = tokio::time::Instant::now() + SOON;
-    while hook.requests() == tried {
+    while s.hook.requests() == tried {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the webhook was never tried"
@@ -149,17 +178,9 @@ async fn a_change_owed_to_a_down_webhook_survives_a_later_change_routed_nowhere_
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // A change no route wants.
-    patch(&sim, "app", json!({"other": "2"})).await;
+    patch(&s.sim, "app", json!({"other": "2"})).await;
     wait_observed(&agent, "update", 2.0).await;
-    // Time enough for an agent that records a routed-nowhere change at once to do so.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    kill(&mut agent);
-    let _ = agent.child.wait().await;
-
-    hook.set(Mode::Up).await;
-    let again = Agent::start(&sim, &config).await;
-    let e = wait_hook(&hook, &again, "the mode change", |e| is_mode(e, "app", "b")).await;
-    assert_eq!(e["op"], "update", "{e}");
+    let again = s.crash_and_restart(agent).await;
     let (status, _, log) = again.terminate().await;
     assert!(status.success(), "{log}");
 }
@@ -167,36 +188,15 @@ async fn a_change_owed_to_a_down_webhook_survives_a_later_change_routed_nowhere_
 #[tokio::test]
 async fn a_change_owed_to_a_down_webhook_survives_another_sink_acknowledging_a_later_change_and_a_sigkill()
  {
-    let sim = sim().await;
-    let hook = Hook::start().await;
-    let state = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let lake = out.path().join("lake.jsonl");
-    let config = mode_route_config(state.path(), &hook, Some(&lake));
-    sim.create(
-        "v1",
-        "ConfigMap",
-        configmap("default", "app", json!({"mode": "a", "other": "1"})),
-    )
-    .unwrap();
-    let mut agent = Agent::start(&sim, &config).await;
-    wait_hook(&hook, &agent, "the add", |e| is_mode(e, "app", "a")).await;
-    wait_jsonl(&lake, 1).await;
-
-    hook.set(Mode::Unavailable).await;
-    patch(&sim, "app", json!({"mode": "b"})).await;
+    let (s, agent) = OwedModeChange::new(Some(&lake)).await;
     wait_jsonl(&lake, 2).await;
     // The lake acknowledges a later change of the same object; the webhook still owes the
     // mode change.
-    patch(&sim, "app", json!({"other": "2"})).await;
+    patch(&s.sim, "app", json!({"other": "2"})).await;
     wait_jsonl(&lake, 3).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    kill(&mut agent);
-    let _ = agent.child.wait().await;
-
-    hook.set(Mode::Up).await;
-    let again = Agent::start(&sim, &config).await;
-    wait_hook(&hook, &again, "the mode change", |e| is_mode(e, "app", "b")).await;
+    let again = s.crash_and_restart(agent).await;
     let (status, _, log) = again.terminate().await;
     assert!(status.success(), "{log}");
     // The lake had everything: at most re-sent, never missing.
@@ -218,7 +218,7 @@ async fn a_change_the_sink_got_just_before_a_crash_is_followed_by_the_delete_mad
         state.path().display()
     );
     let mut agent = Agent::start(&sim, &config).await;
-    wait_log(&agent, "watching; forwarding changes").await;
+    agent.wait_log("watching; forwarding changes").await;
     // The receiver takes the add in, but the agent never hears back: it cannot know.
     hook.set(Mode::Swallow).await;
     let created = sim
@@ -262,7 +262,7 @@ async fn sigterm_with_a_dead_webhook_and_a_full_queue_exits_0_within_the_grace_p
         state.path().display()
     );
     let mut agent = Agent::start(&sim, &config).await;
-    wait_log(&agent, "watching; forwarding changes").await;
+    agent.wait_log("watching; forwarding changes").await;
     // Dead: it accepts connections and never answers.
     hook.set(Mode::Swallow).await;
     for i in 0..30 {
@@ -357,7 +357,7 @@ async fn a_leader_whose_api_server_stops_answering_stops_forwarding_within_the_r
         &[("POD_NAME", "agent-a")],
     )
     .await;
-    wait_log(&agent, "acquired the lease").await;
+    agent.wait_log("acquired the lease").await;
     sim.create("v1", "ConfigMap", configmap("default", "before", json!({})))
         .unwrap();
     wait_jsonl(&lake, 1).await;
@@ -417,23 +417,52 @@ async fn a_leader_whose_api_server_stops_answering_stops_forwarding_within_the_r
     );
 }
 
+/// A replica about to lead while the state directory is held (the previous leader, still
+/// letting go of it): the store opened by this test process.
+struct HeldState {
+    /// The cluster (one ConfigMap, `c0`).
+    sim: kubesim::KubeSim,
+    /// The store, held open.
+    held: lookout::state::StateStore,
+    /// The new leader.
+    agent: Agent,
+    /// Its file sink.
+    lake: std::path::PathBuf,
+    /// The state and output directories.
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+impl HeldState {
+    async fn start(identity: &str) -> HeldState {
+        let sim = sim().await;
+        let state = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let lake = out.path().join("lake.jsonl");
+        let held = lookout::state::StateStore::open(state.path(), false).unwrap();
+        sim.create("v1", "ConfigMap", configmap("default", "c0", json!({})))
+            .unwrap();
+        let agent = Agent::start_with_env(
+            &sim,
+            &leader_config(state.path(), &lake),
+            &[("POD_NAME", identity)],
+        )
+        .await;
+        HeldState {
+            sim,
+            held,
+            agent,
+            lake,
+            _dirs: (state, out),
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_new_leader_waits_for_a_state_directory_still_held_and_takes_over_once_it_is_free() {
-    let sim = sim().await;
-    let state = tempfile::tempdir().unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let lake = out.path().join("lake.jsonl");
-    // The previous leader, still letting go of the store.
-    let held = lookout::state::StateStore::open(state.path(), false).unwrap();
-    sim.create("v1", "ConfigMap", configmap("default", "c0", json!({})))
-        .unwrap();
-    let agent = Agent::start_with_env(
-        &sim,
-        &leader_config(state.path(), &lake),
-        &[("POD_NAME", "agent-b")],
-    )
-    .await;
-    wait_log(&agent, "the state directory is still locked").await;
+    let HeldState {
+        held, agent, lake, ..
+    } = HeldState::start("agent-b").await;
+    agent.wait_log("the state directory is still locked").await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert!(
         read_jsonl(&lake).is_empty(),
@@ -457,18 +486,14 @@ async fn a_new_leader_waits_for_a_state_directory_still_held_and_takes_over_once
 
 #[tokio::test]
 async fn a_new_leader_gives_the_lease_up_when_the_state_directory_stays_held() {
-    let sim = sim().await;
-    let state = tempfile::tempdir().unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let lake = out.path().join("lake.jsonl");
-    let _held = lookout::state::StateStore::open(state.path(), false).unwrap();
-    let mut agent = Agent::start_with_env(
-        &sim,
-        &leader_config(state.path(), &lake),
-        &[("POD_NAME", "agent-c")],
-    )
-    .await;
-    wait_log(&agent, "acquired the lease").await;
+    let HeldState {
+        sim,
+        held: _held,
+        mut agent,
+        lake,
+        ..
+    } = HeldState::start("agent-c").await;
+    agent.wait_log("acquired the lease").await;
     let acquired = Instant::now();
     let status = tokio::time::timeout(SOON, agent.child.wait())
         .await

@@ -47,14 +47,7 @@ mod tests {
     use crate::event::EnvelopeBuilder;
 
     fn builder() -> EnvelopeBuilder {
-        EnvelopeBuilder {
-            cluster: "c".into(),
-            api_version: "v1".into(),
-            kind: "ConfigMap".into(),
-            plural: "configmaps".into(),
-            source: "v1/ConfigMap".into(),
-            include_old: false,
-        }
+        EnvelopeBuilder::test_configmaps()
     }
 
     fn obj(v: u32) -> Arc<Value> {

@@ -244,6 +244,21 @@ impl EnvelopeBuilder {
 }
 
 #[cfg(test)]
+impl EnvelopeBuilder {
+    /// ConfigMaps of cluster `c` from informer `v1/ConfigMap`: the unit tests' builder.
+    pub(crate) fn test_configmaps() -> Self {
+        EnvelopeBuilder {
+            cluster: "c".into(),
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            plural: "configmaps".into(),
+            source: "v1/ConfigMap".into(),
+            include_old: false,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;

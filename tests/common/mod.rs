@@ -381,6 +381,19 @@ impl Agent {
         }
     }
 
+    /// Waits until the agent's log contains `needle`.
+    pub async fn wait_log(&self, needle: &str) {
+        let deadline = tokio::time::Instant::now() + SOON;
+        while !self.stderr().contains(needle) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no `{needle}` in:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// GET a path on the ops server: (status, body).
     pub async fn ops_get(&self, path: &str) -> (u16, String) {
         let url = format!("http://{}{path}", self.ops_addr().await);

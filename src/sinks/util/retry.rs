@@ -169,24 +169,10 @@ mod tests {
     use crate::event::{EnvelopeBuilder, Op};
 
     fn event(uid: &str, rv: u32) -> Arc<Envelope> {
-        Arc::new(
-            EnvelopeBuilder {
-                cluster: "c".into(),
-                api_version: "v1".into(),
-                kind: "ConfigMap".into(),
-                plural: "configmaps".into(),
-                source: "v1/ConfigMap".into(),
-                include_old: false,
-            }
-            .build(
-                Op::Add,
-                Arc::new(json!({"metadata": {"name": uid, "uid": uid,
-                    "resourceVersion": rv.to_string()}})),
-                None,
-                None,
-                Instant::now(),
-            ),
-        )
+        let object =
+            json!({"metadata": {"name": uid, "uid": uid, "resourceVersion": rv.to_string()}});
+        let e = EnvelopeBuilder::test_configmaps();
+        Arc::new(e.build(Op::Add, Arc::new(object), None, None, Instant::now()))
     }
 
     /// Answers each attempt from a script and records what each attempt carried.
