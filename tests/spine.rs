@@ -460,7 +460,11 @@ impl HeldState {
 #[tokio::test]
 async fn a_new_leader_waits_for_a_state_directory_still_held_and_takes_over_once_it_is_free() {
     let HeldState {
-        held, agent, lake, ..
+        sim: _sim,
+        held,
+        agent,
+        lake,
+        _dirs,
     } = HeldState::start("agent-b").await;
     agent.wait_log("the state directory is still locked").await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -491,7 +495,7 @@ async fn a_new_leader_gives_the_lease_up_when_the_state_directory_stays_held() {
         held: _held,
         mut agent,
         lake,
-        ..
+        _dirs,
     } = HeldState::start("agent-c").await;
     agent.wait_log("acquired the lease").await;
     let acquired = Instant::now();
