@@ -50,7 +50,7 @@ fn compile(routes: &str) -> Result<Vec<Route>, String> {
         .enumerate()
         .map(|(i, c)| {
             Route::compile(c, i, &names, b"test-key")
-                .map_err(|e| format!("{}: {}", e.path, e.message))
+                .map_err(|e| e.to_string())
         })
         .collect()
 }
