@@ -48,10 +48,7 @@ fn compile(routes: &str) -> Result<Vec<Route>, String> {
     configs
         .iter()
         .enumerate()
-        .map(|(i, c)| {
-            Route::compile(c, i, &names, b"test-key")
-                .map_err(|e| e.to_string())
-        })
+        .map(|(i, c)| Route::compile(c, i, &names, b"test-key").map_err(|e| e.to_string()))
         .collect()
 }
 
@@ -465,9 +462,6 @@ fn routes_that_cannot_work_are_refused_with_their_key_path() {
         let err = compile(routes)
             .err()
             .unwrap_or_else(|| panic!("{routes} compiled"));
-        assert!(
-            err.contains(path) && err.contains(why),
-            "{routes}: {err}"
-        );
+        assert!(err.contains(path) && err.contains(why), "{routes}: {err}");
     }
 }

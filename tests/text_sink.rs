@@ -58,7 +58,10 @@ impl TextAgent {
 
 /// The line without its leading time, single-spaced.
 fn words(line: &str) -> String {
-    line.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")
+    line.split_whitespace()
+        .skip(1)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[tokio::test]
@@ -96,7 +99,10 @@ async fn the_text_format_prints_one_line_per_change_with_old_and_new_values() {
     .unwrap();
     let update = agent.line().await;
     let w = words(&update);
-    assert!(w.starts_with("update ConfigMap default/listed: "), "{update}");
+    assert!(
+        w.starts_with("update ConfigMap default/listed: "),
+        "{update}"
+    );
     assert!(w.contains("k 1 → 2"), "old → new: {update}");
     assert!(w.contains("new + x"), "an added key: {update}");
     assert!(
@@ -114,7 +120,10 @@ async fn the_text_format_prints_one_line_per_change_with_old_and_new_values() {
     )
     .unwrap();
     let update = agent.line().await;
-    assert!(update.contains("new x → removed"), "a removed key: {update}");
+    assert!(
+        update.contains("new x → removed"),
+        "a removed key: {update}"
+    );
     assert!(update.contains('…'), "a long value is shortened: {update}");
     assert!(
         update.chars().count() <= 120,
@@ -124,6 +133,10 @@ async fn the_text_format_prints_one_line_per_change_with_old_and_new_values() {
     sim.delete("v1", "ConfigMap", Some("default"), "listed")
         .unwrap();
     let delete = agent.line().await;
-    assert_eq!(words(&delete), "delete ConfigMap default/listed", "{delete}");
+    assert_eq!(
+        words(&delete),
+        "delete ConfigMap default/listed",
+        "{delete}"
+    );
     let _ = agent.child.start_kill();
 }
