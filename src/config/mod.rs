@@ -26,6 +26,7 @@ pub use plan::Plan;
 pub use yaml::Yaml;
 
 use crate::event::transform::{ShapeConfig, TransformConfig};
+use crate::informer::{InitialList, WatchConfig};
 use crate::leader::LeaderElectionConfig;
 use crate::router::RouteConfig;
 use crate::server::ServerConfig;
@@ -52,6 +53,9 @@ pub struct Config {
     /// Which sinks get which events; without routes every event goes to every sink.
     #[serde(default, skip_deserializing, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteConfig>,
+    /// How watches are kept alive (every informer).
+    #[serde(default)]
+    pub watch: WatchConfig,
     /// Transforms applied to every object before it is cached and diffed.
     #[serde(default, skip_deserializing)]
     pub transforms: TransformConfig,
@@ -89,6 +93,10 @@ pub struct ResourceConfig {
     /// Kubernetes field selector sent to the API server (`${ENV}` expanded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field_selector: Option<String>,
+    /// How the current objects are listed, at start and after a 410 Gone: `auto` (a
+    /// streaming list, paginated lists once the server refuses one), `stream` or `paginate`.
+    #[serde(default)]
+    pub initial_list: InitialList,
 }
 
 /// What happens on SIGTERM / Ctrl-C.
@@ -163,6 +171,7 @@ fn camel_keys() -> &'static [&'static str] {
         let structs = [
             f::<Config>(),
             f::<ResourceConfig>(),
+            f::<WatchConfig>(),
             f::<ShutdownConfig>(),
             f::<LogConfig>(),
             f::<TransformConfig>(),
@@ -333,14 +342,6 @@ impl Config {
         Ok(config)
     }
 
-    /// The key of redaction hashes: `transforms.redactionKey`, else the cluster name.
-    pub fn redaction_key(&self) -> String {
-        self.transforms
-            .redaction_key
-            .clone()
-            .unwrap_or_else(|| self.cluster.clone())
-    }
-
     /// The effective configuration as YAML with secret values masked, for `lookout check`.
     pub fn to_masked_yaml(&self) -> String {
         let mut value = serde_json::to_value(self).unwrap_or_default();
@@ -354,6 +355,7 @@ fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
     k.contains("password")
         || k.contains("secret")
+        || k == "redactionkey"
         || k.contains("token")
         || k == "authorization"
         || k.ends_with("sasl.password")
@@ -519,6 +521,35 @@ sinks:
         assert_eq!(v["a"]["sasl.password"], "***");
         assert_eq!(v["a"]["token"], "***");
         assert_eq!(v["a"]["x"], 1);
+    }
+
+    #[test]
+    fn the_redaction_key_is_masked_in_the_printed_config() {
+        let c = parse(&format!(
+            "{MINIMAL}transforms:\n  redactionKey: do-not-print-me-0123456789\n"
+        ))
+        .unwrap();
+        let out = c.describe();
+        assert!(!out.contains("do-not-print-me"), "{out}");
+        assert!(out.contains("redactionKey: '***'"), "{out}");
+    }
+
+    #[test]
+    fn empty_or_blank_tokens_and_keys_are_config_errors_naming_the_key() {
+        for token in ["''", "'   '", "'${LOOKOUT_TEST_SURELY_UNSET_TOKEN:-}'"] {
+            let e = parse(&format!(
+                "{MINIMAL}server:\n  cache:\n    enabled: true\n    token: {token}\n"
+            ))
+            .unwrap_err();
+            assert_eq!(e.path, "server.cache.token", "{token}: {e}");
+        }
+        let e = parse(&format!("{MINIMAL}transforms:\n  redactionKey: ' '\n")).unwrap_err();
+        assert_eq!(e.path, "transforms.redactionKey", "{e}");
+        let e = parse(&format!(
+            "{MINIMAL}transforms:\n  secretKinds:\n    - {{group: x.io, kind: K, paths: [nope]}}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.path, "transforms.secretKinds[0].paths[0]", "{e}");
     }
 
     #[test]

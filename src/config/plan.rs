@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::{Config, Error, ErrorKind, Errors, ResourceConfig};
 use crate::event::transform::ObjectTransform;
-use crate::informer::InformerKey;
+use crate::informer::{InformerKey, InitialList};
 use crate::router::Route;
 use crate::sinks::{CompiledSink, DeadLetter, SinkContext};
 
@@ -55,6 +55,8 @@ pub struct PlannedResource {
     pub duplicates: Vec<usize>,
     /// The informer's key.
     pub key: InformerKey,
+    /// How it lists (`resources[].initialList`; entries sharing the informer agree).
+    pub initial_list: InitialList,
 }
 
 impl PlannedResource {
@@ -97,11 +99,38 @@ impl Plan {
             errors.push(Error::new("cluster", ErrorKind::Empty));
         }
         let resources = resources(&config, &mut errors);
+        // Keyed for real at start (`Plan::with_redaction_key`): the key may live in the state
+        // directory, which `lookout check` does not touch.
         let transform = errors.absorb(
-            ObjectTransform::new(&config.transforms, &config.cluster)
-                .map_err(|e| e.within("transforms")),
+            ObjectTransform::new(&config.transforms, b"").map_err(|e| e.within("transforms")),
         );
+        if config
+            .transforms
+            .redaction_key
+            .as_deref()
+            .is_some_and(|k| k.trim().is_empty())
+        {
+            errors.push(Error::new(
+                "transforms.redactionKey",
+                ErrorKind::Invalid(
+                    "must not be empty (an unset `${VAR:-}`?); remove it to have a key generated"
+                        .into(),
+                ),
+            ));
+        }
+        if let Err((k, m)) = config.server.cache.validate() {
+            errors.push(Error::new(
+                format!("server.cache.{k}"),
+                ErrorKind::Invalid(m),
+            ));
+        }
         let sinks = sinks(&config, &mut errors);
+        errors.take(
+            config
+                .watch
+                .validate()
+                .map_err(|(k, m)| Error::new(format!("watch.{k}"), ErrorKind::Invalid(m))),
+        );
         errors.absorb(
             config
                 .leader_election
@@ -109,14 +138,13 @@ impl Plan {
                 .map_err(|e| e.within("leaderElection")),
         );
         let names: Vec<String> = config.sinks.iter().map(|s| s.name().to_string()).collect();
-        let key = config.redaction_key();
         let routes: Vec<Route> = config
             .routes
             .iter()
             .enumerate()
             .filter_map(|(i, r)| {
                 errors.absorb(
-                    Route::compile(r, i, &names, key.as_bytes())
+                    Route::compile(r, i, &names, b"")
                         .map_err(|e| e.within(&format!("routes[{i}]"))),
                 )
             })
@@ -133,6 +161,16 @@ impl Plan {
             }),
             _ => Err(errors),
         }
+    }
+
+    /// Keys the redaction hashes of the global transforms and of every route with `key`
+    /// (resolved at start: `crate::state::RedactionKey`).
+    pub fn with_redaction_key(mut self, key: &[u8]) -> Self {
+        self.transform = Arc::new(self.transform.with_key(key));
+        for r in &mut self.routes {
+            r.set_redaction_key(key);
+        }
+        self
     }
 
     /// Where sinks put what they need from the rest of the agent.
@@ -251,11 +289,21 @@ fn resources(config: &Config, errors: &mut Errors) -> Vec<PlannedResource> {
         }
         let key = informer_key(r);
         match planned.iter_mut().find(|p| p.key == key) {
+            Some(p) if p.initial_list != r.initial_list => errors.push(Error::new(
+                at("initialList"),
+                ErrorKind::Conflict(format!(
+                    "`{}` conflicts with `{}` at resources[{}]: both entries share one list+watch",
+                    r.initial_list.as_str(),
+                    p.initial_list.as_str(),
+                    p.index
+                )),
+            )),
             Some(p) => p.duplicates.push(i),
             None => planned.push(PlannedResource {
                 index: i,
                 duplicates: Vec::new(),
                 key,
+                initial_list: r.initial_list,
             }),
         }
     }

@@ -1,10 +1,20 @@
 //! Shared informers: one list+watch per distinct (kind, namespace, selectors), a local cache,
 //! and add / update / delete callbacks to every registered handler.
+//!
+//! `api` (the requests, typed) → `machine` (the list/watch protocol as a state machine) →
+//! `informer` (cache swap and diff, handlers) over `store` (the compact cache).
 
+mod api;
+mod config;
 mod factory;
+// `informer::informer` is the shared informer itself; the module is the informer room.
+#[allow(clippy::module_inception)]
 mod informer;
+mod machine;
 mod raw;
 mod store;
+#[cfg(test)]
+mod testing;
 
 use std::sync::Arc;
 
@@ -12,8 +22,11 @@ use async_trait::async_trait;
 use json_patch::Patch;
 use serde_json::Value;
 
+pub use api::RequestError;
+pub use config::{CONNECT_TIMEOUT, ClientError, InitialList, WatchConfig, client};
 pub use factory::{InformerError, InformerFactory};
-pub use informer::{InformerStats, SharedInformer};
+pub use informer::{InformerSettings, InformerStats, Problem, RestartCounts, SharedInformer};
+pub use machine::{RestartReason, Verb, WatchError};
 pub use raw::{DropManagedFields, KeepAll, ParsePolicy, RawObject};
 pub use store::{Entry, Store};
 
@@ -53,7 +66,8 @@ tokio::task_local! {
     static ARRIVAL: std::time::Instant;
 }
 
-/// When the bytes of the watch event being handled arrived, before parsing; `None` outside
+/// When the watch event being handled left the watch stream (just after its line was
+/// parsed, before transform, cache and diff); `None` outside
 /// a watch event (list pages, re-syncs). Handlers call it; delivery latency starts there.
 pub fn arrival() -> Option<std::time::Instant> {
     ARRIVAL.try_with(|a| *a).ok()

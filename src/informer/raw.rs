@@ -52,20 +52,12 @@ pub struct RawObject<P: ParsePolicy = KeepAll> {
     pub value: Value,
     /// name / namespace / uid / resourceVersion only; the JSON is the source of truth.
     meta: ObjectMeta,
-    /// When its bytes were handed to the parser: the change's arrival, where delivery
-    /// latency starts.
-    pub arrived: std::time::Instant,
     policy: PhantomData<P>,
 }
 
 impl<P: ParsePolicy> RawObject<P> {
-    /// Wraps a JSON object that arrived now.
+    /// Wraps a JSON object.
     pub fn new(value: Value) -> Self {
-        Self::arrived_at(value, std::time::Instant::now())
-    }
-
-    /// Wraps a JSON object whose bytes arrived at `arrived`.
-    fn arrived_at(value: Value, arrived: std::time::Instant) -> Self {
         let meta = ObjectMeta {
             name: object::meta_str(&value, "name").map(str::to_string),
             namespace: object::namespace(&value).map(str::to_string),
@@ -76,7 +68,6 @@ impl<P: ParsePolicy> RawObject<P> {
         Self {
             value,
             meta,
-            arrived,
             policy: PhantomData,
         }
     }
@@ -84,14 +75,14 @@ impl<P: ParsePolicy> RawObject<P> {
 
 impl<'de, P: ParsePolicy> Deserialize<'de> for RawObject<P> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // Taken before parsing: the watch line is in memory, the object not yet parsed.
-        let arrived = std::time::Instant::now();
-        let value = if P::DROP_MANAGED_FIELDS {
-            d.deserialize_map(ObjectVisitor { metadata: false })?
+        if P::DROP_MANAGED_FIELDS {
+            // `any`, not `map`: a non-object then reaches the visitor, whose error does not
+            // quote it (serde's default would put a Secret list's bad item into the log).
+            d.deserialize_any(ObjectVisitor { metadata: false })
+                .map(RawObject::new)
         } else {
-            Value::deserialize(d)?
-        };
-        Ok(RawObject::arrived_at(value, arrived))
+            Value::deserialize(d).map(RawObject::new)
+        }
     }
 }
 
@@ -107,6 +98,36 @@ impl<'de> Visitor<'de> for ObjectVisitor {
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a Kubernetes object")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Value, E> {
+        Err(E::custom("expected a Kubernetes object, found a string"))
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Value, E> {
+        Err(E::custom("expected a Kubernetes object, found a boolean"))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Value, E> {
+        Err(E::custom("expected a Kubernetes object, found a number"))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Value, E> {
+        Err(E::custom("expected a Kubernetes object, found a number"))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Value, E> {
+        Err(E::custom("expected a Kubernetes object, found a number"))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Value, E> {
+        Err(E::custom("expected a Kubernetes object, found null"))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<Value, A::Error> {
+        Err(serde::de::Error::custom(
+            "expected a Kubernetes object, found an array",
+        ))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
@@ -236,6 +257,34 @@ mod tests {
         assert_eq!(trimmed.value, want);
         assert_eq!(trimmed.meta().name.as_deref(), Some("p"));
         assert_eq!(trimmed.meta().resource_version.as_deref(), Some("3"));
+    }
+
+    #[test]
+    fn a_non_object_item_is_refused_without_quoting_it() {
+        for bad in [
+            r#""c2VjcmV0LXZhbHVl""#,
+            "[\"c2VjcmV0LXZhbHVl\"]",
+            "12345678",
+            "true",
+            "null",
+        ] {
+            let err =
+                serde_json::from_str::<Vec<RawObject<DropManagedFields>>>(&format!("[{bad}]"))
+                    .unwrap_err()
+                    .to_string();
+            assert!(err.contains("expected a Kubernetes object"), "{err}");
+            assert!(
+                !err.contains("c2VjcmV0") && !err.contains("12345678"),
+                "{err}"
+            );
+        }
+        // As a watch event (buffered by serde before the object is parsed) too.
+        let event = r#"{"object":"c2VjcmV0LXZhbHVl","type":"ADDED"}"#;
+        let err =
+            serde_json::from_str::<kube::api::WatchEvent<RawObject<DropManagedFields>>>(event)
+                .unwrap_err()
+                .to_string();
+        assert!(!err.contains("c2VjcmV0"), "{err}");
     }
 
     #[test]
