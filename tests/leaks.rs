@@ -70,7 +70,10 @@ fn forbidden() -> Vec<String> {
 /// Every request the webhook receiver got: its path, and the raw request (request line,
 /// headers, body).
 #[derive(Clone, Default)]
-struct Recorded(Arc<Mutex<Vec<(String, Vec<u8>)>>>);
+struct Recorded(Arc<Mutex<Vec<RawRequest>>>);
+
+/// One request: its path, and the raw bytes.
+type RawRequest = (String, Vec<u8>);
 
 impl Recorded {
     fn text(&self) -> String {

@@ -8,32 +8,30 @@ use super::{Envelope, Op, diff};
 #[derive(Debug)]
 pub enum Merged {
     /// One new envelope replaces both.
-    Into(Envelope),
+    Into(Arc<Envelope>),
     /// The newer envelope replaces the older as it is.
     Keep,
-    /// Both cancel out: an add and a delete of an object the sink never saw.
-    Cancelled,
 }
 
-/// Merges `next` into `prev` (the queued change of the same uid; `None` when an earlier merge
-/// cancelled it). The result describes the change from what the sink last received to `next`.
-pub fn merge(prev: Option<&Arc<Envelope>>, next: &Arc<Envelope>) -> Merged {
-    let Some(prev) = prev else {
-        return Merged::Keep;
-    };
+/// Merges `next` into `prev` (the queued change of the same uid). The result describes the
+/// change from what the sink last received to `next`.
+///
+/// An add then a delete is the delete, not nothing: the add may re-send an object the sink
+/// already holds (a restart after a crash re-sends what was in flight), and only the delete
+/// tells it the object is gone. A sink may therefore get the delete of an object it never saw.
+pub fn merge(prev: &Arc<Envelope>, next: &Arc<Envelope>) -> Merged {
     match (prev.op, next.op) {
         // The sink never saw the object: it gets one add of the newest state.
         (Op::Add, Op::Update) => {
             let mut e = next.rederive(Op::Add, None, None);
             e.initial_list = prev.initial_list;
-            Merged::Into(e)
+            Merged::Into(Arc::new(e))
         }
-        (Op::Add, Op::Delete) => Merged::Cancelled,
         // One update from the state before `prev` to the newest.
         (Op::Update, Op::Update) => {
             let base = prev.old.clone().expect("updates keep their old object");
             let patch = diff::diff(&base, &next.object);
-            Merged::Into(next.rederive(Op::Update, Some(base), Some(patch)))
+            Merged::Into(Arc::new(next.rederive(Op::Update, Some(base), Some(patch))))
         }
         _ => Merged::Keep,
     }
@@ -49,14 +47,7 @@ mod tests {
     use crate::event::EnvelopeBuilder;
 
     fn builder() -> EnvelopeBuilder {
-        EnvelopeBuilder {
-            cluster: "c".into(),
-            api_version: "v1".into(),
-            kind: "ConfigMap".into(),
-            plural: "configmaps".into(),
-            source: "v1/ConfigMap".into(),
-            include_old: false,
-        }
+        EnvelopeBuilder::test_configmaps()
     }
 
     fn obj(v: u32) -> Arc<Value> {
@@ -79,7 +70,7 @@ mod tests {
 
     #[test]
     fn two_updates_become_one_patch_from_the_first_base() {
-        let merged = match merge(Some(&update(1, 2)), &update(2, 3)) {
+        let merged = match merge(&update(1, 2), &update(2, 3)) {
             Merged::Into(e) => e,
             other => panic!("{other:?}"),
         };
@@ -93,7 +84,7 @@ mod tests {
     #[test]
     fn add_then_update_is_an_add_of_the_newest_state() {
         let add = Arc::new(builder().build(Op::Add, obj(1), None, None, Instant::now()));
-        match merge(Some(&add), &update(1, 2)) {
+        match merge(&add, &update(1, 2)) {
             Merged::Into(e) => {
                 assert_eq!(e.op, Op::Add);
                 assert_eq!(*e.object, *obj(2));
@@ -104,10 +95,10 @@ mod tests {
     }
 
     #[test]
-    fn add_then_delete_cancels_and_update_then_delete_keeps_the_delete() {
+    fn a_delete_after_an_add_or_an_update_keeps_the_delete() {
         let add = Arc::new(builder().build(Op::Add, obj(1), None, None, Instant::now()));
         let del = Arc::new(builder().build(Op::Delete, obj(2), None, None, Instant::now()));
-        assert!(matches!(merge(Some(&add), &del), Merged::Cancelled));
-        assert!(matches!(merge(Some(&update(1, 2)), &del), Merged::Keep));
+        assert!(matches!(merge(&add, &del), Merged::Keep));
+        assert!(matches!(merge(&update(1, 2), &del), Merged::Keep));
     }
 }

@@ -1,7 +1,6 @@
 //! The change-event envelope: one JSON object per change. A public contract — see the README
 //! section "Event envelope" before changing anything here.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
@@ -81,8 +80,6 @@ pub struct Envelope {
     pub final_state_unknown: bool,
     /// When the change arrived from the API server (end-to-end latency starts here).
     pub observed: Instant,
-    /// How many sinks still have to acknowledge this event.
-    pending_acks: AtomicUsize,
     encoded: OnceLock<Bytes>,
 }
 
@@ -185,19 +182,8 @@ impl Envelope {
             initial_list: false,
             final_state_unknown: self.final_state_unknown,
             observed: self.observed,
-            pending_acks: AtomicUsize::new(0),
             encoded: OnceLock::new(),
         }
-    }
-
-    /// Records that `n` sinks must acknowledge this event before it counts as delivered.
-    pub fn expect_acks(&self, n: usize) {
-        self.pending_acks.store(n, Ordering::Release);
-    }
-
-    /// One sink acknowledged; true when it was the last one.
-    pub fn ack_one(&self) -> bool {
-        self.pending_acks.fetch_sub(1, Ordering::AcqRel) == 1
     }
 }
 
@@ -252,8 +238,22 @@ impl EnvelopeBuilder {
             initial_list: false,
             final_state_unknown: false,
             observed,
-            pending_acks: AtomicUsize::new(0),
             encoded: OnceLock::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl EnvelopeBuilder {
+    /// ConfigMaps of cluster `c` from informer `v1/ConfigMap`: the unit tests' builder.
+    pub(crate) fn test_configmaps() -> Self {
+        EnvelopeBuilder {
+            cluster: "c".into(),
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            plural: "configmaps".into(),
+            source: "v1/ConfigMap".into(),
+            include_old: false,
         }
     }
 }
