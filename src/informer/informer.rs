@@ -11,7 +11,6 @@
 //! decode (in [`super::api`]), [`SharedInformer::prepare`] (the object transform), and
 //! [`SharedInformer::diff`] (the patch against the last emitted state).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -286,46 +285,6 @@ impl SharedInformer {
     /// its state; the watch waits).
     pub async fn hold(&self) -> tokio::sync::OwnedMutexGuard<()> {
         self.processing.clone().lock_owned().await
-    }
-
-    /// Brings the handlers from `delivered` (what downstream last acknowledged) to the
-    /// cache's current state: updates for what changed, adds for what is new, deletes
-    /// (`finalStateUnknown`) for what is gone — the restart comparison, for a warm cache.
-    /// Call with the guard from [`SharedInformer::hold`].
-    pub async fn resync(
-        &self,
-        _held: &tokio::sync::OwnedMutexGuard<()>,
-        delivered: Vec<(String, Value)>,
-    ) {
-        let snapshot = delivered.is_empty();
-        let mut delivered: HashMap<String, Value> = delivered.into_iter().collect();
-        for key in self.store.keys() {
-            let Some(current) = self.store.current(&key) else {
-                continue;
-            };
-            match delivered.remove(&key) {
-                Some(old) if object::uid(&old) == object::uid(&current) => {
-                    if let Some(patch) = self.diff(&old, &current) {
-                        self.emit_update(&Arc::new(old), &current, patch).await;
-                    }
-                }
-                Some(old) => {
-                    self.emit_delete(&Arc::new(old), true).await;
-                    self.emit_add(&current, snapshot).await;
-                }
-                None => self.emit_add(&current, snapshot).await,
-            }
-            self.store.insert(
-                key,
-                Entry {
-                    current,
-                    emitted: None,
-                },
-            );
-        }
-        for (_, gone) in delivered {
-            self.emit_delete(&Arc::new(gone), true).await;
-        }
     }
 
     /// Registers a handler. Register before `start` to see the initial list.
