@@ -46,6 +46,25 @@ fn create_configmaps(sim: &KubeSim, n: usize, each: impl Fn(usize) -> (String, V
     }
 }
 
+/// Every object the cache API has for `api_version/kind`, page after page.
+async fn cache_list(agent: &Agent, kind_path: &str) -> Vec<Value> {
+    let base = format!("http://{}/cache/{kind_path}", agent.ops_addr().await);
+    let mut out = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let url = match &next {
+            Some(c) => format!("{base}?continue={c}"),
+            None => base.clone(),
+        };
+        let page: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+        out.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["metadata"]["continue"].as_str() {
+            Some(c) => next = Some(c.to_string()),
+            None => return out,
+        }
+    }
+}
+
 /// Merges `patch` into ConfigMap `default/<name>`.
 fn patch_data(sim: &KubeSim, name: &str, patch: Value) {
     sim.merge_patch("v1", "ConfigMap", Some("default"), name, patch)
@@ -183,10 +202,17 @@ async fn a_half_open_watch_heals_within_the_idle_timeout_without_a_relist_or_a_d
 async fn a_relist_under_churn_never_shows_the_cache_api_a_half_filled_cache() {
     // Three pages of 500, each answered after 300 ms: the re-list takes about a second.
     const STABLE: usize = 1200;
+    // Every third stable object is probed: spread over all pages of the re-list, and few
+    // enough to come back in one page of the cache API.
+    const PROBED: usize = STABLE / 3;
     let sim = sim().await;
-    create_configmaps(&sim, STABLE, |i| {
-        (format!("stable-{i}"), json!({"gen": "1"}))
-    });
+    for i in 0..STABLE {
+        let mut o = configmap("default", &format!("stable-{i}"), json!({"gen": "1"}));
+        if i % 3 == 0 {
+            o["metadata"]["labels"]["probe"] = json!("yes");
+        }
+        sim.create("v1", "ConfigMap", o).unwrap();
+    }
     let config = format!(
         "{}  cache:\n    enabled: true\n",
         with_initial_list(&stdout_config(&[("v1", "ConfigMap")]), "paginate")
@@ -195,7 +221,10 @@ async fn a_relist_under_churn_never_shows_the_cache_api_a_half_filled_cache() {
     agent.take(STABLE).await;
     agent.wait_ready(200, SOON).await;
 
-    let url = format!("http://{}/cache/v1/ConfigMap", agent.ops_addr().await);
+    let url = format!(
+        "http://{}/cache/v1/ConfigMap?labelSelector=probe%3Dyes",
+        agent.ops_addr().await
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let poller = tokio::spawn({
         let stop = stop.clone();
@@ -211,18 +240,10 @@ async fn a_relist_under_churn_never_shows_the_cache_api_a_half_filled_cache() {
                     .json()
                     .await
                     .unwrap();
-                let stable: Vec<&Value> = list["items"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .filter(|o| {
-                        o["metadata"]["name"]
-                            .as_str()
-                            .is_some_and(|n| n.starts_with("stable-"))
-                    })
-                    .collect();
-                let second = stable.iter().filter(|o| o["data"]["gen"] == "2").count();
-                answers.push((SystemTime::now(), stable.len(), second));
+                assert!(list["metadata"].get("continue").is_none(), "one page");
+                let probed = list["items"].as_array().unwrap();
+                let second = probed.iter().filter(|o| o["data"]["gen"] == "2").count();
+                answers.push((SystemTime::now(), probed.len(), second));
             }
             answers
         }
@@ -288,19 +309,19 @@ async fn a_relist_under_churn_never_shows_the_cache_api_a_half_filled_cache() {
         answers.len()
     );
     assert!(during >= 1, "the poller overlapped the re-list");
-    for (t, stable, second) in &answers {
+    for (t, probed, second) in &answers {
         assert_eq!(
-            *stable, STABLE,
-            "an answer at {t:?} had {stable} of the {STABLE} stable objects"
+            *probed, PROBED,
+            "an answer at {t:?} had {probed} of the {PROBED} probed objects"
         );
         assert!(
-            *second == 0 || *second == STABLE,
-            "an answer at {t:?} mixed generations: {second} of {STABLE} re-listed"
+            *second == 0 || *second == PROBED,
+            "an answer at {t:?} mixed generations: {second} of {PROBED} re-listed"
         );
     }
     assert_eq!(
         answers.last().unwrap().2,
-        STABLE,
+        PROBED,
         "the re-list was swapped in"
     );
     // And the cache ends equal to the cluster.
@@ -308,19 +329,9 @@ async fn a_relist_under_churn_never_shows_the_cache_api_a_half_filled_cache() {
     let deadline = tokio::time::Instant::now() + SOON;
     loop {
         while agent.try_next(Duration::from_millis(100)).await.is_some() {}
-        let list: Value = reqwest::get(format!(
-            "http://{}/cache/v1/ConfigMap",
-            agent.ops_addr().await
-        ))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-        let got: HashMap<String, Value> = list["items"]
-            .as_array()
-            .unwrap()
-            .iter()
+        let got: HashMap<String, Value> = cache_list(&agent, "v1/ConfigMap")
+            .await
+            .into_iter()
             .map(|o| {
                 (
                     o["metadata"]["uid"].as_str().unwrap().to_string(),
