@@ -104,6 +104,12 @@ struct EmitHandler {
     metrics: Arc<Metrics>,
 }
 
+/// When the change arrived from the API server: the watch event's arrival (before parsing),
+/// else now (list pages, re-syncs).
+fn arrival() -> Instant {
+    crate::informer::arrival().unwrap_or_else(Instant::now)
+}
+
 impl EmitHandler {
     async fn emit(&self, envelope: Envelope) {
         self.metrics.observed(&envelope.kind, envelope.op);
@@ -118,7 +124,7 @@ impl Handler for EmitHandler {
     async fn on_add(&self, obj: &Arc<Value>, initial_list: bool) {
         let mut e = self
             .builder
-            .build(Op::Add, obj.clone(), None, None, Instant::now());
+            .build(Op::Add, obj.clone(), None, None, arrival());
         e.initial_list = initial_list;
         self.emit(e).await;
     }
@@ -129,7 +135,7 @@ impl Handler for EmitHandler {
             new.clone(),
             Some(old.clone()),
             Some(patch),
-            Instant::now(),
+            arrival(),
         );
         self.emit(e).await;
     }
@@ -137,7 +143,7 @@ impl Handler for EmitHandler {
     async fn on_delete(&self, last_known: &Arc<Value>, final_state_unknown: bool) {
         let mut e = self
             .builder
-            .build(Op::Delete, last_known.clone(), None, None, Instant::now());
+            .build(Op::Delete, last_known.clone(), None, None, arrival());
         e.final_state_unknown = final_state_unknown;
         self.emit(e).await;
     }

@@ -164,7 +164,7 @@ async fn a_half_open_watch_heals_within_the_idle_timeout_without_a_relist_or_a_d
     );
     Replay::default().apply_all(&events);
     agent.wait_ready(200, SOON).await;
-    agent.expect_quiet(Duration::from_secs(2)).await;
+    agent.expect_nothing_more(&sim).await;
 
     let log = sim.request_log();
     for path in ["/api/v1/configmaps", "/api/v1/pods"] {
@@ -332,12 +332,7 @@ async fn a_relist_under_churn_never_shows_the_cache_api_a_half_filled_cache() {
         let got: HashMap<String, Value> = cache_list(&agent, "v1/ConfigMap")
             .await
             .into_iter()
-            .map(|o| {
-                (
-                    o["metadata"]["uid"].as_str().unwrap().to_string(),
-                    o.clone(),
-                )
-            })
+            .map(|o| (o["metadata"]["uid"].as_str().unwrap().to_string(), o))
             .collect();
         if got == want {
             break;
