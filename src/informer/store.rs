@@ -476,16 +476,22 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_staged_list_is_invisible_until_swapped_in_and_the_swap_counts_a_generation() {
+    /// A store holding `k`.
+    fn with_k(o: Value) -> Store {
         let store = Store::default();
         store.insert(
             "k".into(),
             Entry {
-                current: Arc::new(obj(1)),
+                current: Arc::new(o),
                 emitted: None,
             },
         );
+        store
+    }
+
+    #[test]
+    fn a_staged_list_is_invisible_until_swapped_in_and_the_swap_counts_a_generation() {
+        let store = with_k(obj(1));
         let mut staged = store.staging();
         staged.insert("k".into(), &obj(2));
         staged.insert("new".into(), &obj(3));
@@ -508,14 +514,7 @@ mod tests {
 
     #[test]
     fn update_keeps_the_base_until_a_change_is_emitted() {
-        let store = Store::default();
-        store.insert(
-            "k".into(),
-            Entry {
-                current: Arc::new(obj(1)),
-                emitted: None,
-            },
-        );
+        let store = with_k(obj(1));
         store.update("k".into(), &obj(2), true);
         store.update("k".into(), &obj(3), true);
         assert_eq!(*store.base("k").unwrap(), obj(1));
