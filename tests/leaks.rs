@@ -159,7 +159,7 @@ impl Run {
         std::fs::write(&config_path, config).unwrap();
         let stdout = dir.join(format!("{name}.stdout"));
         let stderr = dir.join(format!("{name}.stderr"));
-        let child = Command::new(env!("CARGO_BIN_EXE_lookout"))
+        let child = Command::new(lookout_bin())
             .arg("run")
             .arg("--config")
             .arg(&config_path)
