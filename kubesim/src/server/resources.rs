@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::route::ResourceRoute;
 use super::table::{self, IncludeObject};
 use super::watch::{self, Start, WatchSpec};
-use super::{Body, Shared, full, json_response};
+use super::{Body, Shared, Synthetic, full, json_response};
 use crate::error::ApiError;
 use crate::kinds::KindInfo;
 use crate::patch::{self, PatchKind};
@@ -448,6 +448,9 @@ async fn list(
             }
         }
     };
+    if let Some(syn) = ctx.shared.synthetic(r.kind) {
+        return synthetic_list(ctx, info, r, &syn, start.as_ref(), limit, (labels, fields));
+    }
     let filter = |o: &StoredObj| matches(o, info, &labels, &fields);
     let page = ctx
         .store
@@ -467,6 +470,57 @@ async fn list(
         "application/json",
         list_bytes(info, &page.items, page.rv, cont.as_deref(), remaining),
     ))
+}
+
+/// A page of a [`Synthetic`] kind: objects `start..start + limit` of its generator, the
+/// continue token naming the next index.
+fn synthetic_list(
+    ctx: &Ctx<'_>,
+    info: &KindInfo,
+    r: &ResourceRoute,
+    syn: &Synthetic,
+    start: Option<&ObjKey>,
+    limit: Option<usize>,
+    (labels, fields): (Option<LabelSelector>, Option<FieldSelector>),
+) -> Result<Response<Body>, ApiError> {
+    if labels.is_some() || fields.is_some() || r.ns.is_some() {
+        return Err(ApiError::bad_request(format!(
+            "{} is synthetic here: listed whole, without selectors or namespace",
+            info.spec.plural
+        )));
+    }
+    let from = match start {
+        Some((_, i)) => {
+            i.parse::<usize>()
+                .map_err(|_| ApiError::bad_request("continue key is not valid: not an index"))?
+                + 1
+        }
+        None => 0,
+    };
+    let to = limit.map_or(syn.count, |l| (from + l).min(syn.count));
+    let rv = ctx.store.current_rv();
+    let mut head = format!(
+        "{{\"kind\":\"{}List\",\"apiVersion\":\"{}\",\"metadata\":{{\"resourceVersion\":\"{rv}\"",
+        info.spec.kind, info.api_version
+    );
+    if to < syn.count {
+        let last = (String::new(), (to - 1).to_string());
+        head.push_str(&format!(
+            ",\"continue\":\"{}\",\"remainingItemCount\":{}",
+            encode_continue(rv, &last),
+            syn.count - to
+        ));
+    }
+    head.push_str("},\"items\":[");
+    let mut buf = BytesMut::from(head.as_bytes());
+    for i in from..to {
+        if i > from {
+            buf.extend_from_slice(b",");
+        }
+        buf.extend_from_slice(&(syn.make)(i));
+    }
+    buf.extend_from_slice(b"]}");
+    Ok(full(StatusCode::OK, "application/json", buf.freeze()))
 }
 
 /// A list "not older than" a revision the store has not reached yet waits for it, then gives up like upstream.
