@@ -26,10 +26,8 @@ pub struct BackoffPolicy {
 
 impl BackoffPolicy {
     /// Informer list and watch failures (connection refused, 5xx, a broken stream).
-    pub const INFORMER: BackoffPolicy = BackoffPolicy::new(
-        Duration::from_millis(200),
-        Duration::from_secs(30),
-    );
+    pub const INFORMER: BackoffPolicy =
+        BackoffPolicy::new(Duration::from_millis(200), Duration::from_secs(30));
     /// Failures that retrying soon will not fix (401/403: RBAC or a rotated token): slow, so a
     /// misconfigured agent does not hammer the API server, but never giving up.
     pub const FORBIDDEN: BackoffPolicy =
@@ -133,7 +131,9 @@ mod tests {
 
     #[test]
     fn delays_double_up_to_the_maximum_and_reset_after_success() {
-        let mut b = BackoffPolicy::new(MS(100), MS(700)).without_jitter().start();
+        let mut b = BackoffPolicy::new(MS(100), MS(700))
+            .without_jitter()
+            .start();
         let delays: Vec<_> = (0..5).map(|_| b.next_delay()).collect();
         assert_eq!(delays, [MS(100), MS(200), MS(400), MS(700), MS(700)]);
         assert_eq!(b.failures(), 5);
@@ -153,8 +153,13 @@ mod tests {
 
     #[test]
     fn a_delay_the_server_asked_for_is_a_floor_even_above_the_maximum() {
-        let mut b = BackoffPolicy::new(MS(100), MS(200)).without_jitter().start();
-        assert_eq!(b.next_delay_at_least(Some(Duration::from_secs(5))), Duration::from_secs(5));
+        let mut b = BackoffPolicy::new(MS(100), MS(200))
+            .without_jitter()
+            .start();
+        assert_eq!(
+            b.next_delay_at_least(Some(Duration::from_secs(5))),
+            Duration::from_secs(5)
+        );
         assert_eq!(b.next_delay_at_least(Some(MS(1))), MS(200));
         assert_eq!(b.next_delay_at_least(None), MS(200));
     }

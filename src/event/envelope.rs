@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::changed_by::ManagerEntry;
 use super::object;
 
 /// What happened to the object.
@@ -32,6 +33,30 @@ impl Op {
             Op::Add => "add",
             Op::Update => "update",
             Op::Delete => "delete",
+        }
+    }
+}
+
+/// Where a read stands in a snapshot: the initial list of a resource, or a snapshot asked for
+/// on the ops server (`POST /snapshot`). Debezium's `source.snapshot` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotMark {
+    /// The first read of the snapshot of one resource.
+    First,
+    /// A read between the first and the last.
+    True,
+    /// The last read of the snapshot of one resource (also when it is the only one).
+    Last,
+}
+
+impl SnapshotMark {
+    /// `first`, `true` or `last`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotMark::First => "first",
+            SnapshotMark::True => "true",
+            SnapshotMark::Last => "last",
         }
     }
 }
@@ -79,6 +104,12 @@ pub struct Envelope {
     pub initial_list: bool,
     /// A delete the agent inferred (the object vanished while the watch was down).
     pub final_state_unknown: bool,
+    /// Set on reads of current state (the initial list, an on-demand snapshot): the add is
+    /// a snapshot read, and where it stands in its snapshot.
+    pub snapshot: Option<SnapshotMark>,
+    /// Who made the change (managers whose `managedFields` entry is new or advanced);
+    /// `None` when not attributed (reads, deletes, `transforms.changedBy: false`).
+    pub changed_by: Option<Arc<[ManagerEntry]>>,
     /// When the change arrived from the API server (end-to-end latency starts here).
     pub observed: Instant,
     /// How many sinks still have to acknowledge this event.
@@ -110,6 +141,10 @@ struct Wire<'a> {
     initial_list: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     final_state_unknown: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshot: Option<SnapshotMark>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    changed_by: Option<&'a [ManagerEntry]>,
 }
 
 impl Envelope {
@@ -136,6 +171,8 @@ impl Envelope {
                 },
                 initial_list: self.initial_list,
                 final_state_unknown: self.final_state_unknown,
+                snapshot: self.snapshot,
+                changed_by: self.changed_by.as_deref(),
             };
             Bytes::from(serde_json::to_vec(&wire).expect("a JSON value always serializes"))
         })
@@ -152,6 +189,12 @@ impl Envelope {
     /// The time as RFC 3339 with milliseconds.
     pub fn time_rfc3339(&self) -> String {
         rfc3339(self.time)
+    }
+
+    /// True for a read of current state rather than a change: an add of the initial list or
+    /// of a snapshot (Debezium's `r`).
+    pub fn is_read(&self) -> bool {
+        self.op == Op::Add && (self.snapshot.is_some() || self.initial_list)
     }
 
     /// `namespace/name` or `name`.
@@ -184,6 +227,8 @@ impl Envelope {
             include_old: self.include_old,
             initial_list: false,
             final_state_unknown: self.final_state_unknown,
+            snapshot: self.snapshot,
+            changed_by: self.changed_by.clone(),
             observed: self.observed,
             pending_acks: AtomicUsize::new(0),
             encoded: OnceLock::new(),
@@ -251,6 +296,8 @@ impl EnvelopeBuilder {
             include_old: self.include_old,
             initial_list: false,
             final_state_unknown: false,
+            snapshot: None,
+            changed_by: None,
             observed,
             pending_acks: AtomicUsize::new(0),
             encoded: OnceLock::new(),

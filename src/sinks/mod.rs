@@ -141,7 +141,9 @@ impl SinkConfig {
     /// Checks settings serde cannot.
     pub fn validate(&self) -> Result<(), SinkConfigError> {
         match self {
-            SinkConfig::Stdout(_) | SinkConfig::File(_) | SinkConfig::Blackhole(_) => Ok(()),
+            SinkConfig::Stdout(c) => c.validate(),
+            SinkConfig::File(c) => c.validate(),
+            SinkConfig::Blackhole(_) => Ok(()),
             SinkConfig::Webhook(c) => c.validate(),
             SinkConfig::Kafka(c) => c.validate(),
         }

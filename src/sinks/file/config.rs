@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::sinks::default_queue_capacity;
+use crate::event::cloudevents::EventFormat;
+use crate::event::debezium::DebeziumOptions;
+use crate::sinks::{SinkConfigError, default_queue_capacity};
 
 /// `type: file`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -17,7 +19,30 @@ pub struct FileSinkConfig {
     /// fsync after every batch before acknowledging it (durable, slower).
     #[serde(default)]
     pub fsync: bool,
+    /// What a line holds: the `envelope` (default), a `debezium` change event or a
+    /// `cloudevents` event (structured JSON).
+    #[serde(default)]
+    pub format: EventFormat,
+    /// With `format: debezium`: Kafka Connect framing (`schemas: true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debezium: Option<DebeziumOptions>,
     /// Events the sink's queue holds before coalescing / backpressure.
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
+}
+
+impl FileSinkConfig {
+    /// Checks what serde cannot.
+    ///
+    /// # Errors
+    /// `debezium` without `format: debezium`.
+    pub fn validate(&self) -> Result<(), SinkConfigError> {
+        if self.debezium.is_some() && self.format != EventFormat::Debezium {
+            return Err(SinkConfigError {
+                path: "debezium".into(),
+                message: "only applies with `format: debezium`".into(),
+            });
+        }
+        Ok(())
+    }
 }

@@ -7,12 +7,18 @@ use async_trait::async_trait;
 
 use super::FileSinkConfig;
 use crate::event::Envelope;
+use crate::event::cloudevents::EventFormat;
+use crate::event::debezium;
 use crate::sinks::{Sink, SinkBuildError, SinkError};
 
 /// Appends one envelope per line; a batch is one write (and one fsync when asked).
 pub struct FileSink {
     file: Arc<Mutex<std::fs::File>>,
     fsync: bool,
+    /// What each line holds.
+    format: EventFormat,
+    /// How Debezium lines are framed.
+    debezium: debezium::Encoding,
 }
 
 impl FileSink {
@@ -29,6 +35,8 @@ impl FileSink {
         Ok(Self {
             file: Arc::new(Mutex::new(file)),
             fsync: config.fsync,
+            format: config.format,
+            debezium: config.debezium.unwrap_or_default().into(),
         })
     }
 }
@@ -38,7 +46,7 @@ impl Sink for FileSink {
     async fn send(&self, batch: &[Arc<Envelope>]) -> Result<(), SinkError> {
         let mut buf = Vec::with_capacity(batch.iter().map(|e| e.to_json().len() + 1).sum());
         for e in batch {
-            buf.extend_from_slice(e.to_json());
+            buf.extend_from_slice(&self.format.encode(e, self.debezium));
             buf.push(b'\n');
         }
         let file = self.file.clone();

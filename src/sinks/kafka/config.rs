@@ -7,6 +7,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
 pub use crate::event::cloudevents::{CloudEventsMode, EventFormat as KafkaFormat};
+pub use crate::event::debezium::{DebeziumOptions, KeyMode};
 
 use super::client::{self, ClientError};
 use super::sink::KafkaSink;
@@ -26,9 +27,18 @@ pub struct KafkaSinkConfig {
     /// Topic name template; `{kind}`, `{namespace}`, `{group}` and `{cluster}` are replaced
     /// by normalized values (see `topic.rs`), e.g. `k8s.{kind}`.
     pub topic: String,
-    /// What a message's value holds: the `envelope` JSON (default) or a `cloudevents` event.
+    /// What a message's value holds: the `envelope` JSON (default), a `cloudevents` event or
+    /// a `debezium` change event.
     #[serde(default)]
     pub format: KafkaFormat,
+    /// With `format: debezium`: Kafka Connect framing (`schemas: true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debezium: Option<DebeziumOptions>,
+    /// What the message key names: the object's `uid` (default) or `namespacedName`. The key
+    /// is the bare value for `envelope` and `cloudevents` (`<uid>`, `<namespace>/<name>`) and
+    /// a JSON object for `debezium` (`{"uid": …}`, `{"namespace": …, "name": …}`).
+    #[serde(default)]
+    pub key: KeyMode,
     /// With `format: cloudevents`: `structured` (default; the value is the CloudEvents JSON
     /// with the envelope as `data`) or `binary` (attributes in `ce_*` headers, the value is
     /// the envelope).
@@ -134,6 +144,9 @@ impl KafkaSinkConfig {
                 "only applies to `format: cloudevents`".into(),
             ));
         }
+        if self.debezium.is_some() && self.format != KafkaFormat::Debezium {
+            return Err(err("debezium", "only applies to `format: debezium`".into()));
+        }
         if self.queue_capacity == 0 {
             return Err(err("queueCapacity", "must be at least 1".into()));
         }
@@ -148,7 +161,7 @@ impl KafkaSinkConfig {
     /// The CloudEvents mode in effect (`None` for `format: envelope`).
     pub fn cloud_events(&self) -> Option<CloudEventsMode> {
         match self.format {
-            KafkaFormat::Envelope => None,
+            KafkaFormat::Envelope | KafkaFormat::Debezium => None,
             KafkaFormat::Cloudevents => Some(self.cloud_events_mode.unwrap_or_default()),
         }
     }

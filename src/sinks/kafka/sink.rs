@@ -85,6 +85,9 @@ impl KafkaSink {
             encoder: Encoder {
                 topic,
                 cloud_events: config.cloud_events(),
+                debezium: (config.format == super::config::KafkaFormat::Debezium)
+                    .then(|| config.debezium.unwrap_or_default().into()),
+                key: config.key,
                 tombstones: config.tombstones,
             },
             client_config,
@@ -159,14 +162,13 @@ impl KafkaSink {
     async fn enqueue(
         &self,
         producer: &KafkaProducer,
-        e: &Envelope,
         message: Message,
         index: usize,
         in_flight: &mut VecDeque<(usize, DeliveryFuture)>,
         fates: &mut [Fate],
     ) -> Result<(), KafkaError> {
-        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&message.topic)
-            .key(e.uid.as_str())
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&message.topic)
+            .key(message.key.as_ref())
             .headers(message.headers)
             .timestamp(message.timestamp);
         if let Some(payload) = &message.payload {
@@ -269,11 +271,11 @@ impl Sink for KafkaSink {
                 resending.insert(e.uid.as_str());
                 let (message, tombstone) = self.encoder.encode(e);
                 let enqueued = self
-                    .enqueue(&producer, e, message, i, &mut in_flight, &mut fates)
+                    .enqueue(&producer, message, i, &mut in_flight, &mut fates)
                     .await;
                 let enqueued = match (enqueued, tombstone) {
                     (Ok(()), Some(t)) => {
-                        self.enqueue(&producer, e, t, i, &mut in_flight, &mut fates)
+                        self.enqueue(&producer, t, i, &mut in_flight, &mut fates)
                             .await
                     }
                     (r, _) => r,

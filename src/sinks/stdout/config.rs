@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::sink::StdoutSink;
-use crate::sinks::default_queue_capacity;
+use crate::event::debezium::DebeziumOptions;
+use crate::sinks::{SinkConfigError, default_queue_capacity};
 
 /// `type: stdout`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -11,9 +12,13 @@ use crate::sinks::default_queue_capacity;
 pub struct StdoutSinkConfig {
     /// Unique sink name (used in routes, metrics and logs).
     pub name: String,
-    /// `json` (one envelope per line, the default) or `text` (for terminals).
+    /// `json` (one envelope per line, the default), `text` (for terminals) or `debezium`
+    /// (one Debezium change event per line).
     #[serde(default)]
     pub format: StdoutFormat,
+    /// With `format: debezium`: Kafka Connect framing (`schemas: true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debezium: Option<DebeziumOptions>,
     /// Events the sink's queue holds before the informers wait.
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
@@ -28,11 +33,27 @@ pub enum StdoutFormat {
     Json,
     /// One human-readable line per change, with changed paths and old → new values.
     Text,
+    /// One Debezium change event per line.
+    Debezium,
 }
 
 impl StdoutSinkConfig {
+    /// Checks what serde cannot.
+    ///
+    /// # Errors
+    /// `debezium` without `format: debezium`.
+    pub fn validate(&self) -> Result<(), SinkConfigError> {
+        if self.debezium.is_some() && self.format != StdoutFormat::Debezium {
+            return Err(SinkConfigError {
+                path: "debezium".into(),
+                message: "only applies with `format: debezium`".into(),
+            });
+        }
+        Ok(())
+    }
+
     /// The running sink.
     pub fn build(&self) -> StdoutSink {
-        StdoutSink::new(self.format)
+        StdoutSink::new(self.format, self.debezium.unwrap_or_default().into())
     }
 }

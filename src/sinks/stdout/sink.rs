@@ -7,19 +7,21 @@ use async_trait::async_trait;
 
 use super::config::StdoutFormat;
 use super::text::render_text;
-use crate::event::Envelope;
+use crate::event::{Envelope, debezium};
 use crate::sinks::{Sink, SinkError};
 
 /// Writes each batch with one locked, buffered write and a flush, so lines of concurrent
 /// writers never interleave and a batch is on stdout when `send` returns.
 pub struct StdoutSink {
     format: StdoutFormat,
+    /// How `format: debezium` lines are framed.
+    debezium: debezium::Encoding,
 }
 
 impl StdoutSink {
     /// A sink writing `format`.
-    pub fn new(format: StdoutFormat) -> Self {
-        Self { format }
+    pub fn new(format: StdoutFormat, debezium: debezium::Encoding) -> Self {
+        Self { format, debezium }
     }
 
     fn render(&self, batch: &[Arc<Envelope>]) -> Vec<u8> {
@@ -28,6 +30,7 @@ impl StdoutSink {
             match self.format {
                 StdoutFormat::Json => buf.extend_from_slice(e.to_json()),
                 StdoutFormat::Text => buf.extend_from_slice(render_text(e).as_bytes()),
+                StdoutFormat::Debezium => buf.extend_from_slice(&self.debezium.value(e)),
             }
             buf.push(b'\n');
         }

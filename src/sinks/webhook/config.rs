@@ -8,6 +8,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
 pub use crate::event::cloudevents::{CloudEventsMode, EventFormat as WebhookFormat};
+pub use crate::event::debezium::DebeziumOptions;
 use tracing::warn;
 
 use super::encoding::Encoding;
@@ -40,9 +41,12 @@ pub struct WebhookSinkConfig {
     /// How events are grouped into requests.
     #[serde(default)]
     pub batch: WebhookBatchConfig,
-    /// Body format: `envelope` (our JSON, the default) or `cloudevents`.
+    /// Body format: `envelope` (our JSON, the default), `cloudevents` or `debezium`.
     #[serde(default)]
     pub format: WebhookFormat,
+    /// With `format: debezium`: Kafka Connect framing (`schemas: true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debezium: Option<DebeziumOptions>,
     /// With `format: cloudevents`: `structured` (default; the event is the body) or
     /// `binary` (attributes in `ce-*` headers, the envelope is the body, one event per
     /// request).
@@ -240,6 +244,10 @@ impl WebhookSinkConfig {
         let array = self.max_events() > 1;
         match (self.format, self.cloud_events_mode.unwrap_or_default()) {
             (WebhookFormat::Envelope, _) => Encoding::Envelope { array },
+            (WebhookFormat::Debezium, _) => Encoding::Debezium {
+                array,
+                encoding: self.debezium.unwrap_or_default().into(),
+            },
             (WebhookFormat::Cloudevents, CloudEventsMode::Structured) => {
                 Encoding::Structured { array }
             }
@@ -271,6 +279,9 @@ impl WebhookSinkConfig {
                 "cloudEventsMode",
                 "only applies with `format: cloudevents`",
             ));
+        }
+        if self.debezium.is_some() && self.format != WebhookFormat::Debezium {
+            return Err(err("debezium", "only applies with `format: debezium`"));
         }
         if self.format == WebhookFormat::Cloudevents
             && self.cloud_events_mode == Some(CloudEventsMode::Binary)
