@@ -170,6 +170,7 @@ const CAMEL_KEYS: &[&str] = &[
     "redactSecrets",
     "ignorePaths",
     "includeOld",
+    "changedBy",
     "dropPaths",
     "leaderElection",
     "leaseName",

@@ -340,6 +340,7 @@ mod tests {
         assert!(v.get("finalStateUnknown").is_none());
         assert!(v.get("patch").is_none());
         assert!(v.get("old").is_none());
+        assert!(v.get("snapshot").is_none() && v.get("changedBy").is_none());
         assert_eq!(
             Uuid::parse_str(v["id"].as_str().unwrap())
                 .unwrap()
@@ -348,6 +349,30 @@ mod tests {
         );
         assert!(humantime::parse_rfc3339(v["time"].as_str().unwrap()).is_ok());
         assert_eq!(e.group(), "apps");
+    }
+
+    #[test]
+    fn snapshot_reads_and_attributed_changes_carry_their_fields() {
+        let obj =
+            Arc::new(json!({"metadata": {"name": "web", "uid": "u1", "resourceVersion": "7"}}));
+        let mut e = builder().build(Op::Add, obj, None, None, Instant::now());
+        e.snapshot = Some(SnapshotMark::Last);
+        e.changed_by = Some(
+            crate::event::changed_by::Managers::of(&json!({"metadata": {"managedFields": [
+                {"manager": "kubectl", "operation": "Apply", "time": "2024-05-01T10:00:00Z"}]}}))
+            .changed_since(None),
+        );
+        assert!(e.is_read());
+        let v: Value = serde_json::from_slice(e.to_json()).unwrap();
+        assert_eq!(v["snapshot"], "last");
+        assert_eq!(
+            v["changedBy"],
+            json!([{"manager": "kubectl", "operation": "Apply", "time": "2024-05-01T10:00:00Z"}])
+        );
+        assert!(
+            v.get("initialList").is_none(),
+            "an on-demand snapshot is not the initial list"
+        );
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub struct TransformConfig {
     /// Add the previous object as `old` to update envelopes.
     #[serde(default)]
     pub include_old: bool,
+    /// Name the writers of each add and update (`changedBy`), read from `managedFields`
+    /// before they are dropped.
+    #[serde(default = "yes")]
+    pub changed_by: bool,
     /// Pointer globs removed from every object.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drop_paths: Vec<String>,
@@ -54,6 +58,7 @@ impl Default for TransformConfig {
             redaction_key: None,
             ignore_paths: default_ignore_paths(),
             include_old: false,
+            changed_by: true,
             drop_paths: Vec::new(),
             keep_paths: Vec::new(),
             redact: Vec::new(),
@@ -219,6 +224,7 @@ impl Shape {
 #[derive(Debug, Clone)]
 pub struct ObjectTransform {
     drop_managed_fields: bool,
+    changed_by: bool,
     redaction_key: Option<Vec<u8>>,
     shape: Shape,
     /// Changes confined to these paths are not emitted.
@@ -253,6 +259,7 @@ impl ObjectTransform {
         let shape = Shape::new(&config.drop_paths, &config.keep_paths, &config.redact, &key)?;
         Ok(Self {
             drop_managed_fields: config.drop_managed_fields,
+            changed_by: config.changed_by,
             redaction_key: config.redact_secrets.then_some(key),
             shape,
             ignore,
@@ -262,6 +269,12 @@ impl ObjectTransform {
     /// True when `metadata.managedFields` is dropped (the informers then never parse it).
     pub fn drops_managed_fields(&self) -> bool {
         self.drop_managed_fields
+    }
+
+    /// True when adds and updates name their writers (`transforms.changedBy`): informers
+    /// then keep a summary of each object's `managedFields` (see [`super::changed_by`]).
+    pub fn attributes_changes(&self) -> bool {
+        self.changed_by
     }
 
     /// Applies the transforms in place.
