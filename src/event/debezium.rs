@@ -379,8 +379,19 @@ mod tests {
             "spec": {"replicas": replicas}}))
     }
 
+    /// Decodes and validates against `schema/debezium.schema.json` (values and keys).
     fn decode(b: &Bytes) -> Value {
-        serde_json::from_slice(b).unwrap()
+        let v: Value = serde_json::from_slice(b).unwrap();
+        if v.get("source").is_some()
+            || v["schema"]["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with(".Envelope"))
+        {
+            crate::event::schema_check::debezium(&v);
+        } else {
+            crate::event::schema_check::debezium_key(&v);
+        }
+        v
     }
 
     #[test]

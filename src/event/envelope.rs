@@ -328,6 +328,7 @@ mod tests {
         let mut e = builder().build(Op::Add, obj, None, None, Instant::now());
         e.initial_list = true;
         let v: Value = serde_json::from_slice(e.to_json()).unwrap();
+        crate::event::schema_check::envelope(&v);
         assert_eq!(v["op"], "add");
         assert_eq!(v["cluster"], "c1");
         assert_eq!(v["apiVersion"], "apps/v1");
@@ -364,6 +365,7 @@ mod tests {
         );
         assert!(e.is_read());
         let v: Value = serde_json::from_slice(e.to_json()).unwrap();
+        crate::event::schema_check::envelope(&v);
         assert_eq!(v["snapshot"], "last");
         assert_eq!(
             v["changedBy"],
@@ -380,6 +382,7 @@ mod tests {
         let obj = Arc::new(json!({"metadata": {"name": "n1", "uid": "u", "resourceVersion": "1"}}));
         let e = builder().build(Op::Delete, obj, None, None, Instant::now());
         let v: Value = serde_json::from_slice(e.to_json()).unwrap();
+        crate::event::schema_check::envelope(&v);
         assert!(v.get("namespace").is_none());
     }
 
@@ -393,6 +396,7 @@ mod tests {
         b.include_old = true;
         let e = b.build(Op::Update, obj, old, None, Instant::now());
         let v: Value = serde_json::from_slice(e.to_json()).unwrap();
+        crate::event::schema_check::envelope(&v);
         assert_eq!(v["old"]["metadata"]["x"], 1);
     }
 }

@@ -8,6 +8,8 @@ pub mod diff;
 pub mod envelope;
 pub mod object;
 pub mod pointer;
+#[cfg(test)]
+pub(crate) mod schema_check;
 pub mod transform;
 
 pub use envelope::{Envelope, EnvelopeBuilder, Op, SnapshotMark};

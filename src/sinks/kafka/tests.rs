@@ -171,9 +171,11 @@ async fn consume(bootstrap: &str, topics: &[&str], expected: usize) -> Vec<Recei
             partition: m.partition(),
             offset: m.offset(),
             key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-            value: m
-                .payload()
-                .map(|p| serde_json::from_slice(p).expect("JSON value")),
+            value: m.payload().map(|p| {
+                let v: Value = serde_json::from_slice(p).expect("JSON value");
+                crate::event::schema_check::any(&v);
+                v
+            }),
             headers,
         });
     }

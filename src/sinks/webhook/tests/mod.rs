@@ -126,10 +126,12 @@ fn changes(objects: usize, versions: u64) -> Vec<Arc<Envelope>> {
 
 /// The envelopes a request carried (an array, or one object).
 fn envelopes(r: &Received) -> Vec<Value> {
-    match r.json() {
+    let items = match r.json() {
         Value::Array(items) => items,
         one => vec![one],
-    }
+    };
+    items.iter().for_each(crate::event::schema_check::any);
+    items
 }
 
 /// Every delivered (2xx-answered) envelope; fails on a request that was not.
