@@ -238,7 +238,7 @@ fn decode(m: &rdkafka::message::BorrowedMessage<'_>) -> Received {
         key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
         value: m
             .payload()
-            .map(|p| serde_json::from_slice(p).expect("JSON value")),
+            .map(|p| common::checked(serde_json::from_slice(p).expect("JSON value"))),
         headers,
     }
 }

@@ -378,6 +378,25 @@ mod tests {
     }
 
     #[test]
+    fn the_published_schemas_refuse_undocumented_or_malformed_fields() {
+        let obj =
+            Arc::new(json!({"metadata": {"name": "web", "uid": "u1", "resourceVersion": "7"}}));
+        let e = builder().build(Op::Add, obj, None, None, Instant::now());
+        let good: Value = serde_json::from_slice(e.to_json()).unwrap();
+        crate::event::schema_check::envelope(&good);
+        let mut extra = good.clone();
+        extra["surprise"] = json!(1);
+        let mut bad_op = good.clone();
+        bad_op["op"] = json!("upsert");
+        let mut patch_on_add = good.clone();
+        patch_on_add["patch"] = json!([]);
+        for bad in [extra, bad_op, patch_on_add] {
+            let refused = std::panic::catch_unwind(|| crate::event::schema_check::envelope(&bad));
+            assert!(refused.is_err(), "accepted: {bad}");
+        }
+    }
+
+    #[test]
     fn cluster_scoped_objects_have_no_namespace_field() {
         let obj = Arc::new(json!({"metadata": {"name": "n1", "uid": "u", "resourceVersion": "1"}}));
         let e = builder().build(Op::Delete, obj, None, None, Instant::now());
