@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::event::transform::ObjectTransform;
-use crate::event::{Envelope, EnvelopeBuilder, Op};
+use crate::event::{Envelope, EnvelopeBuilder, Op, SnapshotMark};
 use crate::informer::{Handler, InformerError, InformerFactory, InformerKey, SharedInformer};
 use crate::leader::Role;
 use crate::router::{Route, Router};
@@ -102,6 +102,14 @@ impl Handler for EmitHandler {
             .builder
             .build(Op::Delete, last_known.clone(), None, None, Instant::now());
         e.final_state_unknown = final_state_unknown;
+        self.emit(e).await;
+    }
+
+    async fn on_read(&self, obj: &Arc<Value>, mark: SnapshotMark) {
+        let mut e = self
+            .builder
+            .build(Op::Add, obj.clone(), None, None, Instant::now());
+        e.snapshot = Some(mark);
         self.emit(e).await;
     }
 }
@@ -333,6 +341,8 @@ impl Pipeline {
             metrics,
             factory: factory.clone(),
             cache: config.server.cache.clone(),
+            snapshot: config.server.snapshot.clone(),
+            snapshots: Default::default(),
         });
         Ok(Self {
             factory,
@@ -483,6 +493,7 @@ impl Pipeline {
             }
         }
         info!("shutting down: stopping informers");
+        self.ops.snapshots.cancel.cancel();
         self.factory.stop_all().await;
         let router = self.router.write().await.take();
         drop(self.standby_router.take());

@@ -245,7 +245,7 @@ impl SharedInformer {
         self.stats.last_heard_ms.store(ms, Ordering::Relaxed);
     }
 
-    fn handlers(&self) -> Vec<Arc<dyn Handler>> {
+    pub(super) fn handlers(&self) -> Vec<Arc<dyn Handler>> {
         self.handlers.lock().expect("handlers lock").clone()
     }
 

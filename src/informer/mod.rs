@@ -4,6 +4,7 @@
 mod factory;
 mod informer;
 mod raw;
+mod snapshot;
 mod store;
 
 use std::sync::Arc;
@@ -12,9 +13,12 @@ use async_trait::async_trait;
 use json_patch::Patch;
 use serde_json::Value;
 
+use crate::event::SnapshotMark;
+
 pub use factory::{InformerError, InformerFactory};
 pub use informer::{InformerStats, SharedInformer};
 pub use raw::{DropManagedFields, KeepAll, ParsePolicy, RawObject};
+pub use snapshot::SnapshotFilter;
 pub use store::{Entry, Store};
 
 /// Identifies a shared informer: two registrations with equal keys share one list+watch.
@@ -61,4 +65,39 @@ pub trait Handler: Send + Sync + 'static {
     /// An object is gone; `last_known` is its final (or last seen) state.
     /// `final_state_unknown`: inferred from a re-list, the delete itself was not seen.
     async fn on_delete(&self, last_known: &Arc<Value>, final_state_unknown: bool);
+    /// A read of the object's current state (a snapshot), not a change; `mark` tells where it
+    /// stands in its snapshot. Handlers that do not tell reads apart see an add.
+    async fn on_read(&self, obj: &Arc<Value>, mark: SnapshotMark) {
+        let _ = mark;
+        self.on_add(obj, false).await;
+    }
+}
+
+/// An informer over a client that reaches nothing, for tests of what it does with its cache.
+#[cfg(test)]
+pub(crate) fn testing_informer() -> Arc<SharedInformer> {
+    use crate::event::transform::{ObjectTransform, TransformConfig};
+    let resource = kube::core::ApiResource {
+        group: String::new(),
+        version: "v1".into(),
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        plural: "configmaps".into(),
+    };
+    let config = kube::Config::new("http://127.0.0.1:9".parse().expect("a URL"));
+    let client = kube::Client::try_from(config).expect("a client");
+    let key = InformerKey {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        namespace: None,
+        label_selector: None,
+        field_selector: None,
+    };
+    let transform = ObjectTransform::new(&TransformConfig::default(), "test").expect("defaults");
+    Arc::new(SharedInformer::new(
+        key,
+        resource.clone(),
+        kube::Api::all_with(client, &resource),
+        Arc::new(transform),
+    ))
 }

@@ -39,7 +39,8 @@ pub struct ListQuery {
     field_selector: Option<String>,
 }
 
-fn status(code: StatusCode, reason: &str, message: String) -> Response {
+/// A Kubernetes `Status` error answer.
+pub(super) fn status(code: StatusCode, reason: &str, message: String) -> Response {
     (
         code,
         axum::Json(json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
@@ -55,18 +56,12 @@ pub async fn handle(
     Path(rest): Path<String>,
     Query(query): Query<ListQuery>,
 ) -> Response {
-    if let Some(token) = &ops.cache.token {
-        let given = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_str()) {
-            return status(
-                StatusCode::UNAUTHORIZED,
-                "Unauthorized",
-                "bearer token required".into(),
-            );
-        }
+    if !super::authorized(&headers, ops.cache.token.as_deref()) {
+        return status(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "bearer token required".into(),
+        );
     }
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     // Core versions have no group: /cache/v1/Pod; others do: /cache/apps/v1/Deployment.

@@ -4,6 +4,7 @@
 mod cache;
 mod health;
 mod metrics;
+mod snapshot;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,13 +14,14 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 pub use cache::CacheApiConfig;
 pub use health::Health;
 pub use metrics::Metrics;
+pub use snapshot::{SnapshotApiConfig, Snapshots};
 
 /// `server:` in the config.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +36,9 @@ pub struct ServerConfig {
     /// The read-only cache query API.
     #[serde(default)]
     pub cache: CacheApiConfig,
+    /// Snapshots on demand (`POST /snapshot`).
+    #[serde(default)]
+    pub snapshot: SnapshotApiConfig,
 }
 
 impl Default for ServerConfig {
@@ -42,6 +47,7 @@ impl Default for ServerConfig {
             listen: default_listen(),
             readiness: ReadinessConfig::default(),
             cache: CacheApiConfig::default(),
+            snapshot: SnapshotApiConfig::default(),
         }
     }
 }
@@ -82,6 +88,22 @@ pub struct Ops {
     pub factory: Arc<crate::informer::InformerFactory>,
     /// Cache API settings.
     pub cache: CacheApiConfig,
+    /// Snapshot API settings.
+    pub snapshot: SnapshotApiConfig,
+    /// Snapshots in progress.
+    pub snapshots: Snapshots,
+}
+
+/// True when `token` is unset, or the request carries `Authorization: Bearer <token>`.
+fn authorized(headers: &axum::http::HeaderMap, token: Option<&str>) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        == Some(token)
 }
 
 /// Serves the ops routes on `listener` until `shutdown` resolves.
@@ -96,6 +118,9 @@ pub async fn serve(
         .route("/metrics", get(metrics_text));
     if ops.cache.enabled {
         app = app.route("/cache/{*rest}", get(cache::handle));
+    }
+    if ops.snapshot.enabled {
+        app = app.route("/snapshot", post(snapshot::handle));
     }
     let app = app.with_state(ops);
     if let Err(e) = axum::serve(listener, app)

@@ -1,0 +1,161 @@
+//! A real Kafka-protocol broker for tests: tansu (`$TANSU`, or `~/.cache/lookout/tools/bin/tansu`,
+//! built by `make tools`), with in-memory storage, on a free loopback port; and a consumer that
+//! reads everything from the beginning in the background.
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::Message as _;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// The tansu binary; a test that needs Kafka fails loudly without it.
+pub fn binary() -> PathBuf {
+    let path = std::env::var_os("TANSU")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| PathBuf::from(h).join(".cache/lookout/tools/bin/tansu"))
+        })
+        .filter(|p| p.is_file());
+    path.expect("no tansu broker ($TANSU or ~/.cache/lookout/tools/bin/tansu): run `make tools`")
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A tansu broker process; SIGKILLed when dropped.
+pub struct Tansu {
+    bin: PathBuf,
+    port: u16,
+    child: Child,
+}
+
+impl Tansu {
+    /// Starts a broker and waits until it listens.
+    pub fn start() -> Tansu {
+        let (bin, port) = (binary(), free_port());
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(&bin)
+            .args(["broker", "--listener-url", &url])
+            .args(["--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let broker = Tansu { bin, port, child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        broker
+    }
+
+    /// `host:port` for clients.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Creates a topic (an existing one is fine).
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let out = Command::new(&self.bin)
+            .args(["topic", "create", "--broker"])
+            .arg(format!("tcp://127.0.0.1:{}", self.port))
+            .args(["--partitions", &partitions.to_string(), name])
+            .output()
+            .expect("tansu topic create");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || stderr.to_lowercase().contains("exist"),
+            "topic create {name}: {stderr}"
+        );
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One consumed message.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Partition.
+    pub partition: i32,
+    /// Offset in the partition.
+    pub offset: i64,
+    /// The key bytes.
+    pub key: Vec<u8>,
+    /// `None` for a tombstone.
+    pub value: Option<Vec<u8>>,
+}
+
+/// Reads `topic` (all `partitions`) from the beginning into a shared list, in the background.
+pub struct Collector {
+    /// Everything read so far, per partition in offset order.
+    pub records: Arc<Mutex<Vec<Record>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Collector {
+    /// Starts reading.
+    pub fn start(bootstrap: &str, topic: &str, partitions: i32) -> Collector {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "lookout-collector")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .expect("consumer");
+        let mut assignment = TopicPartitionList::new();
+        for p in 0..partitions {
+            assignment
+                .add_partition_offset(topic, p, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&assignment).expect("assign");
+        let records: Arc<Mutex<Vec<Record>>> = Arc::default();
+        let out = records.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match consumer.recv().await {
+                    Ok(m) => out.lock().unwrap().push(Record {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().unwrap_or_default().to_vec(),
+                        value: m.payload().map(<[u8]>::to_vec),
+                    }),
+                    Err(e) => eprintln!("consumer: {e}"),
+                }
+            }
+        });
+        Collector { records, task }
+    }
+
+    /// A copy of what was read so far.
+    pub fn snapshot(&self) -> Vec<Record> {
+        self.records.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
