@@ -69,6 +69,8 @@ impl SharedInformer {
             .collect();
         keys.sort();
         let mut read = 0usize;
+        let mut emitted: Vec<usize> = Vec::new();
+        let mut ended = false;
         let mut i = 0;
         while i < keys.len() && !cancel.is_cancelled() {
             let held = self.hold().await;
@@ -89,7 +91,22 @@ impl SharedInformer {
             self.emit_read(&keys[i], &obj, mark).await;
             drop(held);
             read += 1;
+            emitted.push(i);
+            ended = next.is_none();
             i = next.unwrap_or(keys.len());
+        }
+        // The object promised as next was deleted before it was read, and nothing after it
+        // remains: the last object still there that was read is read again, as the last.
+        if !ended && !cancel.is_cancelled() {
+            let _held = self.hold().await;
+            if let Some((k, obj)) = emitted
+                .iter()
+                .rev()
+                .find_map(|&k| self.current_matching(&keys[k], filter).map(|o| (k, o)))
+            {
+                self.emit_read(&keys[k], &obj, SnapshotMark::Last).await;
+                read += 1;
+            }
         }
         read
     }
@@ -196,6 +213,54 @@ mod tests {
             .map(|r| (r.0.clone(), r.2))
             .collect();
         assert_eq!(got, vec![("a/x".into(), First), ("a/z".into(), Last)]);
+    }
+
+    /// Deletes `victim` from the cache when the first read is handed on (as a live delete
+    /// between two reads would).
+    struct DeleteOnFirstRead(Arc<SharedInformer>, &'static str, Arc<Reads>);
+
+    #[async_trait]
+    impl Handler for DeleteOnFirstRead {
+        async fn on_add(&self, _: &Arc<Value>, _: bool) {}
+        async fn on_update(&self, _: &Arc<Value>, _: &Arc<Value>, _: Patch) {}
+        async fn on_delete(&self, _: &Arc<Value>, _: bool) {}
+        async fn on_read(&self, obj: &Arc<Value>, mark: SnapshotMark) {
+            if self.2.0.lock().unwrap().len() == 1 {
+                self.0.store().remove(self.1);
+            }
+            let _ = (obj, mark);
+        }
+    }
+
+    #[tokio::test]
+    async fn when_the_object_after_a_read_vanishes_the_last_one_read_is_read_again_as_last() {
+        let (informer, reads) =
+            informer_with(&[cm("a", "x", "1", "web"), cm("a", "y", "2", "web")]);
+        informer.add_handler(Arc::new(DeleteOnFirstRead(
+            informer.clone(),
+            "a/y",
+            reads.clone(),
+        )));
+        assert_eq!(
+            informer
+                .snapshot(&SnapshotFilter::default(), &CancellationToken::new())
+                .await,
+            2
+        );
+        let got: Vec<(String, SnapshotMark)> = reads
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| (r.0.clone(), r.2))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a/x".into(), SnapshotMark::First),
+                ("a/x".into(), SnapshotMark::Last)
+            ]
+        );
     }
 
     #[tokio::test]
