@@ -14,7 +14,9 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::event::transform::ObjectTransform;
 use crate::event::{Envelope, EnvelopeBuilder, Op, SnapshotMark};
-use crate::informer::{Handler, InformerError, InformerFactory, InformerKey, SharedInformer};
+use crate::informer::{
+    ChangedBy, Handler, InformerError, InformerFactory, InformerKey, SharedInformer,
+};
 use crate::leader::Role;
 use crate::router::{Route, Router};
 use crate::server::{Health, Metrics, Ops};
@@ -79,22 +81,11 @@ impl EmitHandler {
 #[async_trait]
 impl Handler for EmitHandler {
     async fn on_add(&self, obj: &Arc<Value>, initial_list: bool) {
-        let mut e = self
-            .builder
-            .build(Op::Add, obj.clone(), None, None, Instant::now());
-        e.initial_list = initial_list;
-        self.emit(e).await;
+        self.on_add_by(obj, initial_list, None).await;
     }
 
     async fn on_update(&self, old: &Arc<Value>, new: &Arc<Value>, patch: Patch) {
-        let e = self.builder.build(
-            Op::Update,
-            new.clone(),
-            Some(old.clone()),
-            Some(patch),
-            Instant::now(),
-        );
-        self.emit(e).await;
+        self.on_update_by(old, new, patch, None).await;
     }
 
     async fn on_delete(&self, last_known: &Arc<Value>, final_state_unknown: bool) {
@@ -105,11 +96,39 @@ impl Handler for EmitHandler {
         self.emit(e).await;
     }
 
-    async fn on_read(&self, obj: &Arc<Value>, mark: SnapshotMark) {
+    async fn on_read(&self, obj: &Arc<Value>, mark: SnapshotMark, initial_list: bool) {
         let mut e = self
             .builder
             .build(Op::Add, obj.clone(), None, None, Instant::now());
         e.snapshot = Some(mark);
+        e.initial_list = initial_list;
+        self.emit(e).await;
+    }
+
+    async fn on_add_by(&self, obj: &Arc<Value>, initial_list: bool, changed_by: ChangedBy) {
+        let mut e = self
+            .builder
+            .build(Op::Add, obj.clone(), None, None, Instant::now());
+        e.initial_list = initial_list;
+        e.changed_by = changed_by;
+        self.emit(e).await;
+    }
+
+    async fn on_update_by(
+        &self,
+        old: &Arc<Value>,
+        new: &Arc<Value>,
+        patch: Patch,
+        changed_by: ChangedBy,
+    ) {
+        let mut e = self.builder.build(
+            Op::Update,
+            new.clone(),
+            Some(old.clone()),
+            Some(patch),
+            Instant::now(),
+        );
+        e.changed_by = changed_by;
         self.emit(e).await;
     }
 }

@@ -251,6 +251,17 @@ async fn kafka_and_webhook_consumers_rebuild_the_cluster_from_debezium_events_th
     };
     let lake = until_rebuilt(&sim, &agent, "initial list", || kafka(&bootstrap)).await;
     assert_eq!(lake.reads.len(), 6, "the initial list arrives as reads");
+    let mut initial: Vec<(String, u64)> = lake.reads.clone();
+    initial.sort_by_key(|r| r.1);
+    let marks: Vec<&str> = initial.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(
+        (
+            marks.iter().filter(|m| **m == "first").count(),
+            marks.iter().filter(|m| **m == "last").count()
+        ),
+        (1, 1),
+        "the initial list is a snapshot from first to last: {marks:?}"
+    );
 
     // Live changes.
     sim.create("v1", "ConfigMap", cm("g", "0")).unwrap();
@@ -435,7 +446,13 @@ async fn changed_by_names_kubectl_a_server_side_apply_manager_and_the_status_wri
          \x20   spec: {containers: [{name: main, image: nginx}]}\n",
     )
     .unwrap();
-    kubectl.run(&["apply", "--server-side", "-f", manifest.to_str().unwrap()]);
+    kubectl.run(&[
+        "apply",
+        "--server-side",
+        "--validate=false",
+        "-f",
+        manifest.to_str().unwrap(),
+    ]);
     let created = agent.next().await;
     assert_eq!(created["op"], "add");
     assert_eq!(writers(&created["changedBy"]), vec!["kubectl/Apply"]);

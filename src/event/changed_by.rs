@@ -86,6 +86,12 @@ impl Managers {
             .unwrap_or_default()
     }
 
+    /// The summary as a compact `managedFields` list (entries without `fieldsV1`), to carry
+    /// it inside a parsed object until the transforms drop it.
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(&*self.0).expect("entries always serialize")
+    }
+
     /// True when the object has no entries.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

@@ -21,9 +21,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::raw::DropManagedFields;
+use super::raw::{DropManagedFields, SummarizeManagedFields};
 use super::store::{Entry, Store};
-use super::{Handler, InformerKey, ParsePolicy, RawObject};
+use super::{ChangedBy, Handler, InformerKey, ParsePolicy, RawObject};
+use crate::event::SnapshotMark;
+use crate::event::changed_by::Managers;
 use crate::event::diff;
 use crate::event::object;
 use crate::event::transform::ObjectTransform;
@@ -58,6 +60,12 @@ pub struct SharedInformer {
     /// The same resource, parsed without `metadata.managedFields` (when the transforms drop
     /// it anyway); list and watch go through it then.
     trimmed: Option<Api<RawObject<DropManagedFields>>>,
+    /// The same, keeping only the summary of `managedFields` attribution needs (when the
+    /// transforms drop them and `changedBy` is on).
+    summarized: Option<Api<RawObject<SummarizeManagedFields>>>,
+    /// Per cache key, the `managedFields` summary of the last emitted state: what the next
+    /// change is attributed against.
+    managers: Mutex<std::collections::HashMap<String, Managers>>,
     transform: Arc<ObjectTransform>,
     store: Store,
     handlers: Mutex<Vec<Arc<dyn Handler>>>,
@@ -78,18 +86,21 @@ impl SharedInformer {
         api: Api<RawObject>,
         transform: Arc<ObjectTransform>,
     ) -> Self {
-        let trimmed = transform.drops_managed_fields().then(|| {
-            let client = api.clone().into_client();
-            match api.namespace() {
-                Some(ns) => Api::namespaced_with(client, ns, &resource),
-                None => Api::all_with(client, &resource),
-            }
-        });
+        let (trimmed, summarized) = match (
+            transform.drops_managed_fields(),
+            transform.attributes_changes(),
+        ) {
+            (true, true) => (None, Some(reparsed(&api, &resource))),
+            (true, false) => (Some(reparsed(&api, &resource)), None),
+            (false, _) => (None, None),
+        };
         Self {
             key,
             resource,
             api,
             trimmed,
+            summarized,
+            managers: Mutex::new(std::collections::HashMap::new()),
             transform,
             store: Store::default(),
             handlers: Mutex::new(Vec::new()),
@@ -174,10 +185,29 @@ impl SharedInformer {
         let snapshot = delivered.is_empty();
         let mut delivered: std::collections::HashMap<String, Value> =
             delivered.into_iter().collect();
-        for key in self.store.keys() {
+        let keys = self.store.keys();
+        let last = keys.len().saturating_sub(1);
+        for (index, key) in keys.into_iter().enumerate() {
             let Some(entry) = self.store.get(&key) else {
                 continue;
             };
+            if snapshot {
+                // No delivered state: everything is read again, a snapshot.
+                let mark = match index {
+                    i if i == last => SnapshotMark::Last,
+                    0 => SnapshotMark::First,
+                    _ => SnapshotMark::True,
+                };
+                self.emit_read(&entry.current, mark, true).await;
+                self.store.insert(
+                    key,
+                    Entry {
+                        current: entry.current.clone(),
+                        emitted: None,
+                    },
+                );
+                continue;
+            }
             match delivered.remove(&key) {
                 Some(old) if object::uid(&old) == object::uid(&entry.current) => {
                     let patch = diff::diff(&old, &entry.current);
@@ -324,6 +354,10 @@ impl SharedInformer {
             ..ListParams::default()
         };
         let mut seen = HashSet::new();
+        // The initial list is a snapshot: each read waits for the next one (or the end of the
+        // list) to know whether it is the first, in between, or the last.
+        let mut pending: Option<Arc<Value>> = None;
+        let mut reads = 0usize;
         let rv = loop {
             let page = match self.list_page(&params).await {
                 Ok(page) => page,
@@ -338,16 +372,30 @@ impl SharedInformer {
             self.heard();
             for mut obj in page.items {
                 self.ensure_type_meta(&mut obj);
-                self.transform.apply(&mut obj);
+                let managers = self.prepare(&mut obj);
                 seen.insert(object::cache_key(&obj));
                 let _held = self.processing.lock().await;
-                self.apply(obj, initial).await;
+                if let Some(read) = self.apply(obj, initial, managers).await
+                    && let Some(previous) = pending.replace(read)
+                {
+                    let mark = if reads == 0 {
+                        SnapshotMark::First
+                    } else {
+                        SnapshotMark::True
+                    };
+                    self.emit_read(&previous, mark, true).await;
+                    reads += 1;
+                }
             }
             match page.metadata.continue_.filter(|c| !c.is_empty()) {
                 Some(token) => params.continue_token = Some(token),
                 None => break page.metadata.resource_version.unwrap_or_default(),
             }
         };
+        if let Some(last) = pending.take() {
+            let _held = self.processing.lock().await;
+            self.emit_read(&last, SnapshotMark::Last, true).await;
+        }
         // Objects cached before this list that it no longer contains were deleted while the
         // watch was down: nobody will ever send their DELETED event.
         for key in self.store.keys() {
@@ -355,6 +403,7 @@ impl SharedInformer {
                 && let Some(entry) = self.store.remove(&key)
             {
                 let _held = self.processing.lock().await;
+                self.forget_managers(&key);
                 self.emit_delete(&entry.current, true).await;
             }
         }
@@ -396,15 +445,16 @@ impl SharedInformer {
             match event {
                 WatchEvent::Added(mut obj) | WatchEvent::Modified(mut obj) => {
                     rv = object::resource_version(&obj).to_string();
-                    self.transform.apply(&mut obj);
+                    let managers = self.prepare(&mut obj);
                     let _held = self.processing.lock().await;
-                    self.apply(obj, false).await;
+                    self.apply(obj, false, managers).await;
                 }
                 WatchEvent::Deleted(mut obj) => {
                     rv = object::resource_version(&obj).to_string();
-                    self.transform.apply(&mut obj);
+                    self.prepare(&mut obj);
                     let key = object::cache_key(&obj);
                     let _held = self.processing.lock().await;
+                    self.forget_managers(&key);
                     if self.store.remove(&key).is_some() {
                         self.emit_delete(&Arc::new(obj), false).await;
                     }
@@ -420,9 +470,10 @@ impl SharedInformer {
 
     /// One list page, parsed the way the transforms allow.
     async fn list_page(&self, params: &ListParams) -> Result<Page, kube::Error> {
-        match &self.trimmed {
-            Some(api) => api.list(params).await.map(Page::from),
-            None => self.api.list(params).await.map(Page::from),
+        match (&self.summarized, &self.trimmed) {
+            (Some(api), _) => api.list(params).await.map(Page::from),
+            (None, Some(api)) => api.list(params).await.map(Page::from),
+            (None, None) => self.api.list(params).await.map(Page::from),
         }
     }
 
@@ -451,9 +502,10 @@ impl SharedInformer {
             })
             .boxed()
         }
-        match &self.trimmed {
-            Some(api) => api.watch(params, rv).await.map(values),
-            None => self.api.watch(params, rv).await.map(values),
+        match (&self.summarized, &self.trimmed) {
+            (Some(api), _) => api.watch(params, rv).await.map(values),
+            (None, Some(api)) => api.watch(params, rv).await.map(values),
+            (None, None) => self.api.watch(params, rv).await.map(values),
         }
     }
 
@@ -473,45 +525,97 @@ impl SharedInformer {
         }
     }
 
+    /// The one place objects are transformed, before they are cached, diffed or emitted;
+    /// returns the summary of their `managedFields` when changes are attributed (read before
+    /// the transforms drop them).
+    fn prepare(&self, obj: &mut Value) -> Option<Managers> {
+        let managers = self
+            .transform
+            .attributes_changes()
+            .then(|| Managers::of(obj));
+        self.transform.apply(obj);
+        managers
+    }
+
+    fn forget_managers(&self, key: &str) {
+        self.managers.lock().expect("managers lock").remove(key);
+    }
+
+    /// Who changed `key` from its last emitted state to `new` (`None` when either summary is
+    /// unknown: attribution off, or an object seeded from delivered state); remembers `new`
+    /// as the state the next change is attributed against.
+    fn attribute(&self, key: &str, new: Option<Managers>, created: bool) -> ChangedBy {
+        let new = new?;
+        let mut known = self.managers.lock().expect("managers lock");
+        let changed = match known.get(key) {
+            Some(old) if !created => Some(new.changed_since(Some(old))),
+            _ if created => Some(new.changed_since(None)),
+            _ => None,
+        };
+        known.insert(key.to_string(), new);
+        changed
+    }
+
     /// Brings one (transformed) object into the cache and tells the handlers what changed.
-    async fn apply(&self, obj: Value, initial_list: bool) {
+    /// An add of the initial list (`initial_list`) is not handed on but returned: the caller
+    /// emits it as a read once it knows where the read stands in the list.
+    async fn apply(
+        &self,
+        obj: Value,
+        initial_list: bool,
+        managers: Option<Managers>,
+    ) -> Option<Arc<Value>> {
         let key = object::cache_key(&obj);
         // Only the state the patch starts from is decoded from the compact cache.
         let Some(base) = self.store.base(&key) else {
             let obj = Arc::new(obj);
             self.store.insert(
-                key,
+                key.clone(),
                 Entry {
                     current: obj.clone(),
                     emitted: None,
                 },
             );
-            for h in self.handlers() {
-                h.on_add(&obj, initial_list).await;
+            let changed_by = self.attribute(&key, managers, true);
+            if initial_list {
+                return Some(obj);
             }
-            return;
+            for h in self.handlers() {
+                h.on_add_by(&obj, false, changed_by.clone()).await;
+            }
+            return None;
         };
         if object::uid(&base) != object::uid(&obj) {
             // Deleted and re-created under the same name while we were not watching.
             if let Some(entry) = self.store.remove(&key) {
+                self.forget_managers(&key);
                 self.emit_delete(&entry.current, true).await;
             }
-            return Box::pin(self.apply(obj, initial_list)).await;
+            return Box::pin(self.apply(obj, initial_list, managers)).await;
         }
         let patch = diff::diff(&base, &obj);
         if diff::only_ignored_changes(&patch, &self.transform.ignore) {
             self.store.update(key, &obj, true);
-            return;
+            return None;
         }
-        self.store.update(key, &obj, false);
+        self.store.update(key.clone(), &obj, false);
+        let changed_by = self.attribute(&key, managers, false);
         let obj = Arc::new(obj);
         // The patch moves into the last handler; only extra handlers pay for a copy.
         let handlers = self.handlers();
         if let Some((last, rest)) = handlers.split_last() {
             for h in rest {
-                h.on_update(&base, &obj, patch.clone()).await;
+                h.on_update_by(&base, &obj, patch.clone(), changed_by.clone())
+                    .await;
             }
-            last.on_update(&base, &obj, patch).await;
+            last.on_update_by(&base, &obj, patch, changed_by).await;
+        }
+        None
+    }
+
+    pub(super) async fn emit_read(&self, obj: &Arc<Value>, mark: SnapshotMark, initial_list: bool) {
+        for h in self.handlers() {
+            h.on_read(obj, mark, initial_list).await;
         }
     }
 
@@ -519,6 +623,15 @@ impl SharedInformer {
         for h in self.handlers() {
             h.on_delete(last_known, final_state_unknown).await;
         }
+    }
+}
+
+/// The same resource as `api`, parsed under another policy.
+fn reparsed<P: ParsePolicy>(api: &Api<RawObject>, resource: &ApiResource) -> Api<RawObject<P>> {
+    let client = api.clone().into_client();
+    match api.namespace() {
+        Some(ns) => Api::namespaced_with(client, ns, resource),
+        None => Api::all_with(client, resource),
     }
 }
 

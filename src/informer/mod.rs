@@ -14,10 +14,14 @@ use json_patch::Patch;
 use serde_json::Value;
 
 use crate::event::SnapshotMark;
+use crate::event::changed_by::ManagerEntry;
+
+/// Who made a change (see [`crate::event::changed_by`]); `None` when not known.
+pub type ChangedBy = Option<Arc<[ManagerEntry]>>;
 
 pub use factory::{InformerError, InformerFactory};
 pub use informer::{InformerStats, SharedInformer};
-pub use raw::{DropManagedFields, KeepAll, ParsePolicy, RawObject};
+pub use raw::{DropManagedFields, KeepAll, ParsePolicy, RawObject, SummarizeManagedFields};
 pub use snapshot::SnapshotFilter;
 pub use store::{Entry, Store};
 
@@ -65,11 +69,28 @@ pub trait Handler: Send + Sync + 'static {
     /// An object is gone; `last_known` is its final (or last seen) state.
     /// `final_state_unknown`: inferred from a re-list, the delete itself was not seen.
     async fn on_delete(&self, last_known: &Arc<Value>, final_state_unknown: bool);
-    /// A read of the object's current state (a snapshot), not a change; `mark` tells where it
-    /// stands in its snapshot. Handlers that do not tell reads apart see an add.
-    async fn on_read(&self, obj: &Arc<Value>, mark: SnapshotMark) {
+    /// A read of the object's current state (the initial list, or a snapshot), not a change;
+    /// `mark` tells where it stands in its snapshot. Handlers that do not tell reads apart
+    /// see an add.
+    async fn on_read(&self, obj: &Arc<Value>, mark: SnapshotMark, initial_list: bool) {
         let _ = mark;
-        self.on_add(obj, false).await;
+        self.on_add(obj, initial_list).await;
+    }
+    /// [`Handler::on_add`] with the writers of the new object, when attributed.
+    async fn on_add_by(&self, obj: &Arc<Value>, initial_list: bool, changed_by: ChangedBy) {
+        let _ = changed_by;
+        self.on_add(obj, initial_list).await;
+    }
+    /// [`Handler::on_update`] with the writers of the change, when attributed.
+    async fn on_update_by(
+        &self,
+        old: &Arc<Value>,
+        new: &Arc<Value>,
+        patch: Patch,
+        changed_by: ChangedBy,
+    ) {
+        let _ = changed_by;
+        self.on_update(old, new, patch).await;
     }
 }
 

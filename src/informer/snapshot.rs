@@ -88,7 +88,7 @@ impl SharedInformer {
                 (0, Some(_)) => SnapshotMark::First,
                 _ => SnapshotMark::True,
             };
-            self.emit_read(&keys[i], &obj, mark).await;
+            self.read_once(&keys[i], &obj, mark).await;
             drop(held);
             read += 1;
             emitted.push(i);
@@ -104,7 +104,7 @@ impl SharedInformer {
                 .rev()
                 .find_map(|&k| self.current_matching(&keys[k], filter).map(|o| (k, o)))
             {
-                self.emit_read(&keys[k], &obj, SnapshotMark::Last).await;
+                self.read_once(&keys[k], &obj, SnapshotMark::Last).await;
                 read += 1;
             }
         }
@@ -119,13 +119,11 @@ impl SharedInformer {
     }
 
     /// Hands a read to the handlers; the state read becomes the emitted state.
-    async fn emit_read(&self, key: &str, obj: &Arc<Value>, mark: SnapshotMark) {
+    async fn read_once(&self, key: &str, obj: &Arc<Value>, mark: SnapshotMark) {
         if self.store().get(key).is_some_and(|e| e.emitted.is_some()) {
             self.store().update(key.to_string(), obj, false);
         }
-        for h in self.handlers() {
-            h.on_read(obj, mark).await;
-        }
+        self.emit_read(obj, mark, false).await;
     }
 }
 
@@ -148,7 +146,7 @@ mod tests {
         async fn on_add(&self, _: &Arc<Value>, _: bool) {}
         async fn on_update(&self, _: &Arc<Value>, _: &Arc<Value>, _: Patch) {}
         async fn on_delete(&self, _: &Arc<Value>, _: bool) {}
-        async fn on_read(&self, obj: &Arc<Value>, mark: SnapshotMark) {
+        async fn on_read(&self, obj: &Arc<Value>, mark: SnapshotMark, _: bool) {
             self.0.lock().unwrap().push((
                 object::cache_key(obj),
                 object::resource_version(obj).to_string(),
@@ -224,7 +222,7 @@ mod tests {
         async fn on_add(&self, _: &Arc<Value>, _: bool) {}
         async fn on_update(&self, _: &Arc<Value>, _: &Arc<Value>, _: Patch) {}
         async fn on_delete(&self, _: &Arc<Value>, _: bool) {}
-        async fn on_read(&self, obj: &Arc<Value>, mark: SnapshotMark) {
+        async fn on_read(&self, obj: &Arc<Value>, mark: SnapshotMark, _: bool) {
             if self.2.0.lock().unwrap().len() == 1 {
                 self.0.store().remove(self.1);
             }
