@@ -122,7 +122,7 @@ impl Managers {
             })
             .cloned()
             .collect();
-        out.sort_by(|a, b| b.time.cmp(&a.time));
+        out.sort_by_key(|e| std::cmp::Reverse(e.time));
         out.into()
     }
 }
@@ -136,7 +136,7 @@ pub fn merge(first: &[ManagerEntry], second: &[ManagerEntry]) -> Arc<[ManagerEnt
             out.push(e.clone());
         }
     }
-    out.sort_by(|a, b| b.time.cmp(&a.time));
+    out.sort_by_key(|e| std::cmp::Reverse(e.time));
     out.into()
 }
 
