@@ -25,6 +25,12 @@ pub fn render_text(e: &Envelope) -> String {
     );
     if e.initial_list {
         line.push_str(" (initial list)");
+    } else if let Some(mark) = e.snapshot {
+        line.push_str(&format!(" (snapshot: {})", mark.as_str()));
+    }
+    if let Some(by) = e.changed_by.as_deref().filter(|b| !b.is_empty()) {
+        let names: Vec<&str> = by.iter().map(|w| &*w.manager).collect();
+        line.push_str(&format!(" by {}", names.join(", ")));
     }
     if e.final_state_unknown {
         line.push_str(" (final state unknown)");
@@ -67,5 +73,47 @@ fn short(v: &Value) -> String {
         format!("{cut}…")
     } else {
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::event::changed_by::Managers;
+    use crate::event::{EnvelopeBuilder, SnapshotMark};
+
+    #[test]
+    fn a_line_names_the_writers_and_the_snapshot_a_read_belongs_to() {
+        let b = EnvelopeBuilder {
+            cluster: "c".into(),
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            plural: "configmaps".into(),
+            source: "v1/ConfigMap".into(),
+            include_old: false,
+        };
+        let obj = Arc::new(
+            json!({"metadata": {"name": "a", "namespace": "n", "resourceVersion": "2",
+            "managedFields": [{"manager": "kubectl-edit", "operation": "Update"}]}}),
+        );
+        let mut e = b.build(Op::Add, obj.clone(), None, None, Instant::now());
+        e.changed_by = Some(Managers::of(&obj).changed_since(None));
+        assert!(
+            render_text(&e).ends_with("n/a rv=2 by kubectl-edit"),
+            "{}",
+            render_text(&e)
+        );
+        let mut read = b.build(Op::Add, obj, None, None, Instant::now());
+        read.snapshot = Some(SnapshotMark::Last);
+        assert!(
+            render_text(&read).ends_with("rv=2 (snapshot: last)"),
+            "{}",
+            render_text(&read)
+        );
     }
 }
