@@ -400,22 +400,14 @@ pub fn record_update(
         mine.retain(|p| !removed.contains(p));
         mine.extend(changed);
         entries.retain(|e| !same_writer(e));
-        entries.retain(|e| {
-            e.get("fieldsV1")
-                .is_none_or(|f| f.as_object().is_none_or(|m| !m.is_empty()))
-        });
-        let mut entry = json!({
-            "manager": manager,
-            "operation": "Update",
-            "apiVersion": api_version,
-            "time": now_rfc3339(),
-            "fieldsType": "FieldsV1",
-            "fieldsV1": to_fields_v1(&mine),
-        });
-        if let Some(sub) = subresource {
-            entry["subresource"] = json!(sub);
-        }
-        entries.push(entry);
+        push_entry(
+            &mut entries,
+            manager,
+            "Update",
+            api_version,
+            &mine,
+            subresource,
+        );
     }
     if let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {
         if entries.is_empty() {
@@ -535,24 +527,44 @@ pub fn server_side_apply_to(
     }
     apply_merge(&mut obj, &cfg_clean);
     entries.retain(|e| !is_mine(e));
+    push_entry(
+        &mut entries,
+        manager,
+        "Apply",
+        api_version,
+        &mine,
+        subresource,
+    );
+    obj["metadata"]["managedFields"] = Value::Array(entries);
+    Ok(obj)
+}
+
+/// Drops entries that own nothing any more, then adds `manager`'s entry for `operation`,
+/// owning `fields`, stamped now.
+fn push_entry(
+    entries: &mut Vec<Value>,
+    manager: &str,
+    operation: &str,
+    api_version: &str,
+    fields: &BTreeSet<FieldPath>,
+    subresource: Option<&str>,
+) {
     entries.retain(|e| {
         e.get("fieldsV1")
             .is_none_or(|f| f.as_object().is_none_or(|m| !m.is_empty()))
     });
     let mut entry = json!({
         "manager": manager,
-        "operation": "Apply",
+        "operation": operation,
         "apiVersion": api_version,
         "time": now_rfc3339(),
         "fieldsType": "FieldsV1",
-        "fieldsV1": to_fields_v1(&mine),
+        "fieldsV1": to_fields_v1(fields),
     });
     if let Some(sub) = subresource {
         entry["subresource"] = json!(sub);
     }
     entries.push(entry);
-    obj["metadata"]["managedFields"] = Value::Array(entries);
-    Ok(obj)
 }
 
 #[cfg(test)]

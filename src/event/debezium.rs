@@ -364,12 +364,22 @@ mod tests {
     fn builder() -> EnvelopeBuilder {
         EnvelopeBuilder {
             cluster: "prod".into(),
-            api_version: "apps/v1".into(),
-            kind: "Deployment".into(),
-            plural: "deployments".into(),
-            source: "apps/v1/Deployment".into(),
-            include_old: false,
+            ..EnvelopeBuilder::for_test("apps/v1", "Deployment")
         }
+    }
+
+    /// An update from 1 to 3 replicas (resourceVersion 7 → 8) by `writers`' managedFields.
+    fn scaled(writers: Value) -> Envelope {
+        let mut e = builder().build(
+            Op::Update,
+            obj("8", 3),
+            Some(obj("7", 1)),
+            None,
+            Instant::now(),
+        );
+        let managers = Managers::of(&json!({"metadata": {"managedFields": writers}}));
+        e.changed_by = Some(managers.changed_since(None));
+        e
     }
 
     fn obj(rv: &str, replicas: u32) -> Arc<Value> {
@@ -396,16 +406,8 @@ mod tests {
 
     #[test]
     fn an_update_carries_before_after_and_the_object_identity_in_source() {
-        let mut e = builder().build(
-            Op::Update,
-            obj("8", 3),
-            Some(obj("7", 1)),
-            None,
-            Instant::now(),
-        );
-        let entries = Managers::of(&json!({"metadata": {"managedFields": [
-            {"manager": "deployer", "operation": "Apply", "time": "2024-05-01T10:05:00Z"}]}}));
-        e.changed_by = Some(entries.changed_since(None));
+        let e = scaled(json!([
+            {"manager": "deployer", "operation": "Apply", "time": "2024-05-01T10:05:00Z"}]));
         let v = decode(&Encoding::default().value(&e));
         assert_eq!(v["op"], "u");
         assert_eq!(v["before"]["spec"]["replicas"], 1);
@@ -541,20 +543,10 @@ mod tests {
 
     #[test]
     fn framed_values_match_their_connect_schema_and_carry_rows() {
-        let mut e = builder().build(
-            Op::Update,
-            obj("8", 3),
-            Some(obj("7", 1)),
-            None,
-            Instant::now(),
-        );
-        e.changed_by = Some(
-            Managers::of(&json!({"metadata": {"managedFields": [
-                {"manager": "kubelet", "operation": "Update", "subresource": "status",
-                 "time": "2024-05-01T10:05:00Z"},
-                {"manager": "x", "operation": "Apply"}]}}))
-            .changed_since(None),
-        );
+        let e = scaled(json!([
+            {"manager": "kubelet", "operation": "Update", "subresource": "status",
+             "time": "2024-05-01T10:05:00Z"},
+            {"manager": "x", "operation": "Apply"}]));
         let framed = decode(&Encoding { schemas: true }.value(&e));
         let (schema, payload) = (&framed["schema"], &framed["payload"]);
         assert_eq!(schema["name"], "prod.apps.Deployment.Envelope");

@@ -306,6 +306,21 @@ impl EnvelopeBuilder {
 }
 
 #[cfg(test)]
+impl EnvelopeBuilder {
+    /// A builder for `kind` of `api_version` in cluster `c` (the plural is `<kind>s`).
+    pub(crate) fn for_test(api_version: &str, kind: &str) -> Self {
+        EnvelopeBuilder {
+            cluster: "c".into(),
+            api_version: api_version.into(),
+            kind: kind.into(),
+            plural: format!("{}s", kind.to_ascii_lowercase()).as_str().into(),
+            source: format!("{api_version}/{kind}").as_str().into(),
+            include_old: false,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;

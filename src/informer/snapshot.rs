@@ -141,6 +141,18 @@ mod tests {
     #[derive(Default)]
     struct Reads(Mutex<Vec<(String, String, SnapshotMark)>>);
 
+    impl Reads {
+        /// (cache key, mark) of every read so far.
+        fn marks(&self) -> Vec<(String, SnapshotMark)> {
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|r| (r.0.clone(), r.2))
+                .collect()
+        }
+    }
+
     #[async_trait]
     impl Handler for Reads {
         async fn on_add(&self, _: &Arc<Value>, _: bool) {}
@@ -203,14 +215,10 @@ mod tests {
             informer.snapshot(&filter, &CancellationToken::new()).await,
             2
         );
-        let got: Vec<(String, SnapshotMark)> = reads
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|r| (r.0.clone(), r.2))
-            .collect();
-        assert_eq!(got, vec![("a/x".into(), First), ("a/z".into(), Last)]);
+        assert_eq!(
+            reads.marks(),
+            vec![("a/x".into(), First), ("a/z".into(), Last)]
+        );
     }
 
     /// Deletes `victim` from the cache when the first read is handed on (as a live delete
@@ -245,15 +253,8 @@ mod tests {
                 .await,
             2
         );
-        let got: Vec<(String, SnapshotMark)> = reads
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|r| (r.0.clone(), r.2))
-            .collect();
         assert_eq!(
-            got,
+            reads.marks(),
             vec![
                 ("a/x".into(), SnapshotMark::First),
                 ("a/x".into(), SnapshotMark::Last)

@@ -80,6 +80,20 @@ pub struct SinkConfigError {
     pub message: String,
 }
 
+/// `debezium:` is only meaningful with `format: debezium` (`applies`).
+pub(crate) fn check_debezium_options(
+    debezium: Option<&crate::event::debezium::DebeziumOptions>,
+    applies: bool,
+) -> Result<(), SinkConfigError> {
+    match debezium {
+        Some(_) if !applies => Err(SinkConfigError {
+            path: "debezium".into(),
+            message: "only applies with `format: debezium`".into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Why a configured sink could not be started.
 #[derive(Debug, thiserror::Error)]
 #[error("sink `{name}`: {message}")]

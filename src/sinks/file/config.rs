@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::cloudevents::EventFormat;
 use crate::event::debezium::DebeziumOptions;
-use crate::sinks::{SinkConfigError, default_queue_capacity};
+use crate::sinks::{SinkConfigError, check_debezium_options, default_queue_capacity};
 
 /// `type: file`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,12 +37,6 @@ impl FileSinkConfig {
     /// # Errors
     /// `debezium` without `format: debezium`.
     pub fn validate(&self) -> Result<(), SinkConfigError> {
-        if self.debezium.is_some() && self.format != EventFormat::Debezium {
-            return Err(SinkConfigError {
-                path: "debezium".into(),
-                message: "only applies with `format: debezium`".into(),
-            });
-        }
-        Ok(())
+        check_debezium_options(self.debezium.as_ref(), self.format == EventFormat::Debezium)
     }
 }

@@ -144,9 +144,10 @@ impl KafkaSinkConfig {
                 "only applies to `format: cloudevents`".into(),
             ));
         }
-        if self.debezium.is_some() && self.format != KafkaFormat::Debezium {
-            return Err(err("debezium", "only applies to `format: debezium`".into()));
-        }
+        crate::sinks::check_debezium_options(
+            self.debezium.as_ref(),
+            self.format == KafkaFormat::Debezium,
+        )?;
         if self.queue_capacity == 0 {
             return Err(err("queueCapacity", "must be at least 1".into()));
         }

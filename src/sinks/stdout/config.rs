@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::sink::StdoutSink;
 use crate::event::debezium::DebeziumOptions;
-use crate::sinks::{SinkConfigError, default_queue_capacity};
+use crate::sinks::{SinkConfigError, check_debezium_options, default_queue_capacity};
 
 /// `type: stdout`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,13 +43,10 @@ impl StdoutSinkConfig {
     /// # Errors
     /// `debezium` without `format: debezium`.
     pub fn validate(&self) -> Result<(), SinkConfigError> {
-        if self.debezium.is_some() && self.format != StdoutFormat::Debezium {
-            return Err(SinkConfigError {
-                path: "debezium".into(),
-                message: "only applies with `format: debezium`".into(),
-            });
-        }
-        Ok(())
+        check_debezium_options(
+            self.debezium.as_ref(),
+            self.format == StdoutFormat::Debezium,
+        )
     }
 
     /// The running sink.

@@ -89,14 +89,7 @@ mod tests {
 
     #[test]
     fn a_line_names_the_writers_and_the_snapshot_a_read_belongs_to() {
-        let b = EnvelopeBuilder {
-            cluster: "c".into(),
-            api_version: "v1".into(),
-            kind: "ConfigMap".into(),
-            plural: "configmaps".into(),
-            source: "v1/ConfigMap".into(),
-            include_old: false,
-        };
+        let b = EnvelopeBuilder::for_test("v1", "ConfigMap");
         let obj = Arc::new(
             json!({"metadata": {"name": "a", "namespace": "n", "resourceVersion": "2",
             "managedFields": [{"manager": "kubectl-edit", "operation": "Update"}]}}),

@@ -280,9 +280,10 @@ impl WebhookSinkConfig {
                 "only applies with `format: cloudevents`",
             ));
         }
-        if self.debezium.is_some() && self.format != WebhookFormat::Debezium {
-            return Err(err("debezium", "only applies with `format: debezium`"));
-        }
+        crate::sinks::check_debezium_options(
+            self.debezium.as_ref(),
+            self.format == WebhookFormat::Debezium,
+        )?;
         if self.format == WebhookFormat::Cloudevents
             && self.cloud_events_mode == Some(CloudEventsMode::Binary)
             && self.batch.max_events.is_some_and(|n| n != 1)
