@@ -20,11 +20,13 @@ ENV LIBZ_SYS_STATIC=1
 
 WORKDIR /src
 COPY . .
-# Cache mounts keep the registry and build artefacts between builds (BuildKit); the binary is
-# copied out of the cached target directory because the mount is gone after this step.
+# `--no-default-features`: the image carries no API-server simulator (`lookout demo` and
+# `lookout sim` are for laptops). Cache mounts keep the registry and build artefacts between
+# builds (BuildKit); the binary is copied out of the cached target directory because the
+# mount is gone after this step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin lookout \
+    cargo build --release --locked --bin lookout --no-default-features \
  && cp target/release/lookout /lookout
 
 # --- runtime ----------------------------------------------------------------------------

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, Plan};
 use crate::pipeline::{Pipeline, PipelineError};
 
 /// Exit status for configuration errors.
@@ -34,7 +34,8 @@ pub enum Command {
         #[arg(long)]
         reset_state: bool,
     },
-    /// Validate a config and print the effective config with secrets masked.
+    /// Validate a config and print the plan `run` would run (every setting after defaults,
+    /// secrets masked).
     Check {
         /// Config file (YAML).
         #[arg(short, long, env = "LOOKOUT_CONFIG")]
@@ -43,9 +44,11 @@ pub enum Command {
         #[arg(long)]
         server: bool,
     },
-    /// Run the pipeline against an embedded, churning simulator and print changes.
+    /// Run the pipeline against an embedded simulated cluster and print its changes.
+    #[cfg(feature = "sim")]
     Demo(crate::demo::DemoArgs),
     /// Run the kubesim API-server simulator alone (same flags as the `kubesim` binary).
+    #[cfg(feature = "sim")]
     Sim(kubesim::Cli),
 }
 
@@ -57,31 +60,33 @@ pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             reset_state,
         } => {
             let shutdown = crate::shutdown::signal();
-            let config = match load(&config) {
-                Ok(c) => c,
+            let plan = match load(&config) {
+                Ok(p) => p,
                 Err(code) => return Ok(code),
             };
-            crate::telemetry::init(config.log.format, &config.log.level);
+            crate::telemetry::init(plan.config.log.format, &plan.config.log.level);
             let client = kube::Client::try_default().await?;
-            run_pipeline(config, client, reset_state, shutdown).await
+            run_pipeline(plan, client, reset_state, shutdown).await
         }
         Command::Check { config, server } => {
-            let config = match load(&config) {
-                Ok(c) => c,
+            let plan = match load(&config) {
+                Ok(p) => p,
                 Err(code) => return Ok(code),
             };
             if server {
-                crate::telemetry::init(config.log.format, "warn");
+                crate::telemetry::init(plan.config.log.format, "warn");
                 let client = kube::Client::try_default().await?;
-                if let Err(e) = crate::pipeline::verify_resources(&config, client).await {
+                if let Err(e) = crate::pipeline::verify_resources(&plan, client).await {
                     eprintln!("lookout: {e}");
-                    return Ok(ExitCode::from(EXIT_CONFIG));
+                    return Ok(exit_code(&e));
                 }
             }
-            print!("{}", config.to_masked_yaml());
+            print!("{}", plan.describe());
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "sim")]
         Command::Demo(args) => crate::demo::run(args).await,
+        #[cfg(feature = "sim")]
         Command::Sim(args) => {
             crate::telemetry::init(crate::config::LogFormat::Text, "info");
             kubesim::run_cli(args).await?;
@@ -93,32 +98,49 @@ pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
 /// Builds and runs the pipeline until `shutdown`; config problems found while building
 /// (a kind the server does not serve) exit 2.
 pub async fn run_pipeline(
-    config: Config,
+    plan: Plan,
     client: kube::Client,
     reset_state: bool,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<ExitCode> {
-    match Pipeline::build(config, client, reset_state).await {
+    match Pipeline::build(plan, client, reset_state).await {
         Ok(p) => match p.run(shutdown).await {
             crate::pipeline::RunOutcome::Stopped => Ok(ExitCode::SUCCESS),
             // Like client-go controllers: exit, and come back (restarted by Kubernetes) as a
             // fresh standby.
             crate::pipeline::RunOutcome::LostLeadership => Ok(ExitCode::FAILURE),
         },
-        Err(e @ PipelineError::Resource { .. })
-        | Err(e @ PipelineError::Sink { .. })
-        | Err(e @ PipelineError::Transform(_))
-        | Err(e @ PipelineError::State(_))
-        | Err(e @ PipelineError::Listen { .. }) => {
+        Err(e) => {
             eprintln!("lookout: {e}");
-            Ok(ExitCode::from(EXIT_CONFIG))
+            Ok(exit_code(&e))
         }
     }
 }
 
-fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
-    Config::load(Some(path)).map_err(|e: ConfigError| {
-        eprintln!("lookout: {e}");
+/// 2 for what the configuration (or the state store it names) must fix; 1 for an API
+/// server that cannot be reached or refuses us, which a restart may cure.
+fn exit_code(e: &PipelineError) -> ExitCode {
+    match e {
+        PipelineError::Config(_) | PipelineError::State(_) => ExitCode::from(EXIT_CONFIG),
+        PipelineError::Server { .. } => ExitCode::FAILURE,
+    }
+}
+
+/// Loads and compiles the config at `path`; every problem is printed, one per line.
+fn load(path: &std::path::Path) -> Result<Plan, ExitCode> {
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("{}", prefixed(e));
         ExitCode::from(EXIT_CONFIG)
-    })
+    };
+    let config = Config::load(Some(path)).map_err(|e| fail(&e))?;
+    Plan::compile(config).map_err(|e| fail(&e))
+}
+
+/// `lookout: ` before every line.
+fn prefixed(e: &dyn std::fmt::Display) -> String {
+    e.to_string()
+        .lines()
+        .map(|l| format!("lookout: {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -1,13 +1,15 @@
-//! `lookout demo`: the simulator in-process with a seeded, churning workload, and the
-//! pipeline printing changes in the `text` format — a newcomer sees it work without a cluster.
+//! `lookout demo`: the simulator in-process playing a small cluster's story (a rollout, a
+//! scale up, a ConfigMap edit, a Secret rotation, a crash-looping Pod), and the pipeline
+//! printing its changes in the `text` format — a newcomer sees it work without a cluster.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use kubesim::loadgen::LoadGen;
+use kubesim::story::Story;
 use kubesim::{KubeSim, SimConfig};
 
-use crate::config::Config;
+use crate::config::{Config, Plan};
 
 /// The demo's config, also shipped as `config/demo.yaml`.
 pub const DEMO_CONFIG: &str = include_str!("../config/demo.yaml");
@@ -18,13 +20,17 @@ pub struct DemoArgs {
     /// Stop after this long (e.g. `30s`); runs until Ctrl-C when absent.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
-    /// Pods seeded before the agent starts.
-    #[arg(long, default_value_t = 12)]
+    /// Time between two beats of the story (each beat is one change or a few that belong
+    /// together).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "700ms")]
+    pub pace: Duration,
+    /// Extra Pods of random apps seeded in other namespaces, as background noise.
+    #[arg(long, default_value_t = 0)]
     pub pods: usize,
-    /// Pod changes per second (adds, updates, deletes).
-    #[arg(long, default_value_t = 4.0)]
+    /// Random changes per second to those Pods (adds, updates, deletes).
+    #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
-    /// Load generator seed (same seed, same story).
+    /// Seed of the story and the noise (same seed, same story).
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
 }
@@ -34,12 +40,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let signal = crate::shutdown::signal();
     let config = Config::from_yaml_str(DEMO_CONFIG)?;
     crate::telemetry::init(config.log.format, &config.log.level);
+    let plan = Plan::compile(config)?;
     let sim = KubeSim::start(SimConfig::default()).await?;
-    let load = LoadGen::seed(&sim, args.pods, args.seed, 2, 2)?;
-    tracing::info!(url = %sim.url(), pods = args.pods, rate = args.rate,
-        "demo: kubesim started; changes follow on stdout");
+    let story = Story::seed(&sim, args.seed)?;
+    let noise = LoadGen::seed(&sim, args.pods, args.seed, 2, 2)?;
+    tracing::info!(url = %sim.url(), "demo: kubesim started; changes follow on stdout");
     let client = kube::Client::try_from(kube::Config::new(sim.url().parse()?))?;
-    let churn = load.start_churn(args.rate);
+    let story = story.start(args.pace);
+    let churn = noise.start_churn(args.rate);
     let shutdown = async move {
         match args.duration {
             Some(d) => tokio::select! {
@@ -49,9 +57,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             None => signal.await,
         }
     };
-    let code = crate::cli::run_pipeline(config, client, false, shutdown).await?;
+    let code = crate::cli::run_pipeline(plan, client, false, shutdown).await?;
+    let beats = story.stop().await;
     let changes = churn.stop().await;
-    tracing::info!(changes, "demo finished");
+    tracing::info!(beats, changes, "demo finished");
     sim.shutdown().await;
     Ok(code)
 }

@@ -71,21 +71,26 @@ fn default_retry_period() -> Duration {
 }
 
 impl LeaderElectionConfig {
-    /// Cross-field rules, as (key, message).
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    /// Cross-field rules; paths relative to `leaderElection`.
+    ///
+    /// # Errors
+    /// Every rule broken.
+    pub fn validate(&self) -> Result<(), crate::config::Errors> {
+        use crate::config::{Error, ErrorKind, Errors};
+        let mut errors = Errors::default();
+        let shorter = |key: &str, than: &str| {
+            Error::new(
+                key,
+                ErrorKind::Conflict(format!("must be shorter than {than}")),
+            )
+        };
         if self.renew_deadline >= self.lease_duration {
-            return Err((
-                "renewDeadline",
-                "must be shorter than leaseDuration".to_string(),
-            ));
+            errors.push(shorter("renewDeadline", "leaseDuration"));
         }
         if self.retry_period >= self.renew_deadline {
-            return Err((
-                "retryPeriod",
-                "must be shorter than renewDeadline".to_string(),
-            ));
+            errors.push(shorter("retryPeriod", "renewDeadline"));
         }
-        Ok(())
+        errors.finish(|| ())
     }
 
     /// The identity to hold the lease as.

@@ -7,6 +7,7 @@
 pub mod backoff;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "sim")]
 pub mod demo;
 pub mod event;
 pub mod informer;

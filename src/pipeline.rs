@@ -11,55 +11,84 @@ use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::Config;
-use crate::event::transform::ObjectTransform;
+use crate::config::plan::namespace_key;
+use crate::config::{Config, Error, ErrorKind, Plan};
 use crate::event::{Envelope, EnvelopeBuilder, Op, SnapshotMark};
 use crate::informer::{
     ChangedBy, Handler, InformerError, InformerFactory, InformerKey, SharedInformer,
 };
 use crate::leader::Role;
-use crate::router::{Route, Router};
+use crate::router::Router;
 use crate::server::{Health, Metrics, Ops};
+use crate::sinks::AckObserver;
 use crate::sinks::util::spawn_driver_with_dead_letter;
-use crate::sinks::{AckObserver, SinkBuildError, SinkContext};
 use crate::state::{StateError, StateStore, StateWriter};
 
 /// Why the pipeline could not start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    /// A configured resource cannot be watched (kind not served, bad scope): a config error.
-    #[error("config error at `resources[{index}]`: {source}")]
-    Resource {
-        /// Index in `resources`.
-        index: usize,
-        /// Why.
+    /// Something in the configuration cannot be used (a kind the server does not serve, a
+    /// file sink's file, the listen address): exit 2.
+    #[error(transparent)]
+    Config(#[from] Error),
+    /// The API server cannot be reached or refused us (not a config error: retry later).
+    #[error("cannot resolve `{at}` with the API server: {}", server_cause(.source))]
+    Server {
+        /// The config entry being resolved.
+        at: String,
+        /// What failed.
         #[source]
         source: InformerError,
-    },
-    /// A sink could not be built: a config error.
-    #[error("config error at `sinks[{index}]`: {source}")]
-    Sink {
-        /// Index in `sinks`.
-        index: usize,
-        /// Why.
-        #[source]
-        source: SinkBuildError,
-    },
-    /// The transforms do not compile.
-    #[error("config error at `transforms`: {0}")]
-    Transform(String),
-    /// The ops server cannot listen.
-    #[error("config error at `server.listen`: cannot listen on {addr}: {source}")]
-    Listen {
-        /// The address.
-        addr: std::net::SocketAddr,
-        /// Why.
-        #[source]
-        source: std::io::Error,
     },
     /// The delivered-state store cannot be used (unreadable, incompatible).
     #[error("{0}")]
     State(#[from] StateError),
+}
+
+/// Resolves one informer; a kind the server answered it does not serve is a config error
+/// at `at`, anything else (unreachable, refused) is not.
+async fn resolve(
+    factory: &InformerFactory,
+    key: &InformerKey,
+    at: &str,
+) -> Result<Arc<SharedInformer>, PipelineError> {
+    factory.informer(key).await.map_err(|source| {
+        if is_config_error(&source) {
+            PipelineError::Config(Error::new(at, ErrorKind::Resource(Box::new(source))))
+        } else {
+            PipelineError::Server {
+                at: at.to_string(),
+                source,
+            }
+        }
+    })
+}
+
+/// What went wrong talking to the server, without the informer's "does not serve" framing,
+/// which is only true of config errors.
+fn server_cause(e: &InformerError) -> String {
+    match e {
+        InformerError::UnknownKind {
+            api_version,
+            kind,
+            source,
+        } => format!("{api_version} {kind}: {source}"),
+        other => other.to_string(),
+    }
+}
+
+/// True when the API server answered and the answer condemns the configuration: the kind is
+/// not served (discovery found no such kind or group, or 404), or a namespace was set for a
+/// cluster-scoped kind. Connection failures, timeouts, 401/403 and 5xx are not.
+fn is_config_error(e: &InformerError) -> bool {
+    match e {
+        InformerError::UnknownKind { source, .. } => match source {
+            kube::Error::Discovery(_) => true,
+            kube::Error::Api(status) => status.code == 404,
+            _ => false,
+        },
+        InformerError::NamespaceOnClusterScoped { .. } => true,
+    }
 }
 
 /// Turns one informer's callbacks into envelopes and routes them.
@@ -178,56 +207,47 @@ pub struct Pipeline {
     namespaces: Option<Arc<SharedInformer>>,
 }
 
-/// The informer key a `resources[]` entry describes.
-fn informer_key(r: &crate::config::ResourceConfig) -> InformerKey {
-    InformerKey {
-        api_version: r.api_version.clone(),
-        kind: r.kind.clone(),
-        namespace: r.namespace.clone(),
-        label_selector: r.label_selector.clone().filter(|s| !s.is_empty()),
-        field_selector: r.field_selector.clone().filter(|s| !s.is_empty()),
-    }
-}
-
-/// Asks the API server whether it serves every configured kind (for `lookout check
+/// Asks the API server whether it serves every planned kind (for `lookout check
 /// --server`), without opening state, binding ports or starting sinks.
 ///
 /// # Errors
-/// [`PipelineError::Resource`] for the first kind that cannot be watched.
-pub async fn verify_resources(config: &Config, client: kube::Client) -> Result<(), PipelineError> {
-    let transform = Arc::new(
-        ObjectTransform::new(&config.transforms, &config.cluster)
-            .map_err(|e| PipelineError::Transform(e.to_string()))?,
-    );
-    let factory = InformerFactory::new(client, transform);
-    for (index, r) in config.resources.iter().enumerate() {
-        factory
-            .informer(&informer_key(r))
-            .await
-            .map_err(|source| PipelineError::Resource { index, source })?;
+/// The first kind that cannot be watched.
+pub async fn verify_resources(plan: &Plan, client: kube::Client) -> Result<(), PipelineError> {
+    let factory = InformerFactory::new(client, plan.transform.clone());
+    for r in &plan.resources {
+        resolve(&factory, &r.key, &r.path()).await?;
+    }
+    if let Some(i) = plan.namespace_route {
+        resolve(&factory, &namespace_key(), &namespace_path(i)).await?;
     }
     Ok(())
 }
 
+/// Where errors of the implicit Namespace informer are reported.
+fn namespace_path(route: usize) -> String {
+    format!("routes[{route}].namespaces.selector")
+}
+
 impl Pipeline {
-    /// Builds sinks and informers (resolving every kind with the API server) without
+    /// Starts the plan's sinks and resolves its informers with the API server, without
     /// starting to watch.
     ///
     /// # Errors
     /// A [`PipelineError`] naming the config entry at fault.
     pub async fn build(
-        config: Config,
+        plan: Plan,
         client: kube::Client,
         reset_state: bool,
     ) -> Result<Self, PipelineError> {
-        let transform = Arc::new(
-            ObjectTransform::new(&config.transforms, &config.cluster)
-                .map_err(|e| PipelineError::Transform(e.to_string()))?,
-        );
-        let ctx = SinkContext {
-            cluster: config.cluster.clone(),
-            state_dir: config.state.dir.clone(),
-        };
+        let ctx = plan.sink_context();
+        let Plan {
+            config,
+            resources,
+            transform,
+            routes,
+            sinks,
+            namespace_route,
+        } = plan;
         let abandon = CancellationToken::new();
         let standby = config.leader_election.enabled;
         // A standby must not open the store: the leader holds it (shared volume); it is
@@ -245,48 +265,26 @@ impl Pipeline {
         }
         let observer: Arc<dyn AckObserver> = acks.clone();
         let mut handles = Vec::new();
-        for (index, sc) in config.sinks.iter().enumerate() {
-            let sink = sc
-                .build(&ctx)
-                .await
-                .map_err(|source| PipelineError::Sink { index, source })?;
+        for (index, compiled) in sinks.into_iter().enumerate() {
+            let (name, capacity) = (compiled.name().to_string(), compiled.common.queue_capacity);
+            let started = compiled
+                .start(&ctx)
+                .map_err(|e| e.within(&format!("sinks[{index}]")))?;
             handles.push(spawn_driver_with_dead_letter(
-                sc.name().to_string(),
-                sink,
-                sc.queue_capacity(),
+                name,
+                started.sink,
+                capacity,
                 observer.clone(),
                 abandon.clone(),
-                sc.dead_letter(&ctx),
+                started.dead_letter,
             ));
         }
         let monitors: Vec<_> = handles.iter().map(|h| h.monitor()).collect();
         let factory = Arc::new(InformerFactory::new(client.clone(), transform.clone()));
-        let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name().to_string()).collect();
-        let key = config.redaction_key();
-        let routes = config
-            .routes
-            .iter()
-            .enumerate()
-            .map(|(i, r)| Route::compile(r, i, &sink_names, key.as_bytes()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| PipelineError::Transform(format!("routes: {}: {}", e.path, e.message)))?;
         // Namespace label selectors in routes read labels from a (shared) Namespace informer.
-        let namespaces = if routes.iter().any(Route::needs_namespaces) {
-            let key = InformerKey {
-                api_version: "v1".into(),
-                kind: "Namespace".into(),
-                namespace: None,
-                label_selector: None,
-                field_selector: None,
-            };
-            Some(
-                factory
-                    .informer(&key)
-                    .await
-                    .map_err(|source| PipelineError::Resource { index: 0, source })?,
-            )
-        } else {
-            None
+        let namespaces = match namespace_route {
+            Some(i) => Some(resolve(&factory, &namespace_key(), &namespace_path(i)).await?),
+            None => None,
         };
         let built = Router::new(
             handles,
@@ -302,18 +300,12 @@ impl Pipeline {
         };
         let metrics = Arc::new(Metrics::new(factory.clone(), monitors.clone()));
         let cluster: Arc<str> = config.cluster.as_str().into();
-        let mut handled = std::collections::HashSet::new();
         let mut forwarding = Vec::new();
-        for (index, r) in config.resources.iter().enumerate() {
-            let key = informer_key(r);
-            let informer = factory
-                .informer(&key)
-                .await
-                .map_err(|source| PipelineError::Resource { index, source })?;
-            // The same resource listed twice shares the informer and must not be emitted twice.
-            if !handled.insert(key.clone()) {
-                continue;
-            }
+        // The plan lists each informer once: a resource listed twice shares it and is not
+        // emitted twice.
+        for r in &resources {
+            let key = &r.key;
+            let informer = resolve(&factory, key, &r.path()).await?;
             forwarding.push((key.clone(), informer.clone()));
             if let Some(store) = &store {
                 let delivered = store.load(&key.to_string())?;
@@ -323,8 +315,8 @@ impl Pipeline {
             informer.add_handler(Arc::new(EmitHandler {
                 builder: EnvelopeBuilder {
                     cluster: cluster.clone(),
-                    api_version: r.api_version.as_str().into(),
-                    kind: r.kind.as_str().into(),
+                    api_version: key.api_version.as_str().into(),
+                    kind: key.kind.as_str().into(),
                     plural: informer.resource().plural.as_str().into(),
                     source: key.to_string().into(),
                     include_old: config.transforms.include_old,
@@ -334,7 +326,7 @@ impl Pipeline {
             }));
         }
         if let Some(store) = &store {
-            let sources: Vec<String> = handled.iter().map(|k| k.to_string()).collect();
+            let sources: Vec<String> = resources.iter().map(|r| r.key.to_string()).collect();
             let removed = store.retain_sources(&sources)?;
             if removed > 0 {
                 info!(
@@ -346,9 +338,14 @@ impl Pipeline {
         let listen = config.server.listen;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .map_err(|source| PipelineError::Listen {
-                addr: listen,
-                source,
+            .map_err(|source| {
+                Error::new(
+                    "server.listen",
+                    ErrorKind::Listen {
+                        addr: listen,
+                        source,
+                    },
+                )
             })?;
         let health = Health::new(
             factory.informers(),

@@ -12,8 +12,9 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::config::{Error, ErrorKind, Errors, decode};
 use crate::event::pointer::{PointerGlob, segment_matches};
-use crate::event::transform::{RedactRule, Shape};
+use crate::event::transform::{Shape, ShapeConfig, globs};
 use crate::event::{Envelope, Op, diff};
 use crate::informer::SharedInformer;
 use crate::sinks::{AckObserver, SinkHandle};
@@ -50,9 +51,33 @@ pub struct RouteConfig {
     /// Sinks that get matching events (forward routes).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sinks: Vec<String>,
-    /// Reshaping for this route's sinks.
-    #[serde(default)]
+    /// Reshaping for this route's sinks (decoded by [`RouteConfig::decode`]: its keys are
+    /// split between [`RouteTransforms`] and the shared [`ShapeConfig`]).
+    #[serde(default, skip_deserializing)]
     pub transforms: RouteTransforms,
+}
+
+impl RouteConfig {
+    /// Decodes one `routes[]` entry at key path `at`.
+    ///
+    /// # Errors
+    /// The first problem, at its full key path.
+    pub fn decode(value: &figment::value::Value, at: &str) -> Result<Self, Error> {
+        let mut dict = decode::as_dict(value, at)?.clone();
+        let transforms = dict.remove("transforms");
+        let mut route: RouteConfig = decode::decode(
+            &figment::value::Value::Dict(figment::value::Tag::Default, dict),
+            at,
+        )?;
+        if let Some(t) = transforms {
+            let at = crate::config::join(at, "transforms");
+            let (shape, mut own): (ShapeConfig, RouteTransforms) =
+                decode::decode_split(&t, &at, &[])?;
+            own.shape = shape;
+            route.transforms = own;
+        }
+        Ok(route)
+    }
 }
 
 /// `routes[].namespaces`.
@@ -110,44 +135,51 @@ pub struct Condition {
     pub matches: Option<String>,
 }
 
-/// `routes[].transforms`.
+/// `routes[].transforms`: the shared [`ShapeConfig`] keys, plus `ignorePaths`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RouteTransforms {
     /// Updates touching only these pointer globs are not sent by this route.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ignore_paths: Vec<String>,
-    /// Pointer globs removed.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub drop_paths: Vec<String>,
-    /// Keep only these pointer globs (plus identity metadata).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub keep_paths: Vec<String>,
-    /// Values to redact.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub redact: Vec<RedactRule>,
+    /// `dropPaths`, `keepPaths`, `redact`, for this route's sinks only.
+    #[serde(flatten, skip_deserializing)]
+    pub shape: ShapeConfig,
 }
 
-/// A route that does not compile, with its key path below `routes[i]`.
-#[derive(Debug)]
-pub struct RouteError {
-    /// e.g. `when[0].matches`.
-    pub path: String,
-    /// Why.
-    pub message: String,
-}
-
-fn err(path: impl Into<String>, message: impl Into<String>) -> RouteError {
-    RouteError {
-        path: path.into(),
-        message: message.into(),
-    }
+fn err(path: impl Into<String>, message: impl Into<String>) -> Error {
+    Error::new(path, ErrorKind::Conflict(message.into()))
 }
 
 enum Test {
     Equals(Value),
     Exists(bool),
     Matches(Regex),
+}
+
+/// Compiles `when[i]`.
+fn condition(c: &Condition, i: usize) -> Result<Test, Error> {
+    if !c.path.starts_with('/') && !c.path.is_empty() {
+        return Err(err(
+            format!("when[{i}].path"),
+            "a JSON Pointer must start with `/`",
+        ));
+    }
+    let tests = [c.equals.is_some(), c.exists.is_some(), c.matches.is_some()];
+    if tests.iter().filter(|t| **t).count() != 1 {
+        return Err(err(
+            format!("when[{i}]"),
+            "exactly one of `equals`, `exists`, `matches` is required",
+        ));
+    }
+    Ok(if let Some(v) = &c.equals {
+        Test::Equals(v.clone())
+    } else if let Some(e) = c.exists {
+        Test::Exists(e)
+    } else {
+        let re = c.matches.as_deref().unwrap_or_default();
+        Test::Matches(Regex::new(re).map_err(|e| Error::new(format!("when[{i}].matches"), e))?)
+    })
 }
 
 /// A compiled route.
@@ -158,7 +190,7 @@ pub struct Route {
     kinds: Vec<String>,
     ns_include: Vec<String>,
     ns_exclude: Vec<String>,
-    ns_selector: Option<kubesim::selector::LabelSelector>,
+    ns_selector: Option<k8s_selector::LabelSelector>,
     ops: Vec<OpName>,
     when: Vec<(String, Test)>,
     changed: Vec<PointerGlob>,
@@ -170,88 +202,62 @@ pub struct Route {
 
 impl Route {
     /// Compiles `config`; `sink_names` resolves sink names to indices.
+    ///
+    /// # Errors
+    /// Every problem found, with key paths below the route entry.
     pub fn compile(
         config: &RouteConfig,
         index: usize,
         sink_names: &[String],
         redaction_key: &[u8],
-    ) -> Result<Route, RouteError> {
-        let globs = |field: &str, list: &[String]| {
-            list.iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    PointerGlob::parse(p).map_err(|e| err(format!("{field}[{i}]"), e.to_string()))
-                })
-                .collect::<Result<Vec<_>, _>>()
-        };
+    ) -> Result<Route, Errors> {
+        let mut errors = Errors::default();
         let mut when = Vec::new();
         for (i, c) in config.when.iter().enumerate() {
-            if !c.path.starts_with('/') && !c.path.is_empty() {
-                return Err(err(
-                    format!("when[{i}].path"),
-                    "a JSON Pointer must start with `/`",
-                ));
+            if let Some(test) = errors.take(condition(c, i)) {
+                when.push((c.path.clone(), test));
             }
-            let tests = [c.equals.is_some(), c.exists.is_some(), c.matches.is_some()];
-            if tests.iter().filter(|t| **t).count() != 1 {
-                return Err(err(
-                    format!("when[{i}]"),
-                    "exactly one of `equals`, `exists`, `matches` is required",
-                ));
-            }
-            let test = if let Some(v) = &c.equals {
-                Test::Equals(v.clone())
-            } else if let Some(e) = c.exists {
-                Test::Exists(e)
-            } else {
-                let re = c.matches.as_deref().unwrap_or_default();
-                Test::Matches(Regex::new(re).map_err(|e| {
-                    err(format!("when[{i}].matches"), format!("invalid regex: {e}"))
-                })?)
-            };
-            when.push((c.path.clone(), test));
         }
         let mut sinks = Vec::new();
         for (i, s) in config.sinks.iter().enumerate() {
-            let idx = sink_names.iter().position(|n| n == s).ok_or_else(|| {
-                err(
+            match sink_names.iter().position(|n| n == s) {
+                Some(idx) => sinks.push(idx),
+                None => errors.push(Error::new(
                     format!("sinks[{i}]"),
-                    format!(
-                        "unknown sink `{s}`; configured sinks: {}",
-                        sink_names.join(", ")
-                    ),
-                )
-            })?;
-            sinks.push(idx);
+                    ErrorKind::UnknownSink {
+                        name: s.clone(),
+                        known: sink_names.to_vec(),
+                    },
+                )),
+            }
         }
-        if !config.drop && sinks.is_empty() {
-            return Err(err(
+        if !config.drop && config.sinks.is_empty() {
+            errors.push(err(
                 "sinks",
                 "a forwarding route needs at least one sink (or `drop: true`)",
             ));
         }
-        if config.drop && !sinks.is_empty() {
-            return Err(err(
+        if config.drop && !config.sinks.is_empty() {
+            errors.push(err(
                 "sinks",
                 "a drop route forwards nowhere; remove `sinks` or `drop`",
             ));
         }
-        let ns_selector = match &config.namespaces.selector {
-            Some(s) => Some(
-                kubesim::selector::LabelSelector::parse(s)
-                    .map_err(|e| err("namespaces.selector", e.to_string()))?,
-            ),
-            None => None,
-        };
+        let ns_selector = config.namespaces.selector.as_ref().and_then(|s| {
+            errors.take(
+                k8s_selector::LabelSelector::parse(s)
+                    .map_err(|e| Error::new("namespaces.selector", e)),
+            )
+        });
         let t = &config.transforms;
-        let shape =
-            Shape::new(&t.drop_paths, &t.keep_paths, &t.redact, redaction_key).map_err(|e| {
-                err(
-                    format!("transforms.{}[{}]", e.field, e.index),
-                    e.source.to_string(),
-                )
-            })?;
-        Ok(Route {
+        let shape = errors.absorb(
+            t.shape
+                .compile(redaction_key)
+                .map_err(|e| e.within("transforms")),
+        );
+        let changed = globs("changed", &config.changed, &mut errors);
+        let ignore = globs("transforms.ignorePaths", &t.ignore_paths, &mut errors);
+        errors.finish(|| Route {
             name: config
                 .name
                 .clone()
@@ -264,9 +270,9 @@ impl Route {
             ns_selector,
             ops: config.ops.clone(),
             when,
-            changed: globs("changed", &config.changed)?,
-            ignore: globs("transforms.ignorePaths", &t.ignore_paths)?,
-            shape,
+            changed,
+            ignore,
+            shape: shape.unwrap_or_default(),
             sinks,
         })
     }

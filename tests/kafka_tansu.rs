@@ -168,12 +168,12 @@ fn envelope(kind: &str, namespace: Option<&str>, uid: &str, op: Op, rv: u64) -> 
 
 async fn kafka_sink(yaml: &str) -> Arc<dyn lookout::sinks::Sink> {
     let config: SinkConfig = serde_yaml_ng::from_str(yaml).expect("sink config");
-    config.validate().map_err(|e| e.message).expect("valid");
     let ctx = SinkContext {
         cluster: "e2e".into(),
         state_dir: None,
     };
-    config.build(&ctx).await.expect("sink builds")
+    let compiled = config.compile(&ctx).expect("valid");
+    compiled.start(&ctx).expect("sink starts").sink
 }
 
 /// Records acknowledged events.

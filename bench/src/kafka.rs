@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use lookout::event::{Envelope, EnvelopeBuilder, Op, diff};
 use lookout::sinks::kafka::KafkaSinkConfig;
 use lookout::sinks::util::spawn_driver;
-use lookout::sinks::{AckObserver, SinkContext};
+use lookout::sinks::{AckObserver, Common, SinkContext};
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -291,15 +291,18 @@ fn sink_alone(
     envelopes: Vec<Arc<Envelope>>,
 ) -> Result<f64, String> {
     let config: KafkaSinkConfig = serde_json::from_value(serde_json::json!({
-        "name": "kafka", "brokers": [bootstrap], "topic": TOPIC,
+        "brokers": [bootstrap], "topic": TOPIC,
     }))
     .map_err(|e| e.to_string())?;
     let n = envelopes.len() as u64;
     rt.block_on(async move {
-        let sink = config.build(&SinkContext {
+        let ctx = SinkContext {
             cluster: "bench".into(),
             state_dir: None,
-        })?;
+        };
+        let sink = config
+            .compile(&Common::named("kafka"), &ctx)
+            .map_err(|e| e.to_string())?;
         let h = spawn_driver(
             "kafka".into(),
             Arc::new(sink),

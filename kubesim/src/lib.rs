@@ -11,11 +11,14 @@ pub mod kinds;
 pub mod loadgen;
 pub mod patch;
 pub mod reqlog;
-pub mod selector;
 mod server;
 mod sim;
 pub mod store;
+pub mod story;
 pub mod time;
+
+/// Label and field selectors, shared with the agent (the `k8s-selector` crate).
+pub use k8s_selector as selector;
 
 pub use cli::{Cli, run_cli};
 pub use config::SimConfig;

@@ -1,30 +1,42 @@
 //! The agent's configuration: built-in defaults < YAML file < `LOOKOUT_*` environment.
 //!
 //! Every struct here is exactly what a user can write: `deny_unknown_fields`, camelCase keys,
-//! a doc on every field, defaults as small named functions. `load` turns a file into a
-//! validated [`Config`] or a [`ConfigError`] that names the key path, so `main` can exit 2.
+//! a doc on every field, defaults as small named functions. [`Config::load`] decodes a file
+//! into a [`Config`] (or an [`Error`] naming the key path, so `main` can exit 2);
+//! [`Plan::compile`] then checks and builds everything in one pass.
 
+pub mod decode;
+mod error;
 mod expand;
+pub mod plan;
 mod yaml;
 
 use std::path::Path;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use figment::Figment;
-use figment::providers::{Env, Format, Serialized};
+use figment::providers::{Env, Format};
+use figment::value::{Tag, Value};
 use serde::{Deserialize, Serialize};
 
+pub use error::{Error, ErrorKind, Errors, join, render};
 pub use expand::{ExpandError, expand_str};
+pub use plan::Plan;
 pub use yaml::Yaml;
 
-use crate::event::transform::{ObjectTransform, TransformConfig, TransformError};
+use crate::event::transform::{ShapeConfig, TransformConfig};
 use crate::leader::LeaderElectionConfig;
-use crate::router::{Route, RouteConfig};
+use crate::router::RouteConfig;
 use crate::server::ServerConfig;
 use crate::sinks::SinkConfig;
 use crate::state::StateConfig;
 
 /// The whole configuration file.
+///
+/// Decoded by [`Config::decode`]: its derived `Deserialize` covers every key but `sinks`,
+/// `routes` and `transforms`, whose entries split their keys between structs (see
+/// [`decode`]) and are decoded with their full key paths there.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Config {
@@ -35,13 +47,13 @@ pub struct Config {
     #[serde(default)]
     pub resources: Vec<ResourceConfig>,
     /// Where change events go. At least one.
-    #[serde(default)]
+    #[serde(default, skip_deserializing)]
     pub sinks: Vec<SinkConfig>,
     /// Which sinks get which events; without routes every event goes to every sink.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_deserializing, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteConfig>,
     /// Transforms applied to every object before it is cached and diffed.
-    #[serde(default)]
+    #[serde(default, skip_deserializing)]
     pub transforms: TransformConfig,
     /// Where delivered state is kept across restarts.
     #[serde(default)]
@@ -139,64 +151,54 @@ fn default_log_level() -> String {
     "info".to_string()
 }
 
-/// A configuration that cannot be used, with the key path at fault.
-#[derive(Debug, thiserror::Error)]
-#[error("config error at `{path}`: {message}")]
-pub struct ConfigError {
-    /// Where in the config, e.g. `sinks[0].type` (empty for the whole file).
-    pub path: String,
-    /// What was wrong and what was expected.
-    pub message: String,
+/// Every camelCase key of the config, from the structs' own serde field names, so
+/// `LOOKOUT_A__B` environment overrides (which arrive without case: environment variable
+/// names are conventionally upper case) find their key.
+fn camel_keys() -> &'static [&'static str] {
+    static KEYS: OnceLock<Vec<&'static str>> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        use crate::router::{Condition, NamespaceMatch, RouteTransforms};
+        use crate::sinks::{file, kafka, options, util, webhook};
+        use decode::fields_of as f;
+        let structs = [
+            f::<Config>(),
+            f::<ResourceConfig>(),
+            f::<ShutdownConfig>(),
+            f::<LogConfig>(),
+            f::<TransformConfig>(),
+            f::<ShapeConfig>(),
+            f::<crate::event::transform::RedactRule>(),
+            f::<StateConfig>(),
+            f::<LeaderElectionConfig>(),
+            f::<ServerConfig>(),
+            f::<crate::server::ReadinessConfig>(),
+            f::<crate::server::CacheApiConfig>(),
+            f::<options::SinkOptions>(),
+            f::<util::DeadLetterConfig>(),
+            f::<file::FileSinkConfig>(),
+            f::<webhook::WebhookSinkConfig>(),
+            f::<webhook::TlsConfig>(),
+            f::<webhook::WebhookBatchConfig>(),
+            f::<webhook::ValueFrom>(),
+            f::<kafka::KafkaSinkConfig>(),
+            f::<RouteConfig>(),
+            f::<NamespaceMatch>(),
+            f::<Condition>(),
+            f::<RouteTransforms>(),
+        ];
+        let mut keys: Vec<&'static str> = structs
+            .concat()
+            .into_iter()
+            .filter(|k| k.chars().any(|c| c.is_ascii_uppercase()))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    })
 }
-
-impl ConfigError {
-    /// An error at `path`.
-    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            path: path.into(),
-            message: message.into(),
-        }
-    }
-}
-
-/// Every camelCase key of the config, so `LOOKOUT_A__B` environment overrides (which arrive
-/// without case) find their key: environment variable names are conventionally upper case.
-const CAMEL_KEYS: &[&str] = &[
-    "apiVersion",
-    "labelSelector",
-    "fieldSelector",
-    "gracePeriod",
-    "dropManagedFields",
-    "redactSecrets",
-    "ignorePaths",
-    "includeOld",
-    "changedBy",
-    "dropPaths",
-    "leaderElection",
-    "leaseName",
-    "leaseNamespace",
-    "leaseDuration",
-    "renewDeadline",
-    "retryPeriod",
-    "apiVersions",
-    "keepPaths",
-    "redactionKey",
-    "queueCapacity",
-    "maxEvents",
-    "maxBytes",
-    "maxWait",
-    "deadLetter",
-    "caFile",
-    "maxSilence",
-    "certFile",
-    "keyFile",
-    "insecureSkipVerify",
-    "cloudEventsMode",
-    "valueFrom",
-];
 
 fn restore_case(segment: &str) -> String {
-    CAMEL_KEYS
+    camel_keys()
         .iter()
         .find(|k| k.eq_ignore_ascii_case(segment))
         .map(|k| k.to_string())
@@ -207,28 +209,34 @@ fn restore_case(segment: &str) -> String {
 const NON_CONFIG_ENV: &[&str] = &["CONFIG", "LOG"];
 
 impl Config {
-    /// Loads `path` (optional) merged over the defaults and under the environment, expands
-    /// `${VAR}` references and validates the result.
+    /// Loads `path` (optional) merged over the defaults and under the environment and
+    /// expands `${VAR}` references. [`Plan::compile`] checks the rest.
     ///
     /// # Errors
-    /// A [`ConfigError`] naming the key path of the first problem found.
-    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    /// An [`Error`] naming the key path of the first problem found.
+    pub fn load(path: Option<&Path>) -> Result<Config, Error> {
         Self::load_with_env(path, &|name| std::env::var(name).ok(), true)
     }
 
     /// As [`Config::load`], with an explicit environment lookup (tests) and the option to skip
     /// `LOOKOUT_*` overrides.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
     pub fn load_with_env(
         path: Option<&Path>,
         lookup: &dyn Fn(&str) -> Option<String>,
         env_overrides: bool,
-    ) -> Result<Config, ConfigError> {
+    ) -> Result<Config, Error> {
         let source = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    ConfigError::new(
+                let text = std::fs::read_to_string(path).map_err(|source| {
+                    Error::new(
                         "",
-                        format!("cannot read config file {}: {e}", path.display()),
+                        ErrorKind::ReadFile {
+                            path: path.to_path_buf(),
+                            source,
+                        },
                     )
                 })?;
                 Some((path.display().to_string(), text))
@@ -243,7 +251,10 @@ impl Config {
     }
 
     /// Parses a YAML string (tests, the embedded demo config) without environment overrides.
-    pub fn from_yaml_str(text: &str) -> Result<Config, ConfigError> {
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn from_yaml_str(text: &str) -> Result<Config, Error> {
         Self::from_source(Some(("<inline>", text)), &|n| std::env::var(n).ok(), false)
     }
 
@@ -251,16 +262,22 @@ impl Config {
         source: Option<(&str, &str)>,
         lookup: &dyn Fn(&str) -> Option<String>,
         env_overrides: bool,
-    ) -> Result<Config, ConfigError> {
+    ) -> Result<Config, Error> {
         let mut figment = Figment::new();
         if let Some((name, text)) = source {
             // Parse errors are reported with the source name; the data then merges like
             // any other figment provider.
             let provider = Yaml::string(text);
             use figment::Provider;
-            provider
-                .data()
-                .map_err(|e| ConfigError::new("", format!("{name}: invalid YAML: {e}")))?;
+            provider.data().map_err(|e| {
+                Error::new(
+                    "",
+                    ErrorKind::Yaml {
+                        source_name: name.to_string(),
+                        message: e.to_string(),
+                    },
+                )
+            })?;
             figment = figment.merge(provider);
         }
         if env_overrides {
@@ -280,88 +297,40 @@ impl Config {
                     .lowercase(false),
             );
         }
-        let mut merged: figment::value::Value = figment.extract().map_err(figment_error)?;
+        let mut merged: Value = figment.extract().map_err(decode::from_figment)?;
         expand::expand_value(&mut merged, &mut Vec::new(), lookup)
-            .map_err(|(path, e)| ConfigError::new(render_path_str(&path), e.to_string()))?;
-        let config: Config = Figment::from(Serialized::defaults(merged))
-            .extract()
-            .map_err(figment_error)?;
-        config.validate()?;
-        Ok(config)
+            .map_err(|(path, e)| Error::new(render_dotted(&path), e))?;
+        Self::decode(&merged)
     }
 
-    /// Checks what serde cannot: cross-field rules and values with their own syntax.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.cluster.trim().is_empty() {
-            return Err(ConfigError::new("cluster", "must not be empty"));
+    /// Decodes the merged tree: everything but `sinks`, `routes` and `transforms` in one
+    /// serde pass, then those, entry by entry, with their keys split between structs.
+    ///
+    /// # Errors
+    /// The first problem, at its full key path.
+    pub fn decode(tree: &Value) -> Result<Config, Error> {
+        let mut rest = match tree {
+            // An empty file is an empty config (which then fails its checks by key path).
+            Value::Empty(..) => figment::value::Dict::new(),
+            other => decode::as_dict(other, "")?.clone(),
+        };
+        let sinks = rest.remove("sinks");
+        let routes = rest.remove("routes");
+        let transforms = rest.remove("transforms");
+        let mut config: Config = decode::decode(&Value::Dict(Tag::Default, rest), "")?;
+        if let Some(v) = sinks {
+            config.sinks = list(&v, "sinks", SinkConfig::decode)?;
         }
-        if self.resources.is_empty() {
-            return Err(ConfigError::new(
-                "resources",
-                "at least one resource to watch is required",
-            ));
+        if let Some(v) = routes {
+            config.routes = list(&v, "routes", RouteConfig::decode)?;
         }
-        for (i, r) in self.resources.iter().enumerate() {
-            let at = |k: &str| format!("resources[{i}].{k}");
-            if r.kind.is_empty() {
-                return Err(ConfigError::new(at("kind"), "must not be empty"));
-            }
-            if r.api_version.is_empty() || r.api_version.split('/').count() > 2 {
-                return Err(ConfigError::new(
-                    at("apiVersion"),
-                    format!(
-                        "expected `version` or `group/version`, got `{}`",
-                        r.api_version
-                    ),
-                ));
-            }
-            if let Some(sel) = &r.label_selector {
-                kubesim::selector::LabelSelector::parse(sel)
-                    .map_err(|e| ConfigError::new(at("labelSelector"), e.to_string()))?;
-            }
-            if let Some(sel) = &r.field_selector {
-                kubesim::selector::FieldSelector::parse(sel)
-                    .map_err(|e| ConfigError::new(at("fieldSelector"), e.to_string()))?;
-            }
+        if let Some(v) = transforms {
+            let (shape, mut own): (ShapeConfig, TransformConfig) =
+                decode::decode_split(&v, "transforms", &[])?;
+            own.shape = shape;
+            config.transforms = own;
         }
-        if self.sinks.is_empty() {
-            return Err(ConfigError::new("sinks", "at least one sink is required"));
-        }
-        let mut names = std::collections::HashSet::new();
-        for (i, s) in self.sinks.iter().enumerate() {
-            if s.name().is_empty() {
-                return Err(ConfigError::new(
-                    format!("sinks[{i}].name"),
-                    "must not be empty",
-                ));
-            }
-            if !names.insert(s.name()) {
-                return Err(ConfigError::new(
-                    format!("sinks[{i}].name"),
-                    format!("duplicate sink name `{}`", s.name()),
-                ));
-            }
-            s.validate()
-                .map_err(|e| ConfigError::new(format!("sinks[{i}].{}", e.path), e.message))?;
-        }
-        self.leader_election
-            .validate()
-            .map_err(|(k, m)| ConfigError::new(format!("leaderElection.{k}"), m))?;
-        let sink_names: Vec<String> = self.sinks.iter().map(|s| s.name().to_string()).collect();
-        for (i, r) in self.routes.iter().enumerate() {
-            Route::compile(r, i, &sink_names, self.redaction_key().as_bytes())
-                .map_err(|e| ConfigError::new(format!("routes[{i}].{}", e.path), e.message))?;
-        }
-        ObjectTransform::new(&self.transforms, &self.cluster).map_err(|e| {
-            let (path, message) = match &e {
-                TransformError::Ignore(i, g) => (format!("ignorePaths[{i}]"), g.to_string()),
-                TransformError::Shape(s) => {
-                    (format!("{}[{}]", s.field, s.index), s.source.to_string())
-                }
-            };
-            ConfigError::new(format!("transforms.{path}"), message)
-        })?;
-        Ok(())
+        Ok(config)
     }
 
     /// The key of redaction hashes: `transforms.redactionKey`, else the cluster name.
@@ -414,63 +383,40 @@ fn mask_secrets(value: &mut serde_json::Value) {
     }
 }
 
-/// `sinks.0.type` → `sinks[0].type`.
-fn render_path(path: &[String]) -> String {
-    let mut out = String::new();
-    for seg in path {
-        if seg.chars().all(|c| c.is_ascii_digit()) && !seg.is_empty() {
-            out.push_str(&format!("[{seg}]"));
-        } else {
-            if !out.is_empty() {
-                out.push('.');
-            }
-            out.push_str(seg);
-        }
+/// Decodes each entry of the sequence at `at` with `entry`.
+fn list<T>(
+    value: &Value,
+    at: &str,
+    entry: impl Fn(&Value, &str) -> Result<T, Error>,
+) -> Result<Vec<T>, Error> {
+    match value {
+        Value::Array(_, items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| entry(v, &format!("{at}[{i}]")))
+            .collect(),
+        Value::Empty(..) => Ok(Vec::new()),
+        _ => Err(Error::new(
+            at,
+            ErrorKind::Type("expected a sequence".into()),
+        )),
     }
-    out
 }
 
-fn render_path_str(dotted: &str) -> String {
+/// `sinks.0.type` → `sinks[0].type`.
+fn render_dotted(dotted: &str) -> String {
     let parts: Vec<String> = dotted.split('.').map(str::to_string).collect();
-    render_path(&parts)
-}
-
-fn figment_error(err: figment::Error) -> ConfigError {
-    use figment::error::Kind;
-    let mut path = err.path.clone();
-    let message = match &err.kind {
-        Kind::UnknownField(field, expected) => {
-            // figment's path already ends with the unknown key.
-            format!(
-                "unknown key `{field}`; expected one of: {}",
-                expected.join(", ")
-            )
-        }
-        Kind::MissingField(field) => {
-            if path.last().map(String::as_str) != Some(field.as_ref()) {
-                path.push(field.to_string());
-            }
-            "missing required key".to_string()
-        }
-        Kind::UnknownVariant(v, expected) => {
-            format!(
-                "unknown value `{v}`; expected one of: {}",
-                expected.join(", ")
-            )
-        }
-        Kind::InvalidType(actual, expected) => format!("expected {expected}, found {actual}"),
-        Kind::InvalidValue(actual, expected) => format!("expected {expected}, found {actual}"),
-        other => other.to_string(),
-    };
-    ConfigError::new(render_path(&path), message)
+    render(&parts)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(yaml: &str) -> Result<Config, ConfigError> {
-        Config::from_yaml_str(yaml)
+    /// Loads and compiles `yaml`; the first error of either step.
+    fn parse(yaml: &str) -> Result<Plan, Error> {
+        let config = Config::from_yaml_str(yaml)?;
+        Plan::compile(config).map_err(|mut e| e.0.remove(0))
     }
 
     const MINIMAL: &str = "
@@ -485,7 +431,7 @@ sinks:
 
     #[test]
     fn minimal_config_gets_defaults() {
-        let c = parse(MINIMAL).unwrap();
+        let c = parse(MINIMAL).unwrap().config;
         assert_eq!(c.cluster, "c1");
         assert!(c.transforms.drop_managed_fields);
         assert!(c.transforms.redact_secrets);
@@ -510,8 +456,8 @@ sinks:
         let yaml = MINIMAL.replace("type: stdout", "type: carrier-pigeon");
         let e = parse(&yaml).unwrap_err();
         assert!(e.path.starts_with("sinks[0]"), "{e}");
-        assert!(e.message.contains("carrier-pigeon"), "{e}");
-        assert!(e.message.contains("stdout"), "{e}");
+        assert!(e.to_string().contains("carrier-pigeon"), "{e}");
+        assert!(e.to_string().contains("stdout"), "{e}");
     }
 
     #[test]
@@ -526,7 +472,7 @@ sinks:
         let yaml = MINIMAL.replace("cluster: c1", "cluster: [1, 2]");
         let e = parse(&yaml).unwrap_err();
         assert_eq!(e.path, "cluster", "{e}");
-        assert!(e.message.contains("string"), "{e}");
+        assert!(e.to_string().contains("string"), "{e}");
     }
 
     #[test]
@@ -557,7 +503,7 @@ sinks:
         );
         let e = Config::load_with_env(Some(&file), &|_| None, false).unwrap_err();
         assert_eq!(e.path, "resources[0].fieldSelector", "{e}");
-        assert!(e.message.contains("NODE_NAME"), "{e}");
+        assert!(e.to_string().contains("NODE_NAME"), "{e}");
     }
 
     #[test]
@@ -585,10 +531,91 @@ sinks:
         );
         let e = parse(&yaml).unwrap_err();
         assert_eq!(e.path, "sinks[1].headers.Authorization", "{e}");
-        assert!(e.message.contains("LOOKOUT_TEST_UNSET_TOKEN"), "{e}");
-        let c = parse(&yaml.replace("LOOKOUT_TEST_UNSET_TOKEN", "PATH")).unwrap();
-        let out = c.to_masked_yaml();
+        assert!(e.to_string().contains("LOOKOUT_TEST_UNSET_TOKEN"), "{e}");
+        let plan = parse(&yaml.replace("LOOKOUT_TEST_UNSET_TOKEN", "PATH")).unwrap();
+        let out = plan.describe();
         assert!(!out.contains("s3cr3t") && !out.contains("k3y"), "{out}");
         assert!(out.contains("env: PATH"), "{out}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_each_at_its_path() {
+        let yaml = "cluster: ''\nresources: [{apiVersion: a/b/c, kind: Pod}]\nsinks:\n  \
+                    - {name: a, type: stdout, queueCapacity: 0}\n  \
+                    - {name: a, type: file, path: /nonexistent-dir/x.jsonl}\n\
+                    routes: [{sinks: [nope]}]\ntransforms: {dropPaths: [x]}\n";
+        let config = Config::from_yaml_str(yaml).unwrap();
+        let paths: Vec<String> = Plan::compile(config)
+            .err()
+            .unwrap()
+            .0
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "cluster",
+                "resources[0].apiVersion",
+                "transforms.dropPaths[0]",
+                "sinks[0].queueCapacity",
+                "sinks[1].name",
+                "sinks[1].path",
+                "routes[0].sinks[0]",
+            ]
+        );
+    }
+
+    #[test]
+    fn environment_override_keys_come_from_the_structs() {
+        let keys = camel_keys();
+        for k in [
+            "apiVersion",
+            "gracePeriod",
+            "dropManagedFields",
+            "keepPaths",
+            "leaderElection",
+            "renewDeadline",
+            "queueCapacity",
+            "deadLetter",
+            "cloudEventsMode",
+            "maxEvents",
+            "insecureSkipVerify",
+            "valueFrom",
+            "maxSilence",
+            "ignorePaths",
+        ] {
+            assert!(keys.contains(&k), "{k} missing from {keys:?}");
+        }
+        assert!(
+            keys.iter()
+                .all(|k| k.chars().any(|c| c.is_ascii_uppercase()))
+        );
+    }
+
+    #[test]
+    fn every_camel_case_key_of_the_annotated_example_can_be_overridden() {
+        let text = include_str!("../../config/lookout.yaml");
+        let tree: serde_json::Value = serde_yaml_ng::from_str(text).unwrap();
+        fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, v) in m {
+                        out.push(k.clone());
+                        walk(v, out);
+                    }
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+                _ => {}
+            }
+        }
+        let mut keys = Vec::new();
+        walk(&tree, &mut keys);
+        for k in keys.iter().filter(|k| {
+            k.starts_with(|c: char| c.is_ascii_lowercase())
+                && k.chars().any(|c| c.is_ascii_uppercase())
+        }) {
+            assert!(camel_keys().contains(&k.as_str()), "`{k}`");
+        }
     }
 }

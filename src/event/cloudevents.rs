@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Envelope;
 
-/// What a sink's payload is (`format:`), shared by the Kafka, webhook and file sinks.
+/// What a sink's payload is (`format:`), shared by the Kafka and webhook sinks.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum EventFormat {
@@ -28,19 +28,6 @@ pub enum EventFormat {
     Envelope,
     /// A CloudEvents 1.0 event (see [`CloudEventsMode`]).
     Cloudevents,
-    /// A Debezium change event (see [`super::debezium`]).
-    Debezium,
-}
-
-impl EventFormat {
-    /// One event as one JSON document in this format (CloudEvents in structured mode).
-    pub fn encode(self, e: &Envelope, debezium: super::debezium::Encoding) -> Bytes {
-        match self {
-            EventFormat::Envelope => e.to_json().clone(),
-            EventFormat::Cloudevents => structured(e),
-            EventFormat::Debezium => debezium.value(e),
-        }
-    }
 }
 
 /// How CloudEvents travel (`cloudEventsMode:`), per the transport's protocol binding.

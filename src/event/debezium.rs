@@ -60,7 +60,8 @@ pub enum KeyMode {
 }
 
 /// Encodes envelopes as Debezium change events.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Encoding {
     /// Connect framing (see [`DebeziumOptions::schemas`]).
     pub schemas: bool,

@@ -11,8 +11,30 @@ use serde_json::{Map, Value};
 use sha2::Sha256;
 
 pub use super::pointer::{GlobError, PointerGlob};
+use crate::config::{Error, Errors};
 
-/// What the user can set under `transforms:`.
+/// The transforms every transform list has: the global `transforms:` and each
+/// `routes[].transforms`. Drop, keep-only and redact, in that order of declaration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ShapeConfig {
+    /// Pointer globs removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop_paths: Vec<String>,
+    /// When set, keep only these pointer globs (plus apiVersion, kind and the identity
+    /// metadata): a projection (`[/metadata]` = metadata only). Globally it also shrinks
+    /// the cache.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keep_paths: Vec<String>,
+    /// Values to redact, by pointer glob.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redact: Vec<RedactRule>,
+}
+
+/// What the user can set under `transforms:`, besides the [`ShapeConfig`] keys.
+///
+/// Its `Deserialize` covers only its own keys: a `transforms:` map is split between the two
+/// structs by the config loader (`config::decode`), so both keep `deny_unknown_fields`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TransformConfig {
@@ -38,16 +60,9 @@ pub struct TransformConfig {
     /// before they are dropped.
     #[serde(default = "yes")]
     pub changed_by: bool,
-    /// Pointer globs removed from every object.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub drop_paths: Vec<String>,
-    /// When set, keep only these pointer globs (plus apiVersion, kind and the identity
-    /// metadata): a projection that also shrinks the cache (`[/metadata]` = metadata only).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub keep_paths: Vec<String>,
-    /// Values to redact, by pointer glob.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub redact: Vec<RedactRule>,
+    /// `dropPaths`, `keepPaths`, `redact`, applied to every object.
+    #[serde(flatten, skip_deserializing)]
+    pub shape: ShapeConfig,
 }
 
 impl Default for TransformConfig {
@@ -59,9 +74,7 @@ impl Default for TransformConfig {
             ignore_paths: default_ignore_paths(),
             include_old: false,
             changed_by: true,
-            drop_paths: Vec::new(),
-            keep_paths: Vec::new(),
-            redact: Vec::new(),
+            shape: ShapeConfig::default(),
         }
     }
 }
@@ -127,41 +140,36 @@ pub struct Shape {
     key: Vec<u8>,
 }
 
-/// A path of a [`Shape`] that does not compile: which list, which index, why.
-#[derive(Debug, thiserror::Error)]
-#[error("{field}[{index}]: {source}")]
-pub struct ShapeError {
-    /// `dropPaths`, `keepPaths` or `redact`.
-    pub field: &'static str,
-    /// Index in the list.
-    pub index: usize,
-    /// The glob error.
-    #[source]
-    pub source: GlobError,
+/// Compiles the pointer globs of list `field`; each one that does not parse is recorded in
+/// `errors` at `field[i]`.
+pub fn globs(field: &str, list: &[String], errors: &mut Errors) -> Vec<PointerGlob> {
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            errors.take(PointerGlob::parse(p).map_err(|e| Error::new(format!("{field}[{i}]"), e)))
+        })
+        .collect()
 }
 
-impl Shape {
+impl ShapeConfig {
     /// Compiles the three lists; `key` keys the redaction hash.
-    pub fn new(
-        drop: &[String],
-        keep: &[String],
-        redact: &[RedactRule],
-        key: &[u8],
-    ) -> Result<Self, ShapeError> {
-        let compile = |field: &'static str, list: &[String]| {
-            list.iter()
-                .enumerate()
-                .map(|(index, p)| {
-                    PointerGlob::parse(p).map_err(|source| ShapeError {
-                        field,
-                        index,
-                        source,
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()
-        };
-        let drop = compile("dropPaths", drop)?;
-        let mut keep = compile("keepPaths", keep)?;
+    ///
+    /// # Errors
+    /// Every glob that does not parse, at its path in the list (`dropPaths[1]`).
+    pub fn compile(&self, key: &[u8]) -> Result<Shape, Errors> {
+        let mut errors = Errors::default();
+        let drop = globs("dropPaths", &self.drop_paths, &mut errors);
+        let mut keep = globs("keepPaths", &self.keep_paths, &mut errors);
+        let redact_globs = self
+            .redact
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                let glob = PointerGlob::parse(&r.path)
+                    .map_err(|e| Error::new(format!("redact[{i}].path"), e));
+                errors.take(glob).map(|g| (g, r.with, r.mask.clone()))
+            })
+            .collect();
         if !keep.is_empty() {
             keep.extend(
                 IDENTITY
@@ -169,27 +177,16 @@ impl Shape {
                     .map(|p| PointerGlob::parse(p).expect("valid")),
             );
         }
-        let redact = redact
-            .iter()
-            .enumerate()
-            .map(|(index, r)| {
-                PointerGlob::parse(&r.path)
-                    .map(|g| (g, r.with, r.mask.clone()))
-                    .map_err(|source| ShapeError {
-                        field: "redact",
-                        index,
-                        source,
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
+        errors.finish(|| Shape {
             drop,
             keep,
-            redact,
+            redact: redact_globs,
             key: key.to_vec(),
         })
     }
+}
 
+impl Shape {
     /// True when applying it changes nothing.
     pub fn is_identity(&self) -> bool {
         self.drop.is_empty() && self.keep.is_empty() && self.redact.is_empty()
@@ -231,37 +228,25 @@ pub struct ObjectTransform {
     pub ignore: Vec<PointerGlob>,
 }
 
-/// A global transform that does not compile.
-#[derive(Debug, thiserror::Error)]
-pub enum TransformError {
-    /// An `ignorePaths` glob.
-    #[error("ignorePaths[{0}]: {1}")]
-    Ignore(usize, GlobError),
-    /// A drop / keep / redact path.
-    #[error(transparent)]
-    Shape(#[from] ShapeError),
-}
-
 impl ObjectTransform {
     /// Compiles a config; `cluster` is the default redaction key.
-    pub fn new(config: &TransformConfig, cluster: &str) -> Result<Self, TransformError> {
-        let ignore = config
-            .ignore_paths
-            .iter()
-            .enumerate()
-            .map(|(i, p)| PointerGlob::parse(p).map_err(|e| TransformError::Ignore(i, e)))
-            .collect::<Result<_, _>>()?;
+    ///
+    /// # Errors
+    /// Every path that does not compile, relative to `transforms`.
+    pub fn new(config: &TransformConfig, cluster: &str) -> Result<Self, Errors> {
+        let mut errors = Errors::default();
+        let ignore = globs("ignorePaths", &config.ignore_paths, &mut errors);
         let key = config
             .redaction_key
             .clone()
             .unwrap_or_else(|| cluster.to_string())
             .into_bytes();
-        let shape = Shape::new(&config.drop_paths, &config.keep_paths, &config.redact, &key)?;
-        Ok(Self {
+        let shape = errors.absorb(config.shape.compile(&key));
+        errors.finish(|| Self {
             drop_managed_fields: config.drop_managed_fields,
             changed_by: config.changed_by,
             redaction_key: config.redact_secrets.then_some(key),
-            shape,
+            shape: shape.unwrap_or_default(),
             ignore,
         })
     }
@@ -352,7 +337,10 @@ mod tests {
     #[test]
     fn metadata_only_projection_keeps_identity() {
         let config = TransformConfig {
-            keep_paths: vec!["/metadata/labels".into()],
+            shape: ShapeConfig {
+                keep_paths: vec!["/metadata/labels".into()],
+                ..ShapeConfig::default()
+            },
             ..TransformConfig::default()
         };
         let t = ObjectTransform::new(&config, "c").unwrap();
@@ -372,19 +360,22 @@ mod tests {
     #[test]
     fn redaction_rules_hash_or_mask_matching_values() {
         let config = TransformConfig {
-            redact: vec![
-                RedactRule {
-                    path: "/spec/containers/*/env/*/value".into(),
-                    with: RedactWith::Mask,
-                    mask: "***".into(),
-                },
-                RedactRule {
-                    path: "/metadata/annotations/*token*".into(),
-                    with: RedactWith::Hash,
-                    mask: String::new(),
-                },
-            ],
-            drop_paths: vec!["/status".into()],
+            shape: ShapeConfig {
+                redact: vec![
+                    RedactRule {
+                        path: "/spec/containers/*/env/*/value".into(),
+                        with: RedactWith::Mask,
+                        mask: "***".into(),
+                    },
+                    RedactRule {
+                        path: "/metadata/annotations/*token*".into(),
+                        with: RedactWith::Hash,
+                        mask: String::new(),
+                    },
+                ],
+                drop_paths: vec!["/status".into()],
+                ..ShapeConfig::default()
+            },
             ..TransformConfig::default()
         };
         let t = ObjectTransform::new(&config, "c").unwrap();

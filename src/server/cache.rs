@@ -135,7 +135,7 @@ fn list(objects: &BTreeMap<String, Arc<Value>>, kind: &str, q: &ListQuery) -> Re
     let labels = match q
         .label_selector
         .as_deref()
-        .map(kubesim::selector::LabelSelector::parse)
+        .map(k8s_selector::LabelSelector::parse)
     {
         Some(Err(e)) => {
             return status(
@@ -150,7 +150,7 @@ fn list(objects: &BTreeMap<String, Arc<Value>>, kind: &str, q: &ListQuery) -> Re
     let fields = match q
         .field_selector
         .as_deref()
-        .map(kubesim::selector::FieldSelector::parse)
+        .map(k8s_selector::FieldSelector::parse)
     {
         Some(Err(e)) => {
             return status(

@@ -4,6 +4,7 @@
 pub mod blackhole;
 pub mod file;
 pub mod kafka;
+pub mod options;
 pub mod stdout;
 pub mod util;
 pub mod webhook;
@@ -14,8 +15,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::config::{Error, ErrorKind, Errors, join};
 use crate::event::Envelope;
 
+pub use options::{Accepts, Common, Format, Payload, SinkOptions, default_queue_capacity};
 pub use util::{AckObserver, Batching, DeadLetter, SinkHandle, SinkMonitor, SinkStats};
 
 /// A destination for change events.
@@ -71,39 +74,6 @@ impl SinkError {
     }
 }
 
-/// A problem in one sink's settings, relative to the sink entry (e.g. `format`).
-#[derive(Debug)]
-pub struct SinkConfigError {
-    /// Key path below `sinks[i]`.
-    pub path: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-/// `debezium:` is only meaningful with `format: debezium` (`applies`).
-pub(crate) fn check_debezium_options(
-    debezium: Option<&crate::event::debezium::DebeziumOptions>,
-    applies: bool,
-) -> Result<(), SinkConfigError> {
-    match debezium {
-        Some(_) if !applies => Err(SinkConfigError {
-            path: "debezium".into(),
-            message: "only applies with `format: debezium`".into(),
-        }),
-        _ => Ok(()),
-    }
-}
-
-/// Why a configured sink could not be started.
-#[derive(Debug, thiserror::Error)]
-#[error("sink `{name}`: {message}")]
-pub struct SinkBuildError {
-    /// The sink's name.
-    pub name: String,
-    /// What failed.
-    pub message: String,
-}
-
 /// Everything a sink may need from the rest of the agent when it is built.
 #[derive(Debug, Clone, Default)]
 pub struct SinkContext {
@@ -113,10 +83,24 @@ pub struct SinkContext {
     pub state_dir: Option<std::path::PathBuf>,
 }
 
-/// One entry of `sinks:`, selected by `type`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One entry of `sinks:`: the options every sink has, and those of its `type`.
+///
+/// Decoded by [`SinkConfig::decode`] (the config loader, with full key paths) or through
+/// `Deserialize` (any serde format; errors then name paths inside the entry only).
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkConfig {
+    /// `name`, `queueCapacity`, `format`, `cloudEventsMode`, `deadLetter`.
+    #[serde(flatten)]
+    pub options: SinkOptions,
+    /// `type` and the type's own options.
+    #[serde(flatten)]
+    pub kind: SinkKind,
+}
+
+/// A sink type and its own options.
+#[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
-pub enum SinkConfig {
+pub enum SinkKind {
     /// One JSON envelope per line (or a human line) on standard output.
     Stdout(stdout::StdoutSinkConfig),
     /// One JSON envelope per line appended to a file.
@@ -129,78 +113,179 @@ pub enum SinkConfig {
     Kafka(Box<kafka::KafkaSinkConfig>),
 }
 
-impl SinkConfig {
-    /// The sink's unique name.
-    pub fn name(&self) -> &str {
+/// The values of `type`.
+const TYPES: &[&str] = &["stdout", "file", "blackhole", "webhook", "kafka"];
+
+impl SinkKind {
+    /// The `type` value.
+    pub fn type_name(&self) -> &'static str {
         match self {
-            SinkConfig::Stdout(c) => &c.name,
-            SinkConfig::File(c) => &c.name,
-            SinkConfig::Blackhole(c) => &c.name,
-            SinkConfig::Webhook(c) => &c.name,
-            SinkConfig::Kafka(c) => &c.name,
+            SinkKind::Stdout(_) => "stdout",
+            SinkKind::File(_) => "file",
+            SinkKind::Blackhole(_) => "blackhole",
+            SinkKind::Webhook(_) => "webhook",
+            SinkKind::Kafka(_) => "kafka",
         }
     }
 
-    /// Capacity of the sink's queue (events).
-    pub fn queue_capacity(&self) -> usize {
+    /// What the type makes of the shared options.
+    pub fn accepts(&self) -> Accepts {
+        use options::Format::{Cloudevents, Debezium, Envelope, Text};
         match self {
-            SinkConfig::Stdout(c) => c.queue_capacity,
-            SinkConfig::File(c) => c.queue_capacity,
-            SinkConfig::Blackhole(c) => c.queue_capacity,
-            SinkConfig::Webhook(c) => c.queue_capacity,
-            SinkConfig::Kafka(c) => c.queue_capacity,
-        }
-    }
-
-    /// Checks settings serde cannot.
-    pub fn validate(&self) -> Result<(), SinkConfigError> {
-        match self {
-            SinkConfig::Stdout(c) => c.validate(),
-            SinkConfig::File(c) => c.validate(),
-            SinkConfig::Blackhole(_) => Ok(()),
-            SinkConfig::Webhook(c) => c.validate(),
-            SinkConfig::Kafka(c) => c.validate(),
-        }
-    }
-
-    /// Builds the running sink.
-    pub async fn build(&self, ctx: &SinkContext) -> Result<Arc<dyn Sink>, SinkBuildError> {
-        match self {
-            SinkConfig::Stdout(c) => Ok(Arc::new(c.build())),
-            SinkConfig::File(c) => Ok(Arc::new(file::FileSink::open(c)?)),
-            SinkConfig::Blackhole(c) => Ok(Arc::new(c.build())),
-            SinkConfig::Webhook(c) => Ok(Arc::new(c.build()?)),
-            SinkConfig::Kafka(c) => {
-                let sink = c.build(ctx).map_err(|message| SinkBuildError {
-                    name: c.name.clone(),
-                    message,
-                })?;
-                sink.spawn_startup_probe();
-                Ok(Arc::new(sink))
-            }
-        }
-    }
-
-    /// Where the driver puts the events this sink rejects for good.
-    pub fn dead_letter(&self, ctx: &SinkContext) -> DeadLetter {
-        match self {
-            // Standard output and files never reject an event; no dead-letter file, and no
-            // start-up complaint.
-            SinkConfig::Stdout(c) => DeadLetter::log_only(&c.name),
-            SinkConfig::File(c) => DeadLetter::log_only(&c.name),
-            SinkConfig::Blackhole(c) => DeadLetter::log_only(&c.name),
-            SinkConfig::Webhook(c) => {
-                DeadLetter::resolve(&c.name, c.dead_letter.as_ref(), ctx.state_dir.as_deref())
-            }
-            SinkConfig::Kafka(c) => {
-                DeadLetter::resolve(&c.name, c.dead_letter.as_ref(), ctx.state_dir.as_deref())
-            }
+            SinkKind::Stdout(_) => Accepts {
+                formats: &[Envelope, Text, Debezium],
+                rejects: false,
+            },
+            SinkKind::File(_) => Accepts {
+                formats: &[Envelope, Debezium],
+                rejects: false,
+            },
+            SinkKind::Blackhole(_) => Accepts {
+                formats: &[Envelope],
+                rejects: false,
+            },
+            SinkKind::Webhook(_) | SinkKind::Kafka(_) => Accepts {
+                formats: &[Envelope, Cloudevents, Debezium],
+                rejects: true,
+            },
         }
     }
 }
 
-/// Default capacity of a sink queue: enough to ride out a short hiccup without blocking the
-/// informers, small enough to bound memory (events share their objects with the cache).
-pub fn default_queue_capacity() -> usize {
-    10_000
+impl SinkConfig {
+    /// The sink's unique name.
+    pub fn name(&self) -> &str {
+        &self.options.name
+    }
+
+    /// Decodes one `sinks[]` entry at key path `at`: `type` picks the own options, the
+    /// other keys are split between [`SinkOptions`] and them.
+    ///
+    /// # Errors
+    /// The first problem, at its full key path.
+    pub fn decode(value: &figment::value::Value, at: &str) -> Result<Self, Error> {
+        use crate::config::decode::{as_dict, decode_split};
+        let type_at = join(at, "type");
+        let type_name = match as_dict(value, at)?.get("type") {
+            None => return Err(Error::new(type_at, ErrorKind::MissingKey)),
+            Some(v) => v
+                .as_str()
+                .ok_or_else(|| Error::new(&type_at, ErrorKind::Type("expected a string".into())))?,
+        };
+        fn split<O: serde::de::DeserializeOwned>(
+            value: &figment::value::Value,
+            at: &str,
+        ) -> Result<(SinkOptions, O), Error> {
+            decode_split(value, at, &["type"])
+        }
+        let (options, kind) = match type_name {
+            "stdout" => split(value, at).map(|(s, o)| (s, SinkKind::Stdout(o)))?,
+            "file" => split(value, at).map(|(s, o)| (s, SinkKind::File(o)))?,
+            "blackhole" => split(value, at).map(|(s, o)| (s, SinkKind::Blackhole(o)))?,
+            "webhook" => split(value, at).map(|(s, o)| (s, SinkKind::Webhook(Box::new(o))))?,
+            "kafka" => split(value, at).map(|(s, o)| (s, SinkKind::Kafka(Box::new(o))))?,
+            other => {
+                return Err(Error::new(
+                    type_at,
+                    ErrorKind::UnknownValue {
+                        value: other.to_string(),
+                        expected: TYPES.iter().map(|t| t.to_string()).collect(),
+                    },
+                ));
+            }
+        };
+        Ok(Self { options, kind })
+    }
+
+    /// Checks every setting and builds the sink's client (an HTTP client, a Kafka
+    /// producer); nothing is opened or connected yet. Paths are relative to the entry.
+    ///
+    /// # Errors
+    /// Every problem found in the entry.
+    pub fn compile(&self, ctx: &SinkContext) -> Result<CompiledSink, Errors> {
+        let type_name = self.kind.type_name();
+        let common = self.options.check(type_name, self.kind.accepts())?;
+        let built = match &self.kind {
+            SinkKind::Stdout(c) => Built::Ready(Arc::new(c.compile(&common))),
+            SinkKind::Blackhole(c) => Built::Ready(Arc::new(c.compile())),
+            SinkKind::File(c) => Built::File(c.compile()?, common.payload),
+            SinkKind::Webhook(c) => Built::Ready(Arc::new(c.compile(&common)?)),
+            SinkKind::Kafka(c) => Built::Kafka(Arc::new(c.compile(&common, ctx)?)),
+        };
+        Ok(CompiledSink {
+            config: self.clone(),
+            common,
+            built,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for SinkConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = <figment::value::Value as Deserialize>::deserialize(d)?;
+        SinkConfig::decode(&value, "").map_err(serde::de::Error::custom)
+    }
+}
+
+/// A sink whose settings are checked and whose client is built, ready to start.
+pub struct CompiledSink {
+    /// The entry it was compiled from (for `lookout check`).
+    pub config: SinkConfig,
+    /// Its shared options after defaults.
+    pub common: Common,
+    built: Built,
+}
+
+/// The part of a compiled sink that starts differently per type.
+enum Built {
+    /// Nothing left to do.
+    Ready(Arc<dyn Sink>),
+    /// A file to open for appending (not at compile time: `lookout check` creates nothing),
+    /// and what its lines hold.
+    File(file::FileSinkConfig, Payload),
+    /// A producer whose brokers are probed once at start.
+    Kafka(Arc<kafka::KafkaSink>),
+}
+
+/// A started sink and where the events it rejects go.
+pub struct StartedSink {
+    /// The running sink.
+    pub sink: Arc<dyn Sink>,
+    /// Its dead-letter target.
+    pub dead_letter: DeadLetter,
+}
+
+impl CompiledSink {
+    /// The sink's name.
+    pub fn name(&self) -> &str {
+        &self.common.name
+    }
+
+    /// Opens what the sink writes to and resolves its dead-letter file.
+    ///
+    /// # Errors
+    /// The file sink's file cannot be opened (path relative to the entry).
+    pub fn start(self, ctx: &SinkContext) -> Result<StartedSink, Error> {
+        let name = self.common.name.as_str();
+        let dead_letter = if self.config.kind.accepts().rejects {
+            DeadLetter::resolve(
+                name,
+                self.common.dead_letter.as_ref(),
+                ctx.state_dir.as_deref(),
+            )
+        } else {
+            // Standard output and files never reject an event: no dead-letter file, and
+            // no start-up complaint.
+            DeadLetter::log_only(name)
+        };
+        let sink: Arc<dyn Sink> = match self.built {
+            Built::Ready(sink) => sink,
+            Built::File(c, payload) => Arc::new(file::FileSink::open(&c, payload)?),
+            Built::Kafka(sink) => {
+                sink.spawn_startup_probe();
+                sink
+            }
+        };
+        Ok(StartedSink { sink, dead_letter })
+    }
 }

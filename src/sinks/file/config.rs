@@ -4,39 +4,46 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::cloudevents::EventFormat;
-use crate::event::debezium::DebeziumOptions;
-use crate::sinks::{SinkConfigError, check_debezium_options, default_queue_capacity};
+use crate::config::{Error, ErrorKind};
 
 /// `type: file`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FileSinkConfig {
-    /// Unique sink name.
-    pub name: String,
     /// The JSONL file to append to (created if missing; its directory must exist).
     pub path: PathBuf,
     /// fsync after every batch before acknowledging it (durable, slower).
     #[serde(default)]
     pub fsync: bool,
-    /// What a line holds: the `envelope` (default), a `debezium` change event or a
-    /// `cloudevents` event (structured JSON).
-    #[serde(default)]
-    pub format: EventFormat,
-    /// With `format: debezium`: Kafka Connect framing (`schemas: true`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub debezium: Option<DebeziumOptions>,
-    /// Events the sink's queue holds before coalescing / backpressure.
-    #[serde(default = "default_queue_capacity")]
-    pub queue_capacity: usize,
 }
 
 impl FileSinkConfig {
-    /// Checks what serde cannot.
+    /// Checks the file's directory exists; the file itself is opened when the sink starts,
+    /// so `lookout check` creates nothing.
     ///
     /// # Errors
-    /// `debezium` without `format: debezium`.
-    pub fn validate(&self) -> Result<(), SinkConfigError> {
-        check_debezium_options(self.debezium.as_ref(), self.format == EventFormat::Debezium)
+    /// The directory is missing or the path is a directory (at `path`).
+    pub fn compile(&self) -> Result<FileSinkConfig, Error> {
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        let problem = if self.path.is_dir() {
+            Some("is a directory".to_string())
+        } else if !dir.is_dir() {
+            Some(format!("directory {} does not exist", dir.display()))
+        } else {
+            None
+        };
+        match problem {
+            Some(message) => Err(Error::new(
+                "path",
+                ErrorKind::File {
+                    path: self.path.clone(),
+                    message,
+                },
+            )),
+            None => Ok(self.clone()),
+        }
     }
 }

@@ -6,37 +6,42 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::FileSinkConfig;
+use crate::config::{Error, ErrorKind};
 use crate::event::Envelope;
-use crate::event::cloudevents::EventFormat;
-use crate::event::debezium;
-use crate::sinks::{Sink, SinkBuildError, SinkError};
+use crate::sinks::{Payload, Sink, SinkError};
 
-/// Appends one envelope per line; a batch is one write (and one fsync when asked).
+/// Appends one envelope (or Debezium change event) per line; a batch is one write (and one
+/// fsync when asked).
 pub struct FileSink {
     file: Arc<Mutex<std::fs::File>>,
     fsync: bool,
     /// What each line holds.
-    format: EventFormat,
-    /// How Debezium lines are framed.
-    debezium: debezium::Encoding,
+    payload: Payload,
 }
 
 impl FileSink {
     /// Opens the file for appending.
-    pub fn open(config: &FileSinkConfig) -> Result<Self, SinkBuildError> {
+    ///
+    /// # Errors
+    /// The file cannot be opened (at `path`).
+    pub fn open(config: &FileSinkConfig, payload: Payload) -> Result<Self, Error> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&config.path)
-            .map_err(|e| SinkBuildError {
-                name: config.name.clone(),
-                message: format!("cannot open {}: {e}", config.path.display()),
+            .map_err(|e| {
+                Error::new(
+                    "path",
+                    ErrorKind::File {
+                        path: config.path.clone(),
+                        message: format!("cannot open: {e}"),
+                    },
+                )
             })?;
         Ok(Self {
             file: Arc::new(Mutex::new(file)),
             fsync: config.fsync,
-            format: config.format,
-            debezium: config.debezium.unwrap_or_default().into(),
+            payload,
         })
     }
 }
@@ -46,7 +51,7 @@ impl Sink for FileSink {
     async fn send(&self, batch: &[Arc<Envelope>]) -> Result<(), SinkError> {
         let mut buf = Vec::with_capacity(batch.iter().map(|e| e.to_json().len() + 1).sum());
         for e in batch {
-            buf.extend_from_slice(&self.format.encode(e, self.debezium));
+            buf.extend_from_slice(&self.payload.encode(e));
             buf.push(b'\n');
         }
         let file = self.file.clone();

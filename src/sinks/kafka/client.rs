@@ -6,7 +6,6 @@ use std::sync::Arc;
 use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::FutureProducer;
 use tracing::{debug, error, info, warn};
 
 use super::config::KafkaSinkConfig;
@@ -78,20 +77,6 @@ pub fn client_config(config: &KafkaSinkConfig) -> Result<ClientConfig, ClientErr
     // installed: warnings would be dropped. The context forwards them to tracing.
     cc.set_log_level(RDKafkaLogLevel::Warning);
     Ok(cc)
-}
-
-/// Lets librdkafka judge the properties: unknown names, bad values and inconsistent
-/// combinations (e.g. SASL without a mechanism it supports, missing `ssl.*` files) are only
-/// all caught when a client is created. No connection is needed.
-///
-/// # Errors
-/// librdkafka's own message.
-pub fn check(config: &KafkaSinkConfig) -> Result<(), ClientError> {
-    let cc = client_config(config)?;
-    let _probe: FutureProducer<KafkaContext> = cc
-        .create_with_context(KafkaContext::new(&config.name))
-        .map_err(ClientError::Librdkafka)?;
-    Ok(())
 }
 
 /// Routes librdkafka's logs and errors to `tracing`, tagged with the sink's name.

@@ -6,58 +6,40 @@ use std::fmt;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
-pub use crate::event::cloudevents::{CloudEventsMode, EventFormat as KafkaFormat};
-pub use crate::event::debezium::{DebeziumOptions, KeyMode};
+pub use crate::event::cloudevents::CloudEventsMode;
+pub use crate::event::debezium::KeyMode;
 
-use super::client::{self, ClientError};
+use super::client::ClientError;
 use super::sink::KafkaSink;
 use super::topic::TopicTemplate;
-use crate::sinks::util::DeadLetterConfig;
-use crate::sinks::{SinkConfigError, SinkContext, default_queue_capacity};
+use crate::config::{Error, ErrorKind, Errors};
+use crate::sinks::{Common, SinkContext};
 
-/// `type: kafka`.
+/// `type: kafka`. A message's value is the envelope JSON, a CloudEvents event or a Debezium
+/// change event (`format`, `cloudEventsMode`, `debezium`: shared sink options; binary mode
+/// puts the attributes in `ce_*` headers).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct KafkaSinkConfig {
-    /// Unique sink name (used in routes, metrics and logs).
-    pub name: String,
     /// Bootstrap brokers, `host:port`: a list, or one comma-separated string.
     #[serde(deserialize_with = "brokers_list")]
     pub brokers: Vec<String>,
     /// Topic name template; `{kind}`, `{namespace}`, `{group}` and `{cluster}` are replaced
     /// by normalized values (see `topic.rs`), e.g. `k8s.{kind}`.
     pub topic: String,
-    /// What a message's value holds: the `envelope` JSON (default), a `cloudevents` event or
-    /// a `debezium` change event.
+    /// After each delete, also send a null-value message with the same key, so log-compacted
+    /// topics drop deleted objects (Debezium convention).
     #[serde(default)]
-    pub format: KafkaFormat,
-    /// With `format: debezium`: Kafka Connect framing (`schemas: true`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub debezium: Option<DebeziumOptions>,
+    pub tombstones: bool,
     /// What the message key names: the object's `uid` (default) or `namespacedName`. The key
     /// is the bare value for `envelope` and `cloudevents` (`<uid>`, `<namespace>/<name>`) and
     /// a JSON object for `debezium` (`{"uid": …}`, `{"namespace": …, "name": …}`).
     #[serde(default)]
     pub key: KeyMode,
-    /// With `format: cloudevents`: `structured` (default; the value is the CloudEvents JSON
-    /// with the envelope as `data`) or `binary` (attributes in `ce_*` headers, the value is
-    /// the envelope).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cloud_events_mode: Option<CloudEventsMode>,
-    /// After each delete, also send a null-value message with the same key, so log-compacted
-    /// topics drop deleted objects (Debezium convention).
-    #[serde(default)]
-    pub tombstones: bool,
     /// librdkafka properties passed through verbatim (`security.protocol`, `sasl.*`,
     /// `ssl.*`, `compression.type`, `linger.ms`, ...); they override the sink's defaults.
     #[serde(default)]
     pub properties: BTreeMap<String, PropertyValue>,
-    /// Events the sink's queue holds before the informers wait.
-    #[serde(default = "default_queue_capacity")]
-    pub queue_capacity: usize,
-    /// Where events Kafka rejects for good (e.g. larger than `message.max.bytes`) are kept.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dead_letter: Option<DeadLetterConfig>,
 }
 
 /// A librdkafka property value. YAML writes `linger.ms: 5` as a number and
@@ -121,60 +103,37 @@ fn brokers_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error
 }
 
 impl KafkaSinkConfig {
-    /// Checks what serde cannot: the topic template, conflicting settings, and the
-    /// librdkafka properties (librdkafka itself judges them, so its message is shown).
+    /// Checks the brokers and the topic template and creates the producer (librdkafka judges
+    /// the properties, so its message is shown). Brokers need not be reachable: the producer
+    /// keeps reconnecting and the health check reports the outage.
     ///
     /// # Errors
-    /// A [`SinkConfigError`] whose path is relative to the sink entry.
-    pub fn validate(&self) -> Result<(), SinkConfigError> {
-        let err = |path: &str, message: String| SinkConfigError {
-            path: path.to_string(),
-            message,
-        };
+    /// Every problem found, with key paths below the sink entry.
+    pub fn compile(&self, common: &Common, ctx: &SinkContext) -> Result<KafkaSink, Errors> {
+        let mut errors = Errors::default();
         if self.brokers.is_empty() {
-            return Err(err(
+            errors.push(Error::new(
                 "brokers",
-                "at least one broker (`host:port`) is required".into(),
+                ErrorKind::NoneGiven("broker (`host:port`)"),
             ));
         }
-        TopicTemplate::check(&self.topic).map_err(|e| err("topic", e.to_string()))?;
-        if self.cloud_events_mode.is_some() && self.format != KafkaFormat::Cloudevents {
-            return Err(err(
-                "cloudEventsMode",
-                "only applies to `format: cloudevents`".into(),
-            ));
-        }
-        crate::sinks::check_debezium_options(
-            self.debezium.as_ref(),
-            self.format == KafkaFormat::Debezium,
-        )?;
-        if self.queue_capacity == 0 {
-            return Err(err("queueCapacity", "must be at least 1".into()));
-        }
-        client::check(self).map_err(|e| match e {
-            ClientError::Reserved { ref key, .. } => {
-                err(&format!("properties.{key}"), e.to_string())
-            }
-            e => err("properties", e.to_string()),
+        let topic = errors.take(
+            TopicTemplate::parse(&self.topic, &ctx.cluster)
+                .map_err(|e| Error::new("topic", ErrorKind::Invalid(e.to_string()))),
+        );
+        let (Some(topic), true) = (topic, errors.0.is_empty()) else {
+            return Err(errors);
+        };
+        KafkaSink::new(self, common, topic).map_err(|e| {
+            Errors::from(match e {
+                ClientError::Reserved { ref key, .. } => Error::new(
+                    format!("properties.{key}"),
+                    ErrorKind::Conflict(e.to_string()),
+                ),
+                ClientError::Librdkafka(e) => {
+                    Error::new("properties", ErrorKind::Client(e.to_string()))
+                }
+            })
         })
-    }
-
-    /// The CloudEvents mode in effect (`None` for `format: envelope`).
-    pub fn cloud_events(&self) -> Option<CloudEventsMode> {
-        match self.format {
-            KafkaFormat::Envelope | KafkaFormat::Debezium => None,
-            KafkaFormat::Cloudevents => Some(self.cloud_events_mode.unwrap_or_default()),
-        }
-    }
-
-    /// The running sink. Brokers need not be reachable: the producer keeps reconnecting
-    /// and the health check reports the outage.
-    ///
-    /// # Errors
-    /// The topic template or the librdkafka settings are unusable.
-    pub fn build(&self, ctx: &SinkContext) -> Result<KafkaSink, String> {
-        let topic =
-            TopicTemplate::parse(&self.topic, &ctx.cluster).map_err(|e| format!("topic: {e}"))?;
-        KafkaSink::new(self, topic).map_err(|e| e.to_string())
     }
 }

@@ -18,7 +18,7 @@ use super::config::KafkaSinkConfig;
 use super::encoding::{Encoder, Message};
 use super::topic::TopicTemplate;
 use crate::event::Envelope;
-use crate::sinks::{Batching, Sink, SinkError};
+use crate::sinks::{Batching, Common, Payload, Sink, SinkError};
 
 /// How long a health check waits for broker metadata.
 const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -74,19 +74,25 @@ impl KafkaSink {
     ///
     /// # Errors
     /// librdkafka refuses the settings.
-    pub fn new(config: &KafkaSinkConfig, topic: TopicTemplate) -> Result<Self, ClientError> {
+    pub fn new(
+        config: &KafkaSinkConfig,
+        common: &Common,
+        topic: TopicTemplate,
+    ) -> Result<Self, ClientError> {
         let client_config = client_config(config)?;
         let producer = client_config
-            .create_with_context(KafkaContext::new(&config.name))
+            .create_with_context(KafkaContext::new(&common.name))
             .map_err(ClientError::Librdkafka)?;
         Ok(Self {
-            name: config.name.as_str().into(),
+            name: common.name.as_str().into(),
             brokers: config.brokers.join(","),
             encoder: Encoder {
                 topic,
-                cloud_events: config.cloud_events(),
-                debezium: (config.format == super::config::KafkaFormat::Debezium)
-                    .then(|| config.debezium.unwrap_or_default().into()),
+                cloud_events: common.payload.cloud_events(),
+                debezium: match common.payload {
+                    Payload::Debezium(d) => Some(d),
+                    _ => None,
+                },
                 key: config.key,
                 tombstones: config.tombstones,
             },

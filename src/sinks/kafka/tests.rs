@@ -18,9 +18,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::PropertyValue;
 use super::*;
+use crate::config::Error;
 use crate::event::{Envelope, EnvelopeBuilder, Op};
 use crate::sinks::util::spawn_driver;
-use crate::sinks::{AckObserver, Sink, SinkConfig, SinkContext, SinkError};
+use crate::sinks::{
+    AckObserver, Common, Payload, Sink, SinkConfig, SinkContext, SinkError, SinkKind,
+};
 
 // ---------------------------------------------------------------- fixtures
 
@@ -71,17 +74,19 @@ fn deployment(uid: &str, op: Op, rv: u64) -> Arc<Envelope> {
 
 fn config(brokers: &str, topic: &str) -> KafkaSinkConfig {
     KafkaSinkConfig {
-        name: "kafka".into(),
         brokers: vec![brokers.to_string()],
         topic: topic.into(),
-        format: KafkaFormat::Envelope,
-        debezium: None,
-        key: KeyMode::Uid,
-        cloud_events_mode: None,
         tombstones: false,
+        key: KeyMode::Uid,
         properties: BTreeMap::new(),
-        queue_capacity: 1000,
-        dead_letter: None,
+    }
+}
+
+/// The first problem compiling `config` reports.
+fn check_error(config: &KafkaSinkConfig) -> Error {
+    match config.compile(&Common::named("kafka"), &ctx()) {
+        Ok(_) => panic!("compiles"),
+        Err(mut e) => e.0.remove(0),
     }
 }
 
@@ -92,11 +97,19 @@ fn set(config: &mut KafkaSinkConfig, key: &str, value: &str) {
 }
 
 fn sink(config: &KafkaSinkConfig) -> Arc<KafkaSink> {
+    sink_with(config, Payload::Envelope)
+}
+
+fn sink_with(config: &KafkaSinkConfig, payload: Payload) -> Arc<KafkaSink> {
+    let common = Common {
+        payload,
+        ..Common::named("kafka")
+    };
     let ctx = SinkContext {
         cluster: "prod".into(),
         state_dir: None,
     };
-    Arc::new(config.build(&ctx).expect("sink builds"))
+    Arc::new(config.compile(&common, &ctx).expect("sink builds"))
 }
 
 fn mock(topics: &[(&str, i32)]) -> MockCluster<'static, DefaultProducerContext> {
@@ -211,9 +224,9 @@ fn unknown_placeholders_and_illegal_topics_fail_the_config_check() {
         ("k8s/{kind}", "not allowed"),
         ("", "must not be empty"),
     ] {
-        let err = config("localhost:9092", topic).validate().unwrap_err();
+        let err = check_error(&config("localhost:9092", topic));
         assert_eq!(err.path, "topic", "{topic}");
-        assert!(err.message.contains(expected), "{topic}: {}", err.message);
+        assert!(err.to_string().contains(expected), "{topic}: {err}");
     }
 }
 
@@ -221,26 +234,25 @@ fn unknown_placeholders_and_illegal_topics_fail_the_config_check() {
 fn bad_librdkafka_properties_fail_the_check_with_librdkafka_s_message() {
     let mut c = config("localhost:9092", "k8s.{kind}");
     set(&mut c, "no.such.property", "1");
-    let err = c.validate().unwrap_err();
+    let err = check_error(&c);
     assert_eq!(err.path, "properties");
     assert!(
-        err.message.contains("No such configuration property"),
-        "{}",
-        err.message
+        err.to_string().contains("No such configuration property"),
+        "{err}"
     );
 
     let mut c = config("localhost:9092", "k8s.{kind}");
     set(&mut c, "compression.type", "brotli");
-    let err = c.validate().unwrap_err();
-    assert!(err.message.contains("compression.type"), "{}", err.message);
+    let err = check_error(&c);
+    assert!(err.to_string().contains("compression.type"), "{err}");
 
     // Only judged when the client is created, not when the property is set.
     let mut c = config("localhost:9092", "k8s.{kind}");
     set(&mut c, "security.protocol", "SASL_PLAINTEXT");
     set(&mut c, "sasl.mechanism", "NOPE");
-    let err = c.validate().unwrap_err();
-    eprintln!("{}", err.message);
-    assert!(err.message.contains("NOPE"), "{}", err.message);
+    let err = check_error(&c);
+    eprintln!("{err}");
+    assert!(err.to_string().contains("NOPE"), "{err}");
 }
 
 #[test]
@@ -252,8 +264,9 @@ fn sasl_scram_and_plain_settings_pass_the_check() {
         set(&mut c, "sasl.username", "lookout");
         set(&mut c, "sasl.password", "secret");
         set(&mut c, "compression.type", "lz4");
-        c.validate()
-            .unwrap_or_else(|e| panic!("{mechanism}: {}", e.message));
+        c.compile(&Common::named("kafka"), &ctx())
+            .map(drop)
+            .unwrap_or_else(|e| panic!("{mechanism}: {e}"));
     }
 }
 
@@ -261,23 +274,12 @@ fn sasl_scram_and_plain_settings_pass_the_check() {
 fn brokers_belong_in_brokers_not_in_properties() {
     let mut c = config("localhost:9092", "k8s.{kind}");
     set(&mut c, "bootstrap.servers", "elsewhere:9092");
-    let err = c.validate().unwrap_err();
+    let err = check_error(&c);
     assert_eq!(err.path, "properties.bootstrap.servers");
-    assert!(err.message.contains("use `brokers`"));
+    assert!(err.to_string().contains("use `brokers`"));
     c.properties.clear();
     c.brokers.clear();
-    assert_eq!(c.validate().unwrap_err().path, "brokers");
-}
-
-#[test]
-fn cloud_events_mode_only_goes_with_the_cloudevents_format() {
-    let mut c = config("localhost:9092", "k8s");
-    c.cloud_events_mode = Some(CloudEventsMode::Binary);
-    assert_eq!(c.validate().unwrap_err().path, "cloudEventsMode");
-    c.format = KafkaFormat::Cloudevents;
-    c.validate().unwrap();
-    c.cloud_events_mode = None;
-    assert_eq!(c.cloud_events(), Some(CloudEventsMode::Structured));
+    assert_eq!(check_error(&c).path, "brokers");
 }
 
 #[test]
@@ -299,18 +301,19 @@ deadLetter:
   path: /var/lib/lookout/kafka-rejected.jsonl
 "#;
     let sc: SinkConfig = serde_yaml_ng::from_str(yaml).unwrap();
-    let SinkConfig::Kafka(c) = &sc else {
+    let SinkKind::Kafka(c) = &sc.kind else {
         panic!("not kafka")
     };
+    let common = sc.options.check("kafka", sc.kind.accepts()).unwrap();
     assert_eq!(c.brokers, ["b1:9092", "b2:9092"]);
     assert_eq!(c.properties["linger.ms"], PropertyValue("20".into()));
     assert_eq!(
         c.properties["enable.idempotence"],
         PropertyValue("true".into())
     );
-    assert_eq!(c.cloud_events(), Some(CloudEventsMode::Binary));
+    assert_eq!(common.payload.cloud_events(), Some(CloudEventsMode::Binary));
     assert!(c.tombstones);
-    assert!(c.dead_letter.as_ref().unwrap().path.is_some());
+    assert!(common.dead_letter.as_ref().unwrap().path.is_some());
     assert_eq!(sc.name(), "events");
     let err = serde_yaml_ng::from_str::<SinkConfig>(&format!("{yaml}\nbogus: 1")).unwrap_err();
     assert!(err.to_string().contains("bogus"), "{err}");
@@ -486,11 +489,12 @@ async fn topic_template_routes_each_kind_group_and_namespace() {
 async fn cloudevents_binary_mode_puts_attributes_in_ce_headers() {
     let mock = mock(&[("ce", 1)]);
     let bootstrap = mock.bootstrap_servers();
-    let mut c = config(&bootstrap, "ce");
-    c.format = KafkaFormat::Cloudevents;
-    c.cloud_events_mode = Some(CloudEventsMode::Binary);
+    let c = config(&bootstrap, "ce");
     let e = deployment("u1", Op::Update, 7);
-    sink(&c).send(std::slice::from_ref(&e)).await.unwrap();
+    sink_with(&c, Payload::Cloudevents(CloudEventsMode::Binary))
+        .send(std::slice::from_ref(&e))
+        .await
+        .unwrap();
 
     let got = consume(&bootstrap, &["ce"], 1).await;
     let m = &got[0];
@@ -518,9 +522,8 @@ async fn cloudevents_binary_mode_puts_attributes_in_ce_headers() {
 async fn cloudevents_structured_mode_wraps_the_envelope_in_data() {
     let mock = mock(&[("ce", 1)]);
     let bootstrap = mock.bootstrap_servers();
-    let mut c = config(&bootstrap, "ce");
-    c.format = KafkaFormat::Cloudevents;
-    sink(&c)
+    let c = config(&bootstrap, "ce");
+    sink_with(&c, Payload::Cloudevents(CloudEventsMode::Structured))
         .send(&[deployment("u1", Op::Add, 1)])
         .await
         .unwrap();
@@ -538,9 +541,8 @@ async fn debezium_messages_are_keyed_by_a_json_uid_and_their_tombstones_too() {
     let mock = mock(&[("dbz", 1)]);
     let bootstrap = mock.bootstrap_servers();
     let mut c = config(&bootstrap, "dbz");
-    c.format = KafkaFormat::Debezium;
     c.tombstones = true;
-    sink(&c)
+    sink_with(&c, Payload::Debezium(Default::default()))
         .send(&[
             deployment("u1", Op::Add, 1),
             deployment("u1", Op::Delete, 2),
@@ -552,7 +554,7 @@ async fn debezium_messages_are_keyed_by_a_json_uid_and_their_tombstones_too() {
     for m in &got {
         assert_eq!(
             serde_json::from_str::<Value>(&m.key).unwrap(),
-            serde_json::json!({"uid": "u1"})
+            json!({"uid": "u1"})
         );
     }
     assert_eq!(got[0].value.as_ref().unwrap()["op"], "c");
@@ -569,10 +571,9 @@ async fn connect_framing_and_namespaced_name_keys_when_asked() {
     let mock = mock(&[("framed", 1), ("named", 1)]);
     let bootstrap = mock.bootstrap_servers();
     let mut c = config(&bootstrap, "framed");
-    c.format = KafkaFormat::Debezium;
-    c.debezium = Some(DebeziumOptions { schemas: true });
     c.key = KeyMode::NamespacedName;
-    sink(&c)
+    let framed = Payload::Debezium(crate::event::debezium::Encoding { schemas: true });
+    sink_with(&c, framed)
         .send(&[deployment("u1", Op::Add, 1)])
         .await
         .unwrap();
@@ -580,7 +581,7 @@ async fn connect_framing_and_namespaced_name_keys_when_asked() {
     let key: Value = serde_json::from_str(&m.key).unwrap();
     assert_eq!(
         key["payload"],
-        serde_json::json!({"namespace": "shop", "name": "web-u1"})
+        json!({"namespace": "shop", "name": "web-u1"})
     );
     assert_eq!(key["schema"]["type"], "struct");
     let v = m.value.as_ref().unwrap();
@@ -599,15 +600,6 @@ async fn connect_framing_and_namespaced_name_keys_when_asked() {
         consume(&bootstrap, &["named"], 1).await[0].key,
         "shop/web-u1"
     );
-}
-
-#[test]
-fn debezium_options_only_go_with_the_debezium_format() {
-    let mut c = config("localhost:9092", "t");
-    c.debezium = Some(DebeziumOptions { schemas: true });
-    assert_eq!(c.validate().unwrap_err().path, "debezium");
-    c.format = KafkaFormat::Debezium;
-    c.validate().unwrap();
 }
 
 #[tokio::test]
@@ -803,7 +795,11 @@ fn bad_properties_in_a_config_file_are_reported_at_their_sink_path() {
          properties:\n      acks: sometimes\n",
     )
     .unwrap();
-    let err = crate::config::Config::load_with_env(Some(&path), &|_| None, false).unwrap_err();
+    let config = crate::config::Config::load_with_env(Some(&path), &|_| None, false).unwrap();
+    let err = crate::config::Plan::compile(config)
+        .unwrap_err()
+        .0
+        .remove(0);
     assert_eq!(err.path, "sinks[1].properties");
-    assert!(err.message.contains("acks"), "{}", err.message);
+    assert!(err.to_string().contains("acks"), "{err}");
 }

@@ -4,6 +4,6 @@ mod config;
 mod sink;
 mod text;
 
-pub use config::{StdoutFormat, StdoutSinkConfig};
-pub use sink::StdoutSink;
-pub use text::render_text;
+pub use config::StdoutSinkConfig;
+pub use sink::{StdoutFormat, StdoutSink};
+pub use text::{TextStyle, render_line, render_text};

@@ -61,6 +61,18 @@ struct Line<'a> {
 }
 
 impl DeadLetter {
+    /// The dead-letter file of `sink`: its own `path`, else below `state_dir`; `None`: log
+    /// only.
+    pub fn path_for(
+        sink: &str,
+        config: Option<&DeadLetterConfig>,
+        state_dir: Option<&Path>,
+    ) -> Option<PathBuf> {
+        config
+            .and_then(|c| c.path.clone())
+            .or_else(|| state_dir.map(|d| d.join("deadletter").join(file_name(sink))))
+    }
+
     /// Resolves the file for `sink`: the sink's own `path`, else below `state_dir`. With
     /// neither, says loudly at start that rejected events will only be logged.
     pub fn resolve(
@@ -68,9 +80,7 @@ impl DeadLetter {
         config: Option<&DeadLetterConfig>,
         state_dir: Option<&Path>,
     ) -> Self {
-        let path = config
-            .and_then(|c| c.path.clone())
-            .or_else(|| state_dir.map(|d| d.join("deadletter").join(file_name(sink))));
+        let path = Self::path_for(sink, config, state_dir);
         if path.is_none() {
             error!(
                 sink,

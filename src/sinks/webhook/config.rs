@@ -7,21 +7,19 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
-pub use crate::event::cloudevents::{CloudEventsMode, EventFormat as WebhookFormat};
-pub use crate::event::debezium::DebeziumOptions;
+pub use crate::event::cloudevents::CloudEventsMode;
 use tracing::warn;
 
 use super::encoding::Encoding;
 use super::sink::WebhookSink;
-use crate::sinks::util::DeadLetterConfig;
-use crate::sinks::{Batching, SinkBuildError, SinkConfigError, default_queue_capacity};
+use crate::config::{Error, ErrorKind, Errors};
+use crate::sinks::{Batching, Common, Payload};
 
-/// `type: webhook`: HTTP(S) requests to one URL.
+/// `type: webhook`: HTTP(S) requests to one URL. The body is the envelope JSON or a
+/// CloudEvents event (`format`, `cloudEventsMode`: shared sink options).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WebhookSinkConfig {
-    /// Unique sink name (used in routes, metrics, logs and the dead-letter file name).
-    pub name: String,
     /// `http://` or `https://` URL receiving the requests. Redirects are not followed.
     pub url: String,
     /// `POST` (default) or `PUT`.
@@ -41,27 +39,10 @@ pub struct WebhookSinkConfig {
     /// How events are grouped into requests.
     #[serde(default)]
     pub batch: WebhookBatchConfig,
-    /// Body format: `envelope` (our JSON, the default), `cloudevents` or `debezium`.
-    #[serde(default)]
-    pub format: WebhookFormat,
-    /// With `format: debezium`: Kafka Connect framing (`schemas: true`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub debezium: Option<DebeziumOptions>,
-    /// With `format: cloudevents`: `structured` (default; the event is the body) or
-    /// `binary` (attributes in `ce-*` headers, the envelope is the body, one event per
-    /// request).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cloud_events_mode: Option<CloudEventsMode>,
     /// Shared secret for HMAC-SHA256 request signatures (`X-Lookout-Signature`); a literal,
     /// or `{valueFrom: …}` like a header. No signature when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<ValueSource>,
-    /// Where events the receiver rejects (4xx) are kept.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dead_letter: Option<DeadLetterConfig>,
-    /// Events the sink's queue holds before the informers wait.
-    #[serde(default = "default_queue_capacity")]
-    pub queue_capacity: usize,
 }
 
 /// HTTP method of the requests.
@@ -183,16 +164,20 @@ impl ValueSource {
     /// The value, reading the environment or file it refers to.
     ///
     /// # Errors
-    /// A message naming the variable or file when it cannot be read.
-    pub fn resolve(&self) -> Result<String, String> {
+    /// The variable is not set or the file cannot be read.
+    pub fn resolve(&self) -> Result<String, ErrorKind> {
         match self {
             ValueSource::Literal(s) => Ok(s.clone()),
             ValueSource::From(from) => {
                 let value = match &from.value_from {
-                    ValueRef::Env(name) => std::env::var(name)
-                        .map_err(|_| format!("environment variable `{name}` is not set"))?,
+                    ValueRef::Env(name) => {
+                        std::env::var(name).map_err(|_| ErrorKind::EnvUnset(name.clone()))?
+                    }
                     ValueRef::File(path) => std::fs::read_to_string(path)
-                        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                        .map_err(|e| ErrorKind::File {
+                            path: path.clone(),
+                            message: format!("cannot read: {e}"),
+                        })?
                         .trim_end()
                         .to_string(),
                 };
@@ -202,187 +187,144 @@ impl ValueSource {
     }
 }
 
-/// Everything `build` needs, checked and read from the environment and files.
-pub(super) struct Resolved {
-    pub url: reqwest::Url,
-    pub headers: HeaderMap,
-    pub secret: Option<Vec<u8>>,
-    pub ca: Vec<reqwest::Certificate>,
-    pub identity: Option<reqwest::Identity>,
+fn invalid(path: &str, message: impl Into<String>) -> Error {
+    Error::new(path, ErrorKind::Invalid(message.into()))
 }
 
-fn err(path: impl Into<String>, message: impl Into<String>) -> SinkConfigError {
-    SinkConfigError {
-        path: path.into(),
-        message: message.into(),
-    }
+fn conflict(path: &str, message: impl Into<String>) -> Error {
+    Error::new(path, ErrorKind::Conflict(message.into()))
 }
 
-fn read_pem(path: &Path, key: &str) -> Result<Vec<u8>, SinkConfigError> {
-    std::fs::read(path).map_err(|e| err(key, format!("cannot read {}: {e}", path.display())))
+fn read_pem(path: &Path, key: &str) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|e| {
+        Error::new(
+            key,
+            ErrorKind::File {
+                path: path.to_path_buf(),
+                message: format!("cannot read: {e}"),
+            },
+        )
+    })
+}
+
+fn pem_error(path: &Path, key: &str, message: String) -> Error {
+    Error::new(
+        key,
+        ErrorKind::File {
+            path: path.to_path_buf(),
+            message,
+        },
+    )
 }
 
 impl WebhookSinkConfig {
-    /// Events per request after defaults.
-    pub fn max_events(&self) -> usize {
-        match (self.format, self.cloud_events_mode) {
-            (WebhookFormat::Cloudevents, Some(CloudEventsMode::Binary)) => 1,
+    /// Events per request after defaults (binary CloudEvents carry one per request).
+    pub fn max_events(&self, payload: Payload) -> usize {
+        match payload {
+            Payload::Cloudevents(CloudEventsMode::Binary) => 1,
             _ => self.batch.max_events.unwrap_or_else(default_max_events),
         }
     }
 
     /// The driver's batching for this sink.
-    pub fn batching(&self) -> Batching {
+    pub fn batching(&self, payload: Payload) -> Batching {
         Batching {
-            max_events: self.max_events(),
+            max_events: self.max_events(payload),
             max_bytes: self.batch.max_bytes,
             max_wait: self.batch.max_wait,
         }
     }
 
-    pub(super) fn encoding(&self) -> Encoding {
-        let array = self.max_events() > 1;
-        match (self.format, self.cloud_events_mode.unwrap_or_default()) {
-            (WebhookFormat::Envelope, _) => Encoding::Envelope { array },
-            (WebhookFormat::Debezium, _) => Encoding::Debezium {
-                array,
-                encoding: self.debezium.unwrap_or_default().into(),
-            },
-            (WebhookFormat::Cloudevents, CloudEventsMode::Structured) => {
-                Encoding::Structured { array }
-            }
-            (WebhookFormat::Cloudevents, CloudEventsMode::Binary) => Encoding::Binary,
+    pub(super) fn encoding(&self, payload: Payload) -> Encoding {
+        let array = self.max_events(payload) > 1;
+        match payload {
+            Payload::Cloudevents(CloudEventsMode::Structured) => Encoding::Structured { array },
+            Payload::Cloudevents(CloudEventsMode::Binary) => Encoding::Binary,
+            Payload::Debezium(encoding) => Encoding::Debezium { array, encoding },
+            Payload::Envelope | Payload::Text => Encoding::Envelope { array },
         }
     }
 
-    /// Checks what serde cannot, including that referenced variables and files exist.
+    /// Checks every setting, reads referenced variables and files, and builds the HTTP
+    /// client: the sink, ready to send.
     ///
     /// # Errors
-    /// The first problem, with its key path below the sink entry.
-    pub fn validate(&self) -> Result<(), SinkConfigError> {
-        self.resolve().map(|_| ())
-    }
-
-    pub(super) fn resolve(&self) -> Result<Resolved, SinkConfigError> {
-        let url = reqwest::Url::parse(&self.url).map_err(|e| err("url", format!("{e}")))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-            return Err(err(
-                "url",
-                format!("expected an http:// or https:// URL, got `{}`", self.url),
-            ));
-        }
+    /// Every problem found, with key paths below the sink entry.
+    pub fn compile(&self, common: &Common) -> Result<WebhookSink, Errors> {
+        let mut errors = Errors::default();
+        let url = errors.take(self.url());
         if self.timeout.is_zero() {
-            return Err(err("timeout", "must be greater than 0"));
+            errors.push(invalid("timeout", "must be greater than 0"));
         }
-        if self.cloud_events_mode.is_some() && self.format != WebhookFormat::Cloudevents {
-            return Err(err(
-                "cloudEventsMode",
-                "only applies with `format: cloudevents`",
-            ));
-        }
-        crate::sinks::check_debezium_options(
-            self.debezium.as_ref(),
-            self.format == WebhookFormat::Debezium,
-        )?;
-        if self.format == WebhookFormat::Cloudevents
-            && self.cloud_events_mode == Some(CloudEventsMode::Binary)
+        if common.payload == Payload::Cloudevents(CloudEventsMode::Binary)
             && self.batch.max_events.is_some_and(|n| n != 1)
         {
-            return Err(err(
+            errors.push(conflict(
                 "batch.maxEvents",
                 "binary CloudEvents mode carries one event per request; set 1 or remove it \
                  (or use `cloudEventsMode: structured` for batches)",
             ));
         }
         if self.batch.max_events == Some(0) {
-            return Err(err("batch.maxEvents", "must be at least 1"));
+            errors.push(invalid("batch.maxEvents", "must be at least 1"));
         }
         if self.batch.max_bytes == 0 {
-            return Err(err("batch.maxBytes", "must be at least 1"));
+            errors.push(invalid("batch.maxBytes", "must be at least 1"));
         }
-        if self.queue_capacity == 0 {
-            return Err(err("queueCapacity", "must be at least 1"));
-        }
-
         let mut headers = HeaderMap::new();
         for (name, source) in &self.headers {
-            let key = format!("headers.{name}");
-            let header = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| err(&key, format!("`{name}` is not a valid header name")))?;
-            if RESERVED_HEADERS.contains(&header.as_str()) || header.as_str().starts_with("ce-") {
-                return Err(err(
-                    &key,
-                    "set by the sink itself (format, signature); remove it",
-                ));
+            if let Some((header, value)) = errors.take(header(name, source)) {
+                headers.append(header, value);
             }
-            let value = source.resolve().map_err(|m| err(&key, m))?;
-            let mut value = HeaderValue::from_str(&value)
-                .map_err(|_| err(&key, "value contains characters not allowed in a header"))?;
-            value.set_sensitive(true);
-            headers.append(header, value);
         }
-
         let secret = match &self.secret {
-            Some(source) => {
-                let s = source.resolve().map_err(|m| err("secret", m))?;
-                if s.is_empty() {
-                    return Err(err("secret", "must not be empty"));
-                }
-                Some(s.into_bytes())
-            }
-            None => None,
+            Some(source) => errors.take(match source.resolve() {
+                Ok(s) if s.is_empty() => Err(Error::new("secret", ErrorKind::Empty)),
+                Ok(s) => Ok(Some(s.into_bytes())),
+                Err(kind) => Err(Error::new("secret", kind)),
+            }),
+            None => Some(None),
         };
-
-        let mut ca = Vec::new();
-        if let Some(path) = &self.tls.ca_file {
-            let pem = read_pem(path, "tls.caFile")?;
-            ca = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| err("tls.caFile", format!("{}: {e}", path.display())))?;
-            if ca.is_empty() {
-                return Err(err(
-                    "tls.caFile",
-                    format!("{}: no PEM certificate found", path.display()),
-                ));
+        let tls = errors.take(self.tls.compile());
+        let client = tls
+            .as_ref()
+            .and_then(|(ca, identity)| errors.take(self.client(&common.name, ca, identity)));
+        match (url, secret, tls, client) {
+            (Some(url), Some(secret), Some((_, _)), Some(client)) if errors.0.is_empty() => {
+                Ok(WebhookSink::new(
+                    common.name.clone(),
+                    client,
+                    self.method,
+                    Resolved {
+                        url,
+                        headers,
+                        secret,
+                    },
+                    self.encoding(common.payload),
+                    self.batching(common.payload),
+                ))
             }
+            _ => Err(errors),
         }
-        let identity = match (&self.tls.cert_file, &self.tls.key_file) {
-            (Some(cert), Some(key)) => {
-                let mut pem = read_pem(cert, "tls.certFile")?;
-                pem.push(b'\n');
-                pem.extend(read_pem(key, "tls.keyFile")?);
-                Some(reqwest::Identity::from_pem(&pem).map_err(|e| {
-                    err(
-                        "tls.certFile",
-                        format!("client certificate and key are not usable: {e}"),
-                    )
-                })?)
-            }
-            (Some(_), None) => return Err(err("tls.keyFile", "required with `certFile`")),
-            (None, Some(_)) => return Err(err("tls.certFile", "required with `keyFile`")),
-            (None, None) => None,
-        };
-        Ok(Resolved {
-            url,
-            headers,
-            secret,
-            ca,
-            identity,
-        })
     }
 
-    /// The running sink.
-    ///
-    /// # Errors
-    /// When the settings are invalid (see [`validate`](Self::validate)) or the HTTP client
-    /// cannot be created.
-    pub fn build(&self) -> Result<WebhookSink, SinkBuildError> {
-        let build_err = |message: String| SinkBuildError {
-            name: self.name.clone(),
-            message,
-        };
-        let resolved = self
-            .resolve()
-            .map_err(|e| build_err(format!("{}: {}", e.path, e.message)))?;
+    fn url(&self) -> Result<reqwest::Url, Error> {
+        let url = reqwest::Url::parse(&self.url).map_err(|e| invalid("url", e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(invalid(
+                "url",
+                format!("expected an http:// or https:// URL, got `{}`", self.url),
+            ));
+        }
+        Ok(url)
+    }
+
+    fn client(
+        &self,
+        name: &str,
+        ca: &[reqwest::Certificate],
+        identity: &Option<reqwest::Identity>,
+    ) -> Result<reqwest::Client, Error> {
         let mut client = reqwest::Client::builder()
             .use_rustls_tls()
             .timeout(self.timeout)
@@ -391,91 +333,156 @@ impl WebhookSinkConfig {
             // A 301/302 would turn the POST into a body-less GET that "succeeds": events
             // would vanish. Redirects are answered as rejections instead.
             .redirect(reqwest::redirect::Policy::none());
-        for cert in resolved.ca.iter().cloned() {
+        for cert in ca.iter().cloned() {
             client = client.add_root_certificate(cert);
         }
-        if let Some(identity) = resolved.identity.clone() {
+        if let Some(identity) = identity.clone() {
             client = client.identity(identity);
         }
         if self.tls.insecure_skip_verify {
             warn!(
-                sink = %self.name,
+                sink = %name,
                 url = %self.url,
                 "TLS CERTIFICATE VERIFICATION IS DISABLED (tls.insecureSkipVerify): anyone on \
                  the network path can read and forge these requests; use tls.caFile instead"
             );
             client = client.danger_accept_invalid_certs(true);
         }
-        let client = client
-            .build()
-            .map_err(|e| build_err(format!("cannot create the HTTP client: {e}")))?;
-        Ok(WebhookSink::new(
-            self.name.clone(),
-            client,
-            self.method,
-            resolved,
-            self.encoding(),
-            self.batching(),
-        ))
+        client.build().map_err(|e| {
+            Error::new(
+                "",
+                ErrorKind::Client(format!("cannot create the HTTP client: {e}")),
+            )
+        })
     }
+}
+
+/// One configured header, checked and with its value read.
+fn header(name: &str, source: &ValueSource) -> Result<(HeaderName, HeaderValue), Error> {
+    let key = format!("headers.{name}");
+    let header = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| invalid(&key, format!("`{name}` is not a valid header name")))?;
+    if RESERVED_HEADERS.contains(&header.as_str()) || header.as_str().starts_with("ce-") {
+        return Err(conflict(
+            &key,
+            "set by the sink itself (format, signature); remove it",
+        ));
+    }
+    let value = source.resolve().map_err(|kind| Error::new(&key, kind))?;
+    let mut value = HeaderValue::from_str(&value)
+        .map_err(|_| invalid(&key, "value contains characters not allowed in a header"))?;
+    value.set_sensitive(true);
+    Ok((header, value))
+}
+
+impl TlsConfig {
+    /// The extra CA certificates and the client identity, read from their files.
+    fn compile(&self) -> Result<(Vec<reqwest::Certificate>, Option<reqwest::Identity>), Error> {
+        let mut ca = Vec::new();
+        if let Some(path) = &self.ca_file {
+            let pem = read_pem(path, "tls.caFile")?;
+            ca = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| pem_error(path, "tls.caFile", e.to_string()))?;
+            if ca.is_empty() {
+                return Err(pem_error(
+                    path,
+                    "tls.caFile",
+                    "no PEM certificate found".into(),
+                ));
+            }
+        }
+        let identity = match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => {
+                let mut pem = read_pem(cert, "tls.certFile")?;
+                pem.push(b'\n');
+                pem.extend(read_pem(key, "tls.keyFile")?);
+                Some(reqwest::Identity::from_pem(&pem).map_err(|e| {
+                    pem_error(
+                        cert,
+                        "tls.certFile",
+                        format!("client certificate and key are not usable: {e}"),
+                    )
+                })?)
+            }
+            (Some(_), None) => return Err(conflict("tls.keyFile", "required with `certFile`")),
+            (None, Some(_)) => return Err(conflict("tls.certFile", "required with `keyFile`")),
+            (None, None) => None,
+        };
+        Ok((ca, identity))
+    }
+}
+
+/// What the sink needs at run time, read from the environment and files.
+pub(super) struct Resolved {
+    pub url: reqwest::Url,
+    pub headers: HeaderMap,
+    pub secret: Option<Vec<u8>>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sinks::{SinkConfig, SinkKind};
 
-    fn parse(extra: &str) -> Result<WebhookSinkConfig, SinkConfigError> {
-        let yaml = format!("name: hook\nurl: https://example.com/hook\n{extra}");
-        let c: WebhookSinkConfig = serde_yaml_ng::from_str(&yaml).map_err(|e| SinkConfigError {
-            path: String::new(),
-            message: e.to_string(),
-        })?;
-        c.validate()?;
-        Ok(c)
+    /// A webhook entry with `extra` keys: its own options and its checked shared options.
+    fn entry(extra: &str) -> (WebhookSinkConfig, Common) {
+        let yaml = format!("name: hook\ntype: webhook\nurl: https://example.com/hook\n{extra}");
+        let c: SinkConfig = serde_yaml_ng::from_str(&yaml).expect("entry parses");
+        let common = c
+            .options
+            .check("webhook", c.kind.accepts())
+            .expect("shared options");
+        match c.kind {
+            SinkKind::Webhook(w) => (*w, common),
+            other => panic!("not a webhook: {other:?}"),
+        }
+    }
+
+    /// The first error of compiling an entry with `extra` keys.
+    fn error(extra: &str) -> Error {
+        let (c, common) = entry(extra);
+        match c.compile(&common) {
+            Ok(_) => panic!("`{extra}` compiles"),
+            Err(mut e) => e.0.remove(0),
+        }
     }
 
     #[test]
     fn defaults_post_envelopes_in_batches_of_up_to_100() {
-        let c = parse("").unwrap();
+        let (c, common) = entry("");
         assert_eq!(c.method, WebhookMethod::Post);
-        assert_eq!(c.format, WebhookFormat::Envelope);
-        assert_eq!(c.batching().max_events, 100);
-        assert_eq!(c.batching().max_wait, Duration::ZERO);
+        assert_eq!(common.payload, Payload::Envelope);
+        assert_eq!(c.batching(common.payload).max_events, 100);
+        assert_eq!(c.batching(common.payload).max_wait, Duration::ZERO);
         assert_eq!(c.timeout, Duration::from_secs(10));
+        assert!(c.compile(&common).is_ok());
     }
 
     #[test]
     fn a_bad_url_is_named() {
-        let c: WebhookSinkConfig = serde_yaml_ng::from_str("name: h\nurl: 'not a url'").unwrap();
-        assert_eq!(c.validate().unwrap_err().path, "url");
-        let c: WebhookSinkConfig = serde_yaml_ng::from_str("name: h\nurl: 'ftp://x/y'").unwrap();
-        assert_eq!(c.validate().unwrap_err().path, "url");
+        assert_eq!(error("url: 'not a url'").path, "url");
+        assert_eq!(error("url: 'ftp://x/y'").path, "url");
     }
 
     #[test]
     fn an_unreadable_ca_file_is_named() {
-        let e = parse("tls: {caFile: /nonexistent/ca.pem}").unwrap_err();
+        let e = error("tls: {caFile: /nonexistent/ca.pem}");
         assert_eq!(e.path, "tls.caFile");
-        assert!(e.message.contains("/nonexistent/ca.pem"), "{}", e.message);
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let junk = dir.path().join("junk.pem");
         std::fs::write(&junk, "not a certificate").unwrap();
-        let e = parse(&format!("tls: {{caFile: {}}}", junk.display())).unwrap_err();
-        assert_eq!(e.path, "tls.caFile", "{}", e.message);
+        let e = error(&format!("tls: {{caFile: {}}}", junk.display()));
+        assert_eq!(e.path, "tls.caFile", "{e}");
     }
 
     #[test]
     fn a_missing_env_var_for_a_header_names_the_header() {
-        let e = parse(
+        let e = error(
             "headers:\n  Authorization: {valueFrom: {env: LOOKOUT_TEST_SURELY_UNSET}, prefix: 'Bearer '}",
-        )
-        .unwrap_err();
-        assert_eq!(e.path, "headers.Authorization");
-        assert!(
-            e.message.contains("LOOKOUT_TEST_SURELY_UNSET"),
-            "{}",
-            e.message
         );
+        assert_eq!(e.path, "headers.Authorization");
+        assert!(e.to_string().contains("LOOKOUT_TEST_SURELY_UNSET"), "{e}");
     }
 
     #[test]
@@ -483,47 +490,64 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let token = dir.path().join("token");
         std::fs::write(&token, "s3cr3t\n").unwrap();
-        let c = parse(&format!(
+        let (c, _) = entry(&format!(
             "headers:\n  Authorization: {{valueFrom: {{file: {}}}, prefix: 'Bearer '}}\n  X-Team: blue",
             token.display()
-        ))
-        .unwrap();
-        let r = c.resolve().unwrap();
-        assert_eq!(r.headers["authorization"], "Bearer s3cr3t");
-        assert_eq!(r.headers["x-team"], "blue");
+        ));
+        let (name, value) = header("Authorization", &c.headers["Authorization"]).unwrap();
+        assert_eq!(
+            (name.as_str(), value.to_str().unwrap()),
+            ("authorization", "Bearer s3cr3t")
+        );
+        let (_, value) = header("X-Team", &c.headers["X-Team"]).unwrap();
+        assert_eq!(value, "blue");
     }
 
     #[test]
     fn binary_cloudevents_refuse_batches_and_send_single_events() {
-        let e = parse("format: cloudevents\ncloudEventsMode: binary\nbatch: {maxEvents: 10}")
-            .unwrap_err();
+        let e = error("format: cloudevents\ncloudEventsMode: binary\nbatch: {maxEvents: 10}");
         assert_eq!(e.path, "batch.maxEvents");
-        let c = parse("format: cloudevents\ncloudEventsMode: binary").unwrap();
-        assert_eq!(c.batching().max_events, 1);
-        assert!(matches!(c.encoding(), Encoding::Binary));
-    }
-
-    #[test]
-    fn cloudevents_mode_without_cloudevents_format_is_refused() {
-        let e = parse("cloudEventsMode: binary").unwrap_err();
-        assert_eq!(e.path, "cloudEventsMode");
+        let (c, common) = entry("format: cloudevents\ncloudEventsMode: binary");
+        assert_eq!(c.batching(common.payload).max_events, 1);
+        assert!(matches!(c.encoding(common.payload), Encoding::Binary));
     }
 
     #[test]
     fn headers_the_sink_owns_are_refused() {
-        let e = parse("headers: {Content-Type: text/plain}").unwrap_err();
-        assert_eq!(e.path, "headers.Content-Type");
+        assert_eq!(
+            error("headers: {Content-Type: text/plain}").path,
+            "headers.Content-Type"
+        );
     }
 
     #[test]
     fn a_client_certificate_needs_its_key() {
-        let e = parse("tls: {certFile: /x.pem}").unwrap_err();
-        assert_eq!(e.path, "tls.keyFile");
+        assert_eq!(error("tls: {certFile: /x.pem}").path, "tls.keyFile");
+    }
+
+    #[test]
+    fn every_problem_of_an_entry_is_reported_at_once() {
+        let (c, common) = entry("url: nope\ntimeout: 0s\nbatch: {maxBytes: 0}");
+        let paths: Vec<String> = c
+            .compile(&common)
+            .err()
+            .unwrap()
+            .0
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
+        assert_eq!(paths, ["url", "timeout", "batch.maxBytes"]);
     }
 
     #[test]
     fn unknown_keys_are_refused() {
+        let parse = |extra: &str| {
+            serde_yaml_ng::from_str::<SinkConfig>(&format!(
+                "name: h\ntype: webhook\nurl: https://x/\n{extra}"
+            ))
+        };
         assert!(parse("retries: 3").is_err());
         assert!(parse("tls: {verify: false}").is_err());
+        assert!(parse("").is_ok());
     }
 }

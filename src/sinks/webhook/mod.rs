@@ -12,7 +12,7 @@ mod tests;
 
 pub use config::{
     CloudEventsMode, TlsConfig, ValueFrom, ValueRef, ValueSource, WebhookBatchConfig,
-    WebhookFormat, WebhookMethod, WebhookSinkConfig,
+    WebhookMethod, WebhookSinkConfig,
 };
 pub use encoding::percent_encode;
 pub use signature::{SIGNATURE_HEADER, SignatureError, TIMESTAMP_HEADER, sign, verify};

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use self::receiver::{Received, Receiver, Responder, ok};
-use super::{SignatureError, WebhookSinkConfig, verify};
+use super::{SignatureError, verify};
 use crate::event::{Envelope, EnvelopeBuilder, Op};
 use crate::sinks::util::spawn_driver_with_dead_letter;
 use crate::sinks::{AckObserver, Sink, SinkConfig, SinkContext, SinkError, SinkHandle};
@@ -41,22 +41,23 @@ struct Harness {
 }
 
 impl Harness {
-    fn start(config: &WebhookSinkConfig, state_dir: Option<&Path>) -> Self {
-        let sink = Arc::new(config.build().expect("sink builds"));
+    fn start(config: &SinkConfig, state_dir: Option<&Path>) -> Self {
         let ctx = SinkContext {
             cluster: "test".into(),
             state_dir: state_dir.map(Path::to_path_buf),
         };
-        let dead_letter = SinkConfig::Webhook(Box::new(config.clone())).dead_letter(&ctx);
+        let compiled = config.compile(&ctx).expect("sink compiles");
+        let (name, capacity) = (compiled.common.name.clone(), compiled.common.queue_capacity);
+        let started = compiled.start(&ctx).expect("sink starts");
         let (tx, acks) = mpsc::unbounded_channel();
         let abandon = CancellationToken::new();
         let handle = spawn_driver_with_dead_letter(
-            config.name.clone(),
-            sink,
-            config.queue_capacity,
+            name,
+            started.sink,
+            capacity,
             Arc::new(Acks(tx)),
             abandon.clone(),
-            dead_letter,
+            started.dead_letter,
         );
         Self {
             handle: Arc::new(handle),
@@ -85,11 +86,23 @@ impl Harness {
     }
 }
 
-fn config(url: &str, extra: &str) -> WebhookSinkConfig {
-    let yaml = format!("name: hook\nurl: {url}\n{extra}");
-    let c: WebhookSinkConfig = serde_yaml_ng::from_str(&yaml).expect("test config parses");
-    c.validate().expect("test config is valid");
+fn config(url: &str, extra: &str) -> SinkConfig {
+    let yaml = format!("name: hook\ntype: webhook\nurl: {url}\n{extra}");
+    let c: SinkConfig = serde_yaml_ng::from_str(&yaml).expect("test config parses");
+    c.compile(&SinkContext::default())
+        .expect("test config is valid");
     c
+}
+
+/// The sink alone, without a driver.
+fn direct(config: &SinkConfig) -> Arc<dyn Sink> {
+    let ctx = SinkContext::default();
+    config
+        .compile(&ctx)
+        .expect("compiles")
+        .start(&ctx)
+        .expect("starts")
+        .sink
 }
 
 /// A ConfigMap change: `object` is its name and uid, `rv` its resourceVersion.
@@ -288,13 +301,6 @@ async fn debezium_batches_are_arrays_of_change_events_framed_when_asked() {
     assert_eq!(body["schema"]["type"], "struct");
     assert_eq!(body["payload"]["after"]["name"], "cm-a");
     h.acked(1, SOON).await;
-}
-
-#[test]
-fn debezium_options_without_the_debezium_format_are_refused() {
-    let c: WebhookSinkConfig =
-        serde_yaml_ng::from_str("name: h\nurl: http://x/\ndebezium: {schemas: true}").unwrap();
-    assert_eq!(c.validate().unwrap_err().path, "debezium");
 }
 
 // --- CloudEvents ----------------------------------------------------------------------
@@ -729,7 +735,7 @@ async fn without_the_ca_the_sink_refuses_the_receiver_and_keeps_retrying() {
     let sink = config(&rx.url("https"), "");
 
     // One attempt, to see the error the operator sees in the log.
-    let direct = sink.build().unwrap();
+    let direct = direct(&sink);
     match direct.send(&[event("cm", 1)]).await {
         Err(SinkError::Retriable { message, .. }) => {
             eprintln!("untrusted receiver: {message}");
@@ -766,7 +772,7 @@ async fn mutual_tls_presents_the_client_certificate() {
         &rx.url("https"),
         &format!("tls: {{caFile: {}}}", pki.ca_file.display()),
     );
-    let refused = without.build().unwrap().send(&[event("cm", 1)]).await;
+    let refused = direct(&without).send(&[event("cm", 1)]).await;
     assert!(
         matches!(refused, Err(SinkError::Retriable { .. })),
         "{refused:?}"

@@ -1,7 +1,7 @@
 //! Label and field selectors with the API server's syntax and semantics.
 //!
 //! ```
-//! use kubesim::selector::{LabelSelector, FieldSelector};
+//! use k8s_selector::{LabelSelector, FieldSelector};
 //! let sel = LabelSelector::parse("app in (web,api),tier!=db,!legacy").unwrap();
 //! let labels = [("app".to_string(), "web".to_string())].into_iter().collect();
 //! assert!(sel.matches(&labels));
