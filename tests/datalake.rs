@@ -244,12 +244,9 @@ async fn kafka_and_webhook_consumers_rebuild_the_cluster_from_debezium_events_th
     };
 
     // The initial list: six reads.
-    let bootstrap = broker.bootstrap();
-    let kafka = |b: &str| {
-        let b = b.to_string();
-        async move { kafka_lake(&tansu::read_all(&b, "test.core.configmap", 3).await) }
-    };
-    let lake = until_rebuilt(&sim, &agent, "initial list", || kafka(&bootstrap)).await;
+    let collector = tansu::Collector::start(&broker.bootstrap(), topic, 3);
+    let kafka = || std::future::ready(kafka_lake(&collector.records()));
+    let lake = until_rebuilt(&sim, &agent, "initial list", kafka).await;
     assert_eq!(lake.reads.len(), 6, "the initial list arrives as reads");
     let mut initial: Vec<(String, u64)> = lake.reads.clone();
     initial.sort_by_key(|r| r.1);
@@ -276,7 +273,7 @@ async fn kafka_and_webhook_consumers_rebuild_the_cluster_from_debezium_events_th
         json!({"metadata": {"labels": {"tier": "web"}}}),
     )
     .unwrap();
-    until_rebuilt(&sim, &agent, "live changes", || kafka(&bootstrap)).await;
+    until_rebuilt(&sim, &agent, "live changes", kafka).await;
 
     // A re-list after 410: the watch breaks, things change, the history is compacted.
     sim.stop_answering();
@@ -288,7 +285,7 @@ async fn kafka_and_webhook_consumers_rebuild_the_cluster_from_debezium_events_th
     sim.create("v1", "ConfigMap", cm("f", "again")).unwrap();
     sim.compact();
     sim.resume_answering();
-    until_rebuilt(&sim, &agent, "re-list after 410", || kafka(&bootstrap)).await;
+    until_rebuilt(&sim, &agent, "re-list after 410", kafka).await;
 
     // A snapshot on demand in the middle of churn.
     let churn = {
@@ -321,10 +318,7 @@ async fn kafka_and_webhook_consumers_rebuild_the_cluster_from_debezium_events_th
     assert_eq!(status, 202, "snapshot accepted: {answer}");
     assert_eq!(answer["resources"][0]["kind"], "ConfigMap");
 
-    let lake = until_rebuilt(&sim, &agent, "snapshot in churn (Kafka)", || {
-        kafka(&bootstrap)
-    })
-    .await;
+    let lake = until_rebuilt(&sim, &agent, "snapshot in churn (Kafka)", || kafka()).await;
     let mut reads = lake.reads.clone();
     reads.sort_by_key(|r| r.1);
     let on_demand: Vec<&(String, u64)> = reads.iter().skip(6).collect();

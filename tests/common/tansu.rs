@@ -6,6 +6,7 @@
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::Message as _;
@@ -104,52 +105,58 @@ pub struct Record {
     pub value: Option<Vec<u8>>,
 }
 
-/// Everything in `topic` now: a fresh consumer reads every partition from the beginning up
-/// to the high watermark it finds (so a consumer that met the topic too early never matters).
-pub async fn read_all(bootstrap: &str, topic: &str, partitions: i32) -> Vec<Record> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "lookout-reader")
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "10")
-        .create()
-        .expect("consumer");
-    let mut ends = Vec::new();
-    for p in 0..partitions {
-        let high = match consumer.fetch_watermarks(topic, p, Duration::from_secs(5)) {
-            Ok((_, high)) => high,
-            Err(e) => panic!("watermarks of {topic}/{p}: {e}"),
-        };
-        ends.push(high);
-    }
-    let mut out = Vec::new();
-    if ends.iter().all(|h| *h == 0) {
-        return out;
-    }
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..partitions {
-        assignment
-            .add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).expect("assign");
-    let mut next = vec![0i64; partitions as usize];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while next.iter().zip(&ends).any(|(n, h)| n < h) {
-        match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(Ok(m)) => {
-                next[m.partition() as usize] = m.offset() + 1;
-                out.push(Record {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().unwrap_or_default().to_vec(),
-                    value: m.payload().map(<[u8]>::to_vec),
-                });
-            }
-            Ok(Err(e)) => eprintln!("consumer: {e}"),
-            Err(_) => panic!("{topic}: read {next:?} of {ends:?} messages in 10s"),
+/// Reads `topic` (all `partitions`) from the beginning into a shared list, in the background,
+/// for as long as it lives. (Not "up to the high watermark": tansu counts record batches,
+/// not records, in its offsets, so a watermark can be lower than what was written.)
+pub struct Collector {
+    records: Arc<Mutex<Vec<Record>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Collector {
+    /// Starts reading.
+    pub fn start(bootstrap: &str, topic: &str, partitions: i32) -> Collector {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "lookout-collector")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .expect("consumer");
+        let mut assignment = TopicPartitionList::new();
+        for p in 0..partitions {
+            assignment
+                .add_partition_offset(topic, p, Offset::Beginning)
+                .unwrap();
         }
+        consumer.assign(&assignment).expect("assign");
+        let records: Arc<Mutex<Vec<Record>>> = Arc::default();
+        let out = records.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match consumer.recv().await {
+                    Ok(m) => out.lock().unwrap().push(Record {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().unwrap_or_default().to_vec(),
+                        value: m.payload().map(<[u8]>::to_vec),
+                    }),
+                    Err(e) => eprintln!("consumer: {e}"),
+                }
+            }
+        });
+        Collector { records, task }
     }
-    out
+
+    /// Everything read so far, per partition in offset order.
+    pub fn records(&self) -> Vec<Record> {
+        self.records.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
