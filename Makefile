@@ -12,9 +12,11 @@ KUBECTL_DEB_DIR := $(TOOLS)/kubectl-deb
 export KUBECTL ?= $(KUBECTL_DEB_DIR)/root/usr/bin/kubectl
 export TANSU ?= $(TOOLS)/bin/tansu
 TANSU_VERSION ?= 0.6.0
+CARGO_DENY ?= $(TOOLS)/bin/cargo-deny
+CARGO_DENY_VERSION ?= 0.20.2
 CARGO ?= cargo
 
-.PHONY: all build demo test test-fast bench soak deps kubectl tansu tools fmt lint clean-tools
+.PHONY: all build demo test test-fast bench soak deps kubectl tansu tools deny fmt lint clean-tools
 
 all: build
 
@@ -43,6 +45,17 @@ $(TANSU):
 	CARGO_TARGET_DIR=$(HOME)/.cache/lookout/tansu-target $(CARGO) install tansu --version $(TANSU_VERSION) \
 	  --locked --features dynostore --root $(TOOLS)
 
+## cargo-deny (a few minutes to build once; cached in $(TOOLS)).
+$(CARGO_DENY):
+	@mkdir -p $(TOOLS)
+	CARGO_TARGET_DIR=$(HOME)/.cache/lookout/tools-target $(CARGO) install cargo-deny \
+	  --version $(CARGO_DENY_VERSION) --locked --root $(TOOLS)
+
+## Supply chain: licenses, banned crates, sources (deny.toml). Advisories are not checked:
+## their database is fetched from GitHub, which these machines cannot reach.
+deny: $(CARGO_DENY)
+	$(CARGO_DENY) check licenses bans sources
+
 tools: kubectl tansu
 
 build: deps
@@ -53,7 +66,7 @@ demo: deps
 	$(CARGO) run --release --locked --bin lookout -- demo --duration 20s
 
 ## Every test: unit, kubesim fidelity (kube-rs + kubectl), pipeline end to end, Kafka (tansu).
-test: deps tools
+test: deps tools deny
 	$(CARGO) nextest run --workspace --locked --no-fail-fast
 
 ## Long fault-injection variants: a 60 s sink outage under churn, and the crash/restart suite.

@@ -22,7 +22,7 @@ use crate::router::Router;
 use crate::server::{Health, Metrics, Ops};
 use crate::sinks::AckObserver;
 use crate::sinks::util::spawn_driver_with_dead_letter;
-use crate::state::{StateError, StateStore, StateWriter};
+use crate::state::{RedactionKey, StateError, StateStore, StateWriter};
 
 /// Why the pipeline could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -239,6 +239,13 @@ impl Pipeline {
         client: kube::Client,
         reset_state: bool,
     ) -> Result<Self, PipelineError> {
+        // The redaction key may live in the state directory: resolved here, at start, not
+        // when the plan is compiled (`lookout check` creates nothing).
+        let key = RedactionKey::resolve(
+            plan.config.transforms.redaction_key.as_deref(),
+            plan.config.state.dir.as_deref(),
+        )?;
+        let plan = plan.with_redaction_key(key.as_ref());
         let ctx = plan.sink_context();
         let Plan {
             config,

@@ -277,6 +277,11 @@ impl Route {
         })
     }
 
+    /// Keys this route's redaction hashes with `key` (resolved at start).
+    pub fn set_redaction_key(&mut self, key: &[u8]) {
+        self.shape.set_key(key);
+    }
+
     /// True when the route needs Namespace labels.
     pub fn needs_namespaces(&self) -> bool {
         self.ns_selector.is_some()

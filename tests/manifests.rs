@@ -14,6 +14,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Namespace, PodSpec, PodTemplateSpec, Service, ServiceAccount,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -30,11 +31,17 @@ const VARIANTS: &[&str] = &["deployment", "daemonset"];
 /// The port the ops server (metrics and probes) listens on in the pods.
 const OPS_PORT: i32 = 9090;
 
-/// The verbs an informer needs, and all the watched resources get.
-const READ_VERBS: &[&str] = &["get", "list", "watch"];
+/// The verbs an informer needs (it lists and watches, and never GETs one object), and all
+/// the watched resources get.
+const READ_VERBS: &[&str] = &["list", "watch"];
 
-/// The verbs leader election needs on its Lease.
-const LEASE_VERBS: &[&str] = &["get", "create", "update"];
+/// The verbs leader election needs on its own Lease (`get_opt`, `replace`), narrowed to it
+/// by `resourceNames`.
+const LEASE_VERBS: &[&str] = &["get", "update"];
+
+/// Creating the Lease: a verb `resourceNames` cannot narrow (the authorizer sees no name
+/// before the object exists), so it has a rule of its own.
+const LEASE_CREATE: &[&str] = &["create"];
 
 /// One YAML document and the file it came from (for messages).
 #[derive(Debug, Clone)]
@@ -198,6 +205,7 @@ fn check_strictly(doc: &Doc) -> Result<(), String> {
         ("apps/v1", "Deployment") => round_trip::<Deployment>(doc),
         ("apps/v1", "DaemonSet") => round_trip::<DaemonSet>(doc),
         ("policy/v1", "PodDisruptionBudget") => round_trip::<PodDisruptionBudget>(doc),
+        ("networking.k8s.io/v1", "NetworkPolicy") => round_trip::<NetworkPolicy>(doc),
         (v, k) => Err(format!(
             "`{v} {k}` is not a kind this test knows; add it to check_strictly"
         )),
@@ -275,8 +283,6 @@ fn check_kustomization(file: &Path) -> Result<(), String> {
 struct Variant {
     name: &'static str,
     objects: Vec<Doc>,
-    /// `Deployment` or `DaemonSet`.
-    workload_kind: String,
     namespace: String,
     template: PodTemplateSpec,
 }
@@ -302,11 +308,19 @@ impl Variant {
         };
         Variant {
             name,
-            workload_kind: doc.kind().to_string(),
             namespace: namespace.expect("the workload names its namespace"),
             template,
             objects,
         }
+    }
+
+    /// The labels of the workload's pods.
+    fn pod_labels(&self) -> BTreeMap<String, String> {
+        self.template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_else(|| panic!("{}: pods without labels", self.name))
     }
 
     fn pod(&self) -> &PodSpec {
@@ -736,15 +750,25 @@ fn rbac_grants_read_on_exactly_the_configured_resources_and_nothing_else() {
             let role = &roles[0];
             assert_eq!(role.metadata.namespace.as_ref(), Some(&v.namespace));
             let rules = role.rules.clone().unwrap_or_default();
-            assert_eq!(rules.len(), 1, "{name}: one rule");
-            assert_eq!(
-                rules[0].api_groups,
-                Some(vec!["coordination.k8s.io".into()])
-            );
-            assert_eq!(rules[0].resources, Some(vec!["leases".into()]));
-            assert!(rules[0].resource_names.is_none());
-            let verbs: BTreeSet<String> = rules[0].verbs.iter().cloned().collect();
-            assert_eq!(verbs, set(LEASE_VERBS), "{name}");
+            assert_eq!(rules.len(), 2, "{name}: create, and get/update by name");
+            let lease = v.env()["LOOKOUT_LEADERELECTION__LEASENAME"].clone();
+            for rule in &rules {
+                assert_eq!(rule.api_groups, Some(vec!["coordination.k8s.io".into()]));
+                assert_eq!(rule.resources, Some(vec!["leases".into()]));
+                let verbs: BTreeSet<String> = rule.verbs.iter().cloned().collect();
+                if verbs == set(LEASE_CREATE) {
+                    assert!(rule.resource_names.is_none(), "create cannot be narrowed");
+                } else {
+                    assert_eq!(verbs, set(LEASE_VERBS), "{name}: {rule:?}");
+                    assert_eq!(
+                        rule.resource_names,
+                        Some(vec![lease.clone()]),
+                        "{name}: get/update only the agent's own Lease"
+                    );
+                }
+            }
+            let all: BTreeSet<String> = rules.iter().flat_map(|r| r.verbs.clone()).collect();
+            assert_eq!(all, &set(LEASE_VERBS) | &set(LEASE_CREATE), "{name}");
             assert_eq!(role_bindings.len(), 1);
             let rb = &role_bindings[0];
             assert_eq!(rb.metadata.namespace.as_ref(), Some(&v.namespace));
@@ -790,26 +814,32 @@ fn both_workloads_run_hardened_probed_and_sized() {
             .expect("seccomp");
         assert_eq!(seccomp.type_, "RuntimeDefault", "{name}");
 
-        // Init containers may be root only to hand the state directory over.
-        for init in pod.init_containers.iter().flatten() {
-            let sc = init.security_context.clone().expect("init securityContext");
-            assert_eq!(
-                sc.allow_privilege_escalation,
-                Some(false),
-                "{name}/{}",
-                init.name
+        // Nothing runs as root, and nothing needs a relaxed Pod Security level.
+        assert!(
+            pod.init_containers
+                .as_deref()
+                .unwrap_or_default()
+                .is_empty(),
+            "{name}: no init containers"
+        );
+        assert_eq!(
+            pod_sc.run_as_non_root,
+            Some(true),
+            "{name}: the pod runs as non-root"
+        );
+        for vol in pod.volumes.iter().flatten() {
+            assert!(
+                vol.host_path.is_none(),
+                "{name}: hostPath {} needs a privileged namespace",
+                vol.name
             );
-            assert_eq!(
-                sc.read_only_root_filesystem,
-                Some(true),
-                "{name}/{}",
-                init.name
-            );
-            let caps = sc.capabilities.unwrap();
-            assert_eq!(caps.drop, Some(vec!["ALL".to_string()]));
-            assert!(caps.add.unwrap_or_default().iter().all(|c| c == "CHOWN"));
-            assert!(init.resources.is_some(), "{name}/{}: sized", init.name);
         }
+        assert!(
+            pod.host_network != Some(true)
+                && pod.host_pid != Some(true)
+                && pod.host_ipc != Some(true),
+            "{name}: no host namespaces"
+        );
 
         let probe = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
             let get = p.clone().and_then(|p| p.http_get).expect("an HTTP probe");
@@ -846,14 +876,12 @@ fn both_workloads_run_hardened_probed_and_sized() {
             "{name}: /tmp is an emptyDir"
         );
         let state = v.volume_at("/var/lib/lookout");
-        match v.workload_kind.as_str() {
-            "Deployment" => assert!(state.empty_dir.is_some(), "{name}: state on an emptyDir"),
-            _ => assert_eq!(
-                state.host_path.as_ref().map(|h| h.path.as_str()),
-                Some("/var/lib/lookout"),
-                "{name}: state on the node"
-            ),
-        }
+        assert!(state.empty_dir.is_some(), "{name}: state on an emptyDir");
+        assert_eq!(
+            pod_sc.fs_group,
+            Some(65532),
+            "{name}: the state volume is writable"
+        );
         assert!(pod.service_account_name.is_some(), "{name}");
     }
 }
@@ -904,14 +932,7 @@ fn the_deployment_elects_a_leader_among_two_replicas_protected_by_a_budget() {
     assert_eq!(pdbs.len(), 1);
     let spec = pdbs[0].spec.clone().unwrap();
     assert_eq!(spec.min_available, Some(IntOrString::Int(1)));
-    let labels = v
-        .template
-        .metadata
-        .as_ref()
-        .unwrap()
-        .labels
-        .clone()
-        .unwrap();
+    let labels = v.pod_labels();
     let selector = spec.selector.unwrap().match_labels.unwrap();
     assert!(
         selector.iter().all(|(k, val)| labels.get(k) == Some(val)),
@@ -951,14 +972,7 @@ fn the_metrics_service_reaches_both_workloads_on_the_ops_port() {
         assert_eq!(ports[0].name.as_deref(), Some("metrics"));
         assert_eq!(ports[0].port, OPS_PORT);
         assert_eq!(v.port(ports[0].target_port.as_ref().unwrap()), OPS_PORT);
-        let labels = v
-            .template
-            .metadata
-            .as_ref()
-            .unwrap()
-            .labels
-            .clone()
-            .unwrap();
+        let labels = v.pod_labels();
         assert!(
             spec.selector
                 .unwrap()
@@ -966,6 +980,85 @@ fn the_metrics_service_reaches_both_workloads_on_the_ops_port() {
                 .all(|(k, val)| labels.get(k) == Some(val)),
             "{name}: the Service selects the pods"
         );
+    }
+}
+
+#[test]
+fn both_variants_run_in_a_restricted_namespace() {
+    for name in VARIANTS {
+        let v = Variant::load(name);
+        let k = &documents(&Path::new(DEPLOY).join(name).join("kustomization.yaml"))[0].value;
+        assert!(
+            strings(&k["patchesStrategicMerge"]).is_empty(),
+            "{name}: no patch relaxes the namespace"
+        );
+        let ns: Vec<Namespace> = v.all("Namespace");
+        let labels = ns[0].metadata.labels.clone().unwrap_or_default();
+        assert_eq!(
+            labels
+                .get("pod-security.kubernetes.io/enforce")
+                .map(String::as_str),
+            Some("restricted"),
+            "{name}"
+        );
+    }
+    for file in yaml_files(Path::new(DEPLOY)) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            !text.contains("enforce: privileged") && !text.contains("enforce: baseline"),
+            "{}: relaxes Pod Security",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn a_network_policy_admits_only_the_scraper_to_the_ops_port() {
+    for name in VARIANTS {
+        let v = Variant::load(name);
+        let policies: Vec<NetworkPolicy> = v.all("NetworkPolicy");
+        assert_eq!(policies.len(), 1, "{name}: one NetworkPolicy");
+        let p = &policies[0];
+        assert_eq!(p.metadata.namespace.as_ref(), Some(&v.namespace));
+        let spec = p.spec.clone().unwrap();
+        let labels = v.pod_labels();
+        let selector = spec
+            .pod_selector
+            .unwrap_or_default()
+            .match_labels
+            .unwrap_or_default();
+        assert!(
+            !selector.is_empty() && selector.iter().all(|(k, val)| labels.get(k) == Some(val)),
+            "{name}: selects the agent's pods"
+        );
+        assert_eq!(spec.policy_types, Some(vec!["Ingress".to_string()]));
+        let ingress = spec.ingress.unwrap_or_default();
+        assert_eq!(ingress.len(), 1, "{name}: one ingress rule");
+        let rule = &ingress[0];
+        let ports = rule.ports.clone().unwrap_or_default();
+        assert_eq!(ports.len(), 1, "{name}");
+        assert_eq!(ports[0].port, Some(IntOrString::Int(OPS_PORT)), "{name}");
+        assert_eq!(ports[0].protocol.as_deref(), Some("TCP"));
+        // Not open to every Pod: each peer names a namespace and pods by label.
+        let from = rule.from.clone().unwrap_or_default();
+        assert!(!from.is_empty(), "{name}: an empty `from` admits everyone");
+        for peer in &from {
+            assert!(peer.ip_block.is_none(), "{name}: {peer:?}");
+            let ns = peer
+                .namespace_selector
+                .clone()
+                .and_then(|s| s.match_labels)
+                .unwrap_or_default();
+            let pods = peer
+                .pod_selector
+                .clone()
+                .and_then(|s| s.match_labels)
+                .unwrap_or_default();
+            assert!(
+                !ns.is_empty() && !pods.is_empty(),
+                "{name}: a peer selecting every namespace or every pod: {peer:?}"
+            );
+        }
     }
 }
 

@@ -412,17 +412,17 @@ fn split_unescaped(s: &str, sep: char) -> Vec<String> {
 }
 
 fn find_unescaped(s: &str, pat: &str) -> Option<usize> {
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' {
-            i += 2;
+    // Walk by characters, not bytes: an escaped character may be several bytes long, and
+    // stepping over "one byte after the backslash" would land inside it.
+    let mut chars = s.char_indices();
+    while let Some((i, c)) = chars.next() {
+        if c == '\\' {
+            chars.next();
             continue;
         }
         if s[i..].starts_with(pat) {
             return Some(i);
         }
-        i += 1;
     }
     None
 }
@@ -536,5 +536,15 @@ mod tests {
         );
         assert!(FieldSelector::parse("a\\=b=c").unwrap().requirements[0].field == "a\\=b");
         assert!(FieldSelector::parse("nonsense").is_err());
+    }
+
+    #[test]
+    fn a_backslash_before_a_multibyte_character_is_an_escape_not_a_panic() {
+        let s = FieldSelector::parse("a\\é=b").unwrap();
+        assert_eq!(s.requirements[0].field, "a\\é");
+        assert_eq!(s.requirements[0].value, "b");
+        assert!(FieldSelector::parse("\\€").is_err());
+        assert!(FieldSelector::parse("x=\\日本").is_ok());
+        assert!(LabelSelector::parse("a\\é=b").is_err());
     }
 }

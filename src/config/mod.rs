@@ -333,14 +333,6 @@ impl Config {
         Ok(config)
     }
 
-    /// The key of redaction hashes: `transforms.redactionKey`, else the cluster name.
-    pub fn redaction_key(&self) -> String {
-        self.transforms
-            .redaction_key
-            .clone()
-            .unwrap_or_else(|| self.cluster.clone())
-    }
-
     /// The effective configuration as YAML with secret values masked, for `lookout check`.
     pub fn to_masked_yaml(&self) -> String {
         let mut value = serde_json::to_value(self).unwrap_or_default();
@@ -354,6 +346,7 @@ fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
     k.contains("password")
         || k.contains("secret")
+        || k == "redactionkey"
         || k.contains("token")
         || k == "authorization"
         || k.ends_with("sasl.password")
@@ -519,6 +512,35 @@ sinks:
         assert_eq!(v["a"]["sasl.password"], "***");
         assert_eq!(v["a"]["token"], "***");
         assert_eq!(v["a"]["x"], 1);
+    }
+
+    #[test]
+    fn the_redaction_key_is_masked_in_the_printed_config() {
+        let c = parse(&format!(
+            "{MINIMAL}transforms:\n  redactionKey: do-not-print-me-0123456789\n"
+        ))
+        .unwrap();
+        let out = c.describe();
+        assert!(!out.contains("do-not-print-me"), "{out}");
+        assert!(out.contains("redactionKey: '***'"), "{out}");
+    }
+
+    #[test]
+    fn empty_or_blank_tokens_and_keys_are_config_errors_naming_the_key() {
+        for token in ["''", "'   '", "'${LOOKOUT_TEST_SURELY_UNSET_TOKEN:-}'"] {
+            let e = parse(&format!(
+                "{MINIMAL}server:\n  cache:\n    enabled: true\n    token: {token}\n"
+            ))
+            .unwrap_err();
+            assert_eq!(e.path, "server.cache.token", "{token}: {e}");
+        }
+        let e = parse(&format!("{MINIMAL}transforms:\n  redactionKey: ' '\n")).unwrap_err();
+        assert_eq!(e.path, "transforms.redactionKey", "{e}");
+        let e = parse(&format!(
+            "{MINIMAL}transforms:\n  secretKinds:\n    - {{group: x.io, kind: K, paths: [nope]}}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.path, "transforms.secretKinds[0].paths[0]", "{e}");
     }
 
     #[test]

@@ -97,10 +97,37 @@ impl Plan {
             errors.push(Error::new("cluster", ErrorKind::Empty));
         }
         let resources = resources(&config, &mut errors);
+        // Keyed for real at start (`Plan::with_redaction_key`): the key may live in the state
+        // directory, which `lookout check` does not touch.
         let transform = errors.absorb(
-            ObjectTransform::new(&config.transforms, &config.cluster)
-                .map_err(|e| e.within("transforms")),
+            ObjectTransform::new(&config.transforms, b"").map_err(|e| e.within("transforms")),
         );
+        if config
+            .transforms
+            .redaction_key
+            .as_deref()
+            .is_some_and(|k| k.trim().is_empty())
+        {
+            errors.push(Error::new(
+                "transforms.redactionKey",
+                ErrorKind::Invalid(
+                    "must not be empty (an unset `${VAR:-}`?); remove it to have a key generated"
+                        .into(),
+                ),
+            ));
+        }
+        if let Err((k, m)) = config.server.cache.validate() {
+            errors.push(Error::new(
+                format!("server.cache.{k}"),
+                ErrorKind::Invalid(m),
+            ));
+        }
+        if let Err((k, m)) = config.server.snapshot.validate() {
+            errors.push(Error::new(
+                format!("server.snapshot.{k}"),
+                ErrorKind::Invalid(m),
+            ));
+        }
         let sinks = sinks(&config, &mut errors);
         errors.absorb(
             config
@@ -109,14 +136,13 @@ impl Plan {
                 .map_err(|e| e.within("leaderElection")),
         );
         let names: Vec<String> = config.sinks.iter().map(|s| s.name().to_string()).collect();
-        let key = config.redaction_key();
         let routes: Vec<Route> = config
             .routes
             .iter()
             .enumerate()
             .filter_map(|(i, r)| {
                 errors.absorb(
-                    Route::compile(r, i, &names, key.as_bytes())
+                    Route::compile(r, i, &names, b"")
                         .map_err(|e| e.within(&format!("routes[{i}]"))),
                 )
             })
@@ -133,6 +159,16 @@ impl Plan {
             }),
             _ => Err(errors),
         }
+    }
+
+    /// Keys the redaction hashes of the global transforms and of every route with `key`
+    /// (resolved at start: `crate::state::RedactionKey`).
+    pub fn with_redaction_key(mut self, key: &[u8]) -> Self {
+        self.transform = Arc::new(self.transform.with_key(key));
+        for r in &mut self.routes {
+            r.set_redaction_key(key);
+        }
+        self
     }
 
     /// Where sinks put what they need from the rest of the agent.

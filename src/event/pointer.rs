@@ -233,11 +233,10 @@ fn copy(segs: &[String], from: &Value, into: &mut Value) {
         }
         // Arrays are kept whole once selected into: projecting inside arrays would renumber
         // their elements.
-        Value::Array(_) if !rest.is_empty() || seg != "*" => {
-            if into.is_null() {
-                *into = from.clone();
-            }
+        Value::Array(_) if (!rest.is_empty() || seg != "*") && into.is_null() => {
+            *into = from.clone()
         }
+        Value::Array(_) if !rest.is_empty() || seg != "*" => {}
         Value::Array(_) => *into = from.clone(),
         _ => {}
     }

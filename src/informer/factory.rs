@@ -40,7 +40,8 @@ pub struct InformerFactory {
 }
 
 impl InformerFactory {
-    /// A factory whose informers apply `transform` to every object before caching it.
+    /// A factory whose informers apply `transform` (made specific to each informer's resource
+    /// by [`ObjectTransform::for_resource`]) to every object before caching it.
     pub fn new(client: Client, transform: Arc<ObjectTransform>) -> Self {
         Self {
             client,
@@ -81,18 +82,14 @@ impl InformerFactory {
             }
             (None, _) => Api::<RawObject>::all_with(self.client.clone(), &resource),
         };
+        // Whether objects hold credentials is decided here, by the resource discovery
+        // resolved, never by each object's own `kind`.
+        let transform = Arc::new(self.transform.for_resource(&resource.group, &resource.kind));
         let mut informers = self.informers.lock().expect("informers lock");
         // Another caller may have raced us through discovery; keep the first.
         let informer = informers
             .entry(key.clone())
-            .or_insert_with(|| {
-                Arc::new(SharedInformer::new(
-                    key.clone(),
-                    resource,
-                    api,
-                    self.transform.clone(),
-                ))
-            })
+            .or_insert_with(|| Arc::new(SharedInformer::new(key.clone(), resource, api, transform)))
             .clone();
         Ok(informer)
     }

@@ -89,7 +89,9 @@ impl<P: ParsePolicy> RawObject<P> {
 impl<'de, P: ParsePolicy> Deserialize<'de> for RawObject<P> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         if P::DROP_MANAGED_FIELDS {
-            d.deserialize_map(ObjectVisitor {
+            // `any`, not `map`: a non-object then reaches the visitor, whose error does not
+            // quote it (serde's default would put a Secret list's bad item into the log).
+            d.deserialize_any(ObjectVisitor {
                 metadata: false,
                 summarize: P::SUMMARIZE_MANAGED_FIELDS,
             })
@@ -114,6 +116,36 @@ impl<'de> Visitor<'de> for ObjectVisitor {
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a Kubernetes object")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Value, E> {
+        Err(E::custom("expected a Kubernetes object, found a string"))
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Value, E> {
+        Err(E::custom("expected a Kubernetes object, found a boolean"))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Value, E> {
+        Err(E::custom("expected a Kubernetes object, found a number"))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Value, E> {
+        Err(E::custom("expected a Kubernetes object, found a number"))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Value, E> {
+        Err(E::custom("expected a Kubernetes object, found a number"))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Value, E> {
+        Err(E::custom("expected a Kubernetes object, found null"))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<Value, A::Error> {
+        Err(serde::de::Error::custom(
+            "expected a Kubernetes object, found an array",
+        ))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
@@ -273,6 +305,34 @@ mod tests {
             Managers::of(&obj),
             "the summary is the same as from the full entries"
         );
+    }
+
+    #[test]
+    fn a_non_object_item_is_refused_without_quoting_it() {
+        for bad in [
+            r#""c2VjcmV0LXZhbHVl""#,
+            "[\"c2VjcmV0LXZhbHVl\"]",
+            "12345678",
+            "true",
+            "null",
+        ] {
+            let err =
+                serde_json::from_str::<Vec<RawObject<DropManagedFields>>>(&format!("[{bad}]"))
+                    .unwrap_err()
+                    .to_string();
+            assert!(err.contains("expected a Kubernetes object"), "{err}");
+            assert!(
+                !err.contains("c2VjcmV0") && !err.contains("12345678"),
+                "{err}"
+            );
+        }
+        // As a watch event (buffered by serde before the object is parsed) too.
+        let event = r#"{"object":"c2VjcmV0LXZhbHVl","type":"ADDED"}"#;
+        let err =
+            serde_json::from_str::<kube::api::WatchEvent<RawObject<DropManagedFields>>>(event)
+                .unwrap_err()
+                .to_string();
+        assert!(!err.contains("c2VjcmV0"), "{err}");
     }
 
     #[test]

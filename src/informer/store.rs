@@ -66,6 +66,18 @@ impl Store {
         })
     }
 
+    /// The current state of `key` alone, decoding only that one object (the cache API).
+    pub fn current(&self, key: &str) -> Option<Arc<Value>> {
+        let packed = self
+            .map
+            .read()
+            .expect("store lock")
+            .get(key)?
+            .current
+            .clone();
+        Some(Arc::new(self.codec.unpack(&packed)))
+    }
+
     /// The state the next emitted patch of `key` starts from ([`Entry::base`]), decoding
     /// only that one.
     pub fn base(&self, key: &str) -> Option<Arc<Value>> {

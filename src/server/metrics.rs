@@ -246,7 +246,6 @@ impl Collector for PipelineCollector {
             let labels = vec![("sink".to_string(), name(s))];
             s.stats.latency.encode(latency.encode_family(&labels)?)?;
         }
-        drop(latency);
         gauge(
             &mut e,
             "sink_failing",

@@ -1,5 +1,9 @@
 //! The ops HTTP server: `/metrics` (Prometheus text), `/healthz` (process alive), `/readyz`
-//! (watches alive and sinks accepting, each failing reason named).
+//! (watches alive and sinks accepting, each failing reason named), and the cache API.
+//!
+//! Its own accept loop bounds what a client can hold: at most [`MAX_CONNECTIONS`] open
+//! connections (more are closed at once), request headers within [`HEADER_READ_TIMEOUT`], a
+//! response within [`REQUEST_TIMEOUT`], and a connection for at most [`CONNECTION_LIFETIME`].
 
 mod cache;
 mod health;
@@ -94,16 +98,55 @@ pub struct Ops {
     pub snapshots: Snapshots,
 }
 
-/// True when `token` is unset, or the request carries `Authorization: Bearer <token>`.
-fn authorized(headers: &axum::http::HeaderMap, token: Option<&str>) -> bool {
-    let Some(token) = token else {
-        return true;
-    };
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        == Some(token)
+/// Open connections at most; a connection beyond them is closed when accepted.
+pub const MAX_CONNECTIONS: usize = 128;
+/// A client must send its request headers within this long.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// A request not answered within this long gets 503.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A (keep-alive) connection is closed after this long.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// The routes.
+fn router(ops: Arc<Ops>) -> Router {
+    let mut app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(ops.clone());
+    if ops.cache.enabled {
+        let state = cache::CacheState {
+            ops: ops.clone(),
+            limit: Arc::new(tokio::sync::Semaphore::new(cache::MAX_CONCURRENT)),
+        };
+        app = app.merge(
+            Router::new()
+                .route("/cache/{*rest}", get(cache::handle))
+                .with_state(state),
+        );
+    }
+    if ops.snapshot.enabled {
+        app = app.merge(
+            Router::new()
+                .route("/snapshot", post(snapshot::handle))
+                .with_state(ops.clone()),
+        );
+    }
+    app.layer(axum::middleware::from_fn(request_timeout))
+}
+
+async fn request_timeout(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no answer within {REQUEST_TIMEOUT:?}\n"),
+        )
+            .into_response(),
+    }
 }
 
 /// Serves the ops routes on `listener` until `shutdown` resolves.
@@ -112,23 +155,59 @@ pub async fn serve(
     ops: Arc<Ops>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let mut app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text));
-    if ops.cache.enabled {
-        app = app.route("/cache/{*rest}", get(cache::handle));
+    ops.cache.warn_if_open();
+    if ops.snapshot.enabled && ops.snapshot.token.is_none() {
+        tracing::warn!(
+            "POST /snapshot is enabled without server.snapshot.token: anyone who can reach the \
+             ops port can make the agent re-send resources"
+        );
     }
-    if ops.snapshot.enabled {
-        app = app.route("/snapshot", post(snapshot::handle));
+    let app = router(ops);
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut open = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            a = listener.accept() => a,
+        };
+        while open.try_join_next().is_some() {}
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: do not spin.
+                tracing::warn!(error = %e, "ops server cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::debug!("ops server at its connection limit; closing a new connection");
+            drop(stream);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let stop = stop.clone();
+        open.spawn(async move {
+            let _permit = permit;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(CONNECTION_LIFETIME) => {}
+            }
+            // Let the request in flight finish, briefly.
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+        });
     }
-    let app = app.with_state(ops);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(error = %e, "ops server failed");
-    }
+    stop.cancel();
+    while open.join_next().await.is_some() {}
 }
 
 async fn readyz(State(ops): State<Arc<Ops>>) -> impl IntoResponse {

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::Ops;
-use super::cache::status;
+use super::cache::{authorized, status};
 use crate::informer::{SharedInformer, SnapshotFilter};
 
 /// `server.snapshot:`.
@@ -33,9 +33,23 @@ pub struct SnapshotApiConfig {
     /// Serve `POST /snapshot` (off by default).
     #[serde(default)]
     pub enabled: bool,
-    /// When set, requests need `Authorization: Bearer <token>`.
+    /// When set, requests need `Authorization: Bearer <token>`. Must not be empty or blank.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+}
+
+impl SnapshotApiConfig {
+    /// Checks the token, as for the cache API.
+    ///
+    /// # Errors
+    /// `(key below server.snapshot, message)`.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        super::CacheApiConfig {
+            enabled: self.enabled,
+            token: self.token.clone(),
+        }
+        .validate()
+    }
 }
 
 /// The body of `POST /snapshot`.
@@ -83,7 +97,9 @@ impl Drop for Running {
 
 /// `POST /snapshot`.
 pub async fn handle(State(ops): State<Arc<Ops>>, headers: HeaderMap, body: Bytes) -> Response {
-    if !super::authorized(&headers, ops.snapshot.token.as_deref()) {
+    if let Some(token) = &ops.snapshot.token
+        && !authorized(token, &headers)
+    {
         return status(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",

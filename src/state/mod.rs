@@ -8,9 +8,15 @@
 //! Storage is redb: an embedded, pure-Rust, ACID key-value store with copy-on-write B-trees, so
 //! a SIGKILL or power loss mid-write leaves the last committed transaction intact, and there is
 //! no server to run. Keys are `<informer key>\0<namespace/name>`, values the object's JSON.
+//!
+//! The objects are stored as emitted, so redacted; the store file (0600) and the directory
+//! (0700 when the agent creates it) are private to the agent's user all the same. The
+//! directory also keeps the redaction key ([`RedactionKey`]).
 
+mod key;
 mod writer;
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -18,10 +24,15 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use key::{KEY_FILE, KeyOrigin, RedactionKey};
 pub use writer::StateWriter;
 
 /// The on-disk format this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
+/// Marks a store written since redaction is decided by resource. Stores without it were
+/// written by builds that forwarded a Secret's last-applied-configuration (plaintext) and
+/// keyed hashes with the cluster name; they are discarded, not migrated.
+const REDACTION_MARK: &str = "by-resource-1";
 const FILE_NAME: &str = "delivered.redb";
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
@@ -83,6 +94,67 @@ pub enum StateError {
     Store(String),
 }
 
+/// Creates `dir` (and its parents) as 0700 when missing; an existing directory (a volume
+/// mount) keeps its mode.
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), StateError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| StateError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+/// Creates `path` empty with mode 0600 when missing, and narrows an existing file to 0600.
+fn create_private_file(path: &Path) -> Result<(), StateError> {
+    let io = |source| StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    let mode = file.metadata().map_err(io)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(io)?;
+    }
+    Ok(())
+}
+
+fn remove(path: &Path) -> Result<(), StateError> {
+    std::fs::remove_file(path).map_err(|source| StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// True when the store at `path` carries [`REDACTION_MARK`]; a store that cannot be read
+/// counts as marked here, so that opening it reports what is wrong instead of deleting it.
+fn has_redaction_mark(path: &Path) -> bool {
+    let Ok(db) = Database::open(path) else {
+        return true;
+    };
+    let Ok(tx) = db.begin_read() else {
+        return true;
+    };
+    match tx.open_table(META) {
+        Ok(t) => match t.get("redaction") {
+            Ok(Some(v)) => v.value() == REDACTION_MARK,
+            Ok(None) => false,
+            Err(_) => true,
+        },
+        Err(redb::TableError::TableDoesNotExist(_)) => false,
+        Err(_) => true,
+    }
+}
+
 fn store_err(e: impl std::fmt::Display) -> StateError {
     StateError::Store(e.to_string())
 }
@@ -125,19 +197,23 @@ impl StateStore {
     /// [`StateError`] with a recovery hint when the store is unreadable or incompatible;
     /// nothing is ever wiped without `reset`.
     pub fn open(dir: &Path, reset: bool) -> Result<Self, StateError> {
-        std::fs::create_dir_all(dir).map_err(|source| StateError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        create_private_dir(dir)?;
         let path = dir.join(FILE_NAME);
         if reset && path.exists() {
-            std::fs::remove_file(&path).map_err(|source| StateError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            remove(&path)?;
             tracing::warn!(path = %path.display(), "state reset: every object will be sent as an add");
         }
         let fresh = !path.exists();
+        if !fresh && !has_redaction_mark(&path) {
+            // Written before redaction by resource: it may hold plaintext (a Secret's
+            // last-applied-configuration). Removed whole so the plaintext leaves the disk.
+            remove(&path)?;
+            tracing::warn!(path = %path.display(),
+                "the delivered state was recorded by a build that did not redact Secrets' \
+                 last-applied-configuration; discarded: every object will be sent as an add");
+            return Self::open(dir, false);
+        }
+        create_private_file(&path)?;
         let db = Database::create(&path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StateError::Locked { path: path.clone() },
             e => StateError::Unreadable {
@@ -179,6 +255,8 @@ impl StateStore {
                     meta.insert("format", FORMAT_VERSION.to_string().as_str())
                         .map_err(|e| unreadable(&e))?;
                     meta.insert("writer", concat!("lookout ", env!("CARGO_PKG_VERSION")))
+                        .map_err(|e| unreadable(&e))?;
+                    meta.insert("redaction", REDACTION_MARK)
                         .map_err(|e| unreadable(&e))?;
                     tx.open_table(OBJECTS).map_err(|e| unreadable(&e))?;
                 }
@@ -328,6 +406,66 @@ mod tests {
         assert!(err.to_string().contains("--reset-state"), "{err}");
         assert!(dir.path().join(FILE_NAME).exists(), "never wiped silently");
         StateStore::open(dir.path(), true).expect("reset recovers");
+    }
+
+    #[test]
+    fn the_store_file_and_a_new_directory_are_private_to_the_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("new-state");
+        StateStore::open(&state, false).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state.join(FILE_NAME)), 0o600);
+        assert_eq!(mode(&state), 0o700);
+        // A store left 0644 by an older build is narrowed.
+        std::fs::set_permissions(
+            state.join(FILE_NAME),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        StateStore::open(&state, false).unwrap();
+        assert_eq!(mode(&state.join(FILE_NAME)), 0o600);
+    }
+
+    #[test]
+    fn a_store_recorded_before_redaction_by_resource_is_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = StateStore::open(dir.path(), false).unwrap();
+            s.apply(&[StateWrite::Put {
+                source: "v1/Secret".into(),
+                key: "ns/a".into(),
+                object: Arc::new(json!({"plaintext": "hunter2"})),
+            }])
+            .unwrap();
+            let tx = s.db.begin_write().unwrap();
+            tx.open_table(META).unwrap().remove("redaction").unwrap();
+            tx.commit().unwrap();
+        }
+        let s = StateStore::open(dir.path(), false).unwrap();
+        assert!(s.load("v1/Secret").unwrap().is_empty());
+        drop(s);
+        let bytes = std::fs::read(dir.path().join(FILE_NAME)).unwrap();
+        assert!(
+            !bytes.windows(7).any(|w| w == b"hunter2"),
+            "plaintext left on disk"
+        );
+        // Marked now: the next open keeps what is written.
+        let s = StateStore::open(dir.path(), false).unwrap();
+        s.apply(&[StateWrite::Put {
+            source: "v1/Pod".into(),
+            key: "ns/p".into(),
+            object: Arc::new(json!({"a": 1})),
+        }])
+        .unwrap();
+        drop(s);
+        assert_eq!(
+            StateStore::open(dir.path(), false)
+                .unwrap()
+                .load("v1/Pod")
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! `{"time":"…","sink":"hook","reason":"HTTP 400 …","event":{<envelope>}}`.
 //! The file is `<stateDir>/deadletter/<sink>.jsonl` unless the sink sets `deadLetter.path`.
 //! Without either, dead letters are only logged (at error level).
+//!
+//! The file is created 0600 (its directory 0700): it holds whole envelopes. It rotates when
+//! the next batch would take it past `deadLetter.maxBytes`: `<file>` becomes `<file>.1`, the
+//! older ones shift up to `<file>.<maxFiles>`, and the oldest is deleted.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,12 +22,35 @@ use tracing::error;
 use crate::event::Envelope;
 
 /// `deadLetter:` of a sink entry.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DeadLetterConfig {
     /// JSONL file receiving rejected events; default `<stateDir>/deadletter/<sink>.jsonl`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
+    /// The file is rotated before it grows past this many bytes (default 64 MiB).
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+    /// Rotated files kept (`<file>.1` … `<file>.<maxFiles>`; default 3, 0 keeps none).
+    #[serde(default = "default_max_files")]
+    pub max_files: u32,
+}
+
+impl Default for DeadLetterConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            max_bytes: default_max_bytes(),
+            max_files: default_max_files(),
+        }
+    }
+}
+
+fn default_max_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_max_files() -> u32 {
+    3
 }
 
 /// Why dead letters could not be written (the events are then logged instead).
@@ -46,6 +73,10 @@ pub struct DeadLetter {
     sink: String,
     /// `None`: log only.
     path: Option<PathBuf>,
+    /// Rotation threshold.
+    max_bytes: u64,
+    /// Rotated files kept.
+    max_files: u32,
     /// One writer at a time, so lines of concurrent batches never interleave.
     lock: Arc<tokio::sync::Mutex<()>>,
 }
@@ -88,9 +119,13 @@ impl DeadLetter {
                  be logged, not kept in a dead-letter file"
             );
         }
+        let defaults = DeadLetterConfig::default();
+        let config = config.unwrap_or(&defaults);
         Self {
             sink: sink.to_string(),
             path,
+            max_bytes: config.max_bytes,
+            max_files: config.max_files,
             lock: Arc::default(),
         }
     }
@@ -101,6 +136,8 @@ impl DeadLetter {
         Self {
             sink: sink.to_string(),
             path: None,
+            max_bytes: default_max_bytes(),
+            max_files: default_max_files(),
             lock: Arc::default(),
         }
     }
@@ -139,11 +176,21 @@ impl DeadLetter {
         };
         let _guard = self.lock.lock().await;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            tokio::fs::create_dir_all(dir).await.map_err(io)?;
+            let mut builder = tokio::fs::DirBuilder::new();
+            builder.recursive(true).mode(0o700);
+            builder.create(dir).await.map_err(io)?;
+        }
+        let size = tokio::fs::metadata(path)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
+        if size > 0 && size + buf.len() as u64 > self.max_bytes {
+            rotate(path, self.max_files).await.map_err(io)?;
         }
         let mut file = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(path)
             .await
             .map_err(io)?;
@@ -170,6 +217,29 @@ impl DeadLetter {
         }
         buf
     }
+}
+
+/// `<file>` → `<file>.1` → … → `<file>.<keep>`; the oldest is deleted.
+async fn rotate(path: &Path, keep: u32) -> std::io::Result<()> {
+    let numbered = |i: u32| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(format!(".{i}"));
+        PathBuf::from(p)
+    };
+    if keep == 0 {
+        return tokio::fs::remove_file(path).await;
+    }
+    match tokio::fs::remove_file(numbered(keep)).await {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    for i in (1..keep).rev() {
+        match tokio::fs::rename(numbered(i), numbered(i + 1)).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    tokio::fs::rename(path, numbered(1)).await
 }
 
 /// `<sink>.jsonl`, with anything that could leave the directory replaced by `_`.
@@ -243,12 +313,56 @@ mod tests {
         let path = dir.path().join("custom/dl.jsonl");
         let config = DeadLetterConfig {
             path: Some(path.clone()),
+            ..DeadLetterConfig::default()
         };
         let dl = DeadLetter::resolve("hook", Some(&config), Some(&dir.path().join("state")));
         dl.write(&[&event("a")], "x").await.unwrap();
         dl.write(&[&event("b")], "y").await.unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
         assert!(!dir.path().join("state").exists());
+    }
+
+    #[tokio::test]
+    async fn dead_letter_files_are_private_and_rotate_at_their_size_limit() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dl/hook.jsonl");
+        let one_line = {
+            let dl = DeadLetter::resolve("hook", None, Some(&dir.path().join("probe")));
+            dl.render(&[&event("a")], "x").len() as u64
+        };
+        let config = DeadLetterConfig {
+            path: Some(path.clone()),
+            max_bytes: one_line * 2,
+            max_files: 2,
+        };
+        let dl = DeadLetter::resolve("hook", Some(&config), None);
+        for name in ["a", "b", "c", "d", "e", "f", "g"] {
+            dl.write(&[&event(name)], "x").await.unwrap();
+        }
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        let names = |p: &Path| -> Vec<String> {
+            read_lines(p)
+                .iter()
+                .map(|l| l["event"]["name"].as_str().unwrap().to_string())
+                .collect()
+        };
+        // Two lines per file; .1 and .2 kept, the oldest (a, b) gone.
+        assert_eq!(names(&path), ["g"]);
+        assert_eq!(names(&dir.path().join("dl/hook.jsonl.1")), ["e", "f"]);
+        assert_eq!(names(&dir.path().join("dl/hook.jsonl.2")), ["c", "d"]);
+        assert!(!dir.path().join("dl/hook.jsonl.3").exists());
+        assert_eq!(mode(&dir.path().join("dl/hook.jsonl.1")), 0o600);
+    }
+
+    fn read_lines(p: &Path) -> Vec<Value> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 
     #[tokio::test]

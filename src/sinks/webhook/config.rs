@@ -12,6 +12,7 @@ use tracing::warn;
 
 use super::encoding::Encoding;
 use super::sink::WebhookSink;
+use super::status::{DeadLetterStatuses, StatusEntry};
 use crate::config::{Error, ErrorKind, Errors};
 use crate::sinks::{Batching, Common, Payload};
 
@@ -43,6 +44,11 @@ pub struct WebhookSinkConfig {
     /// or `{valueFrom: …}` like a header. No signature when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<ValueSource>,
+    /// Statuses that dead-letter a request (`404`, `"400-499"`, `"4xx"`); every other
+    /// non-2xx answer is retried. Default: every 4xx but 401, 403, 408 and 429. 3xx always
+    /// dead-letters (redirects are not followed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_statuses: Option<Vec<StatusEntry>>,
 }
 
 /// HTTP method of the requests.
@@ -285,12 +291,17 @@ impl WebhookSinkConfig {
             }),
             None => Some(None),
         };
+        let dead_letter_statuses = errors.take(DeadLetterStatuses::compile(
+            self.dead_letter_statuses.as_deref(),
+        ));
         let tls = errors.take(self.tls.compile());
         let client = tls
             .as_ref()
             .and_then(|(ca, identity)| errors.take(self.client(&common.name, ca, identity)));
-        match (url, secret, tls, client) {
-            (Some(url), Some(secret), Some((_, _)), Some(client)) if errors.0.is_empty() => {
+        match (url, secret, tls, client, dead_letter_statuses) {
+            (Some(url), Some(secret), Some((_, _)), Some(client), Some(dead_letter_statuses))
+                if errors.0.is_empty() =>
+            {
                 Ok(WebhookSink::new(
                     common.name.clone(),
                     client,
@@ -299,6 +310,7 @@ impl WebhookSinkConfig {
                         url,
                         headers,
                         secret,
+                        dead_letter_statuses,
                     },
                     self.encoding(common.payload),
                     self.batching(common.payload),
@@ -417,6 +429,7 @@ pub(super) struct Resolved {
     pub url: reqwest::Url,
     pub headers: HeaderMap,
     pub secret: Option<Vec<u8>>,
+    pub dead_letter_statuses: DeadLetterStatuses,
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ mod config;
 mod encoding;
 mod signature;
 mod sink;
+mod status;
 
 #[cfg(test)]
 mod tests;
@@ -17,3 +18,4 @@ pub use config::{
 pub use encoding::percent_encode;
 pub use signature::{SIGNATURE_HEADER, SignatureError, TIMESTAMP_HEADER, sign, verify};
 pub use sink::{MAX_RETRY_AFTER, WebhookSink, parse_retry_after};
+pub use status::{DeadLetterStatuses, StatusEntry};

@@ -1,5 +1,6 @@
-//! Sends batches as HTTP requests and classifies the answers for the driver: retry
-//! (5xx, 408, 429, timeouts, connection and TLS failures) or reject (other 4xx, 3xx).
+//! Sends batches as HTTP requests and classifies the answers for the driver: reject
+//! (`deadLetterStatuses`, by default every 4xx but 401, 403, 408 and 429; and 3xx) or retry
+//! (every other answer, timeouts, connection and TLS failures).
 
 use std::error::Error as _;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use reqwest::{Method, StatusCode, Url};
 use super::config::{Resolved, WebhookMethod};
 use super::encoding::{Encoding, Request};
 use super::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER, sign};
+use super::status::DeadLetterStatuses;
 use crate::event::Envelope;
 use crate::sinks::{Batching, Sink, SinkError};
 
@@ -34,6 +36,7 @@ pub struct WebhookSink {
     secret: Option<Vec<u8>>,
     encoding: Encoding,
     batching: Batching,
+    dead_letter_statuses: DeadLetterStatuses,
 }
 
 impl WebhookSink {
@@ -58,6 +61,7 @@ impl WebhookSink {
             },
             display_url: display.to_string(),
             url: resolved.url,
+            dead_letter_statuses: resolved.dead_letter_statuses,
             headers: resolved.headers,
             secret: resolved.secret,
             encoding,
@@ -98,7 +102,7 @@ impl WebhookSink {
                 let e = e.without_url();
                 SinkError::retriable(format!("{}: {}", self.display_url, chain(&e)))
             })?;
-        classify(response, &self.display_url).await
+        classify(response, &self.display_url, &self.dead_letter_statuses).await
     }
 }
 
@@ -153,7 +157,11 @@ fn chain(e: &reqwest::Error) -> String {
     out
 }
 
-async fn classify(response: reqwest::Response, url: &str) -> Result<(), SinkError> {
+async fn classify(
+    response: reqwest::Response,
+    url: &str,
+    dead_letter: &DeadLetterStatuses,
+) -> Result<(), SinkError> {
     let status = response.status();
     let retry_after = response
         .headers()
@@ -171,13 +179,8 @@ async fn classify(response: reqwest::Response, url: &str) -> Result<(), SinkErro
         return Ok(());
     }
     let excerpt = excerpt(&body);
-    let message = format!("{url} answered HTTP {status}{excerpt}");
-    if retriable_status(status) {
-        Err(SinkError::Retriable {
-            message,
-            retry_after,
-        })
-    } else if status.is_redirection() {
+    let mut message = format!("{url} answered HTTP {status}{excerpt}");
+    if status.is_redirection() {
         Err(SinkError::Rejected {
             message: format!(
                 "{message}: redirects are not followed; set `url` to the final location{}",
@@ -185,20 +188,21 @@ async fn classify(response: reqwest::Response, url: &str) -> Result<(), SinkErro
             ),
             indices: None,
         })
-    } else {
+    } else if dead_letter.dead_letters(status) {
         Err(SinkError::Rejected {
             message,
             indices: None,
         })
+    } else {
+        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            // Usually a credential being rotated: retried, so nothing is lost meanwhile.
+            message.push_str(" (credentials refused; retrying until they are accepted)");
+        }
+        Err(SinkError::Retriable {
+            message,
+            retry_after,
+        })
     }
-}
-
-/// 5xx, 408 Request Timeout and 429 Too Many Requests may succeed later; other answers
-/// will not change by asking again.
-pub fn retriable_status(status: StatusCode) -> bool {
-    status.is_server_error()
-        || status == StatusCode::REQUEST_TIMEOUT
-        || status == StatusCode::TOO_MANY_REQUESTS
 }
 
 fn excerpt(body: &[u8]) -> String {
@@ -247,21 +251,5 @@ mod tests {
         );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-1", now), None);
-    }
-
-    #[test]
-    fn server_errors_throttling_and_timeouts_are_retried_other_client_errors_are_not() {
-        for code in [500, 502, 503, 504, 408, 429] {
-            assert!(
-                retriable_status(StatusCode::from_u16(code).unwrap()),
-                "{code}"
-            );
-        }
-        for code in [400, 401, 403, 404, 409, 413, 422, 301] {
-            assert!(
-                !retriable_status(StatusCode::from_u16(code).unwrap()),
-                "{code}"
-            );
-        }
     }
 }

@@ -619,6 +619,90 @@ async fn a_400_dead_letters_the_batch_and_later_events_still_flow() {
     );
 }
 
+#[tokio::test]
+async fn a_401_or_403_is_retried_with_the_sink_failing_until_the_credentials_are_accepted() {
+    let accept = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = accept.clone();
+    let responder: Responder = Arc::new(move |r: &Received| {
+        if flag.load(Ordering::SeqCst) {
+            (StatusCode::OK, Vec::new())
+        } else if r.seq.is_multiple_of(2) {
+            (StatusCode::UNAUTHORIZED, Vec::new())
+        } else {
+            (StatusCode::FORBIDDEN, Vec::new())
+        }
+    });
+    let mut rx = Receiver::start(responder).await;
+    let sink = config(&rx.url("http"), "");
+    let mut h = Harness::start(&sink, None);
+    h.send_all(&[event("cm", 1)]).await;
+    assert_eq!(rx.next(SOON).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(rx.next(SOON).await.status, StatusCode::FORBIDDEN);
+    // While refused, the sink reports failing (what makes /readyz answer 503).
+    let handle = h.handle.clone();
+    let stats = &handle.stats;
+    tokio::time::timeout(SOON, async {
+        while stats.failing.load(Ordering::Relaxed) != 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the sink reports failing");
+    accept.store(true, Ordering::SeqCst);
+    let acked = h.acked(1, Duration::from_secs(60)).await;
+    assert_eq!(acked.len(), 1);
+    assert_eq!(stats.failing.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        stats.rejected.load(Ordering::Relaxed),
+        0,
+        "never dead-lettered"
+    );
+    assert!(
+        stats.errors.load(Ordering::Relaxed) >= 2,
+        "counted as errors"
+    );
+    assert!(stats.retries.load(Ordering::Relaxed) >= 2);
+}
+
+#[tokio::test]
+async fn dead_letter_statuses_are_configurable() {
+    let state = tempfile::tempdir().unwrap();
+    let responder: Responder = Arc::new(|r: &Received| match r.seq {
+        0 => (StatusCode::UNAUTHORIZED, Vec::new()),
+        1 => (StatusCode::CONFLICT, Vec::new()),
+        _ => (StatusCode::OK, Vec::new()),
+    });
+    let mut rx = Receiver::start(responder).await;
+    let sink = config(
+        &rx.url("http"),
+        "batch: {maxEvents: 1}\ndeadLetterStatuses: [401, \"500-599\"]",
+    );
+    let mut h = Harness::start(&sink, Some(state.path()));
+    h.send_all(&[event("a", 1), event("b", 1)]).await;
+    h.acked(2, SOON).await;
+    let statuses: Vec<StatusCode> = [
+        rx.next(SOON).await,
+        rx.next(SOON).await,
+        rx.next(SOON).await,
+    ]
+    .iter()
+    .map(|r| r.status)
+    .collect();
+    // a: 401 dead-letters (configured); b: 409 is not listed, so it is retried, then 200.
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::UNAUTHORIZED,
+            StatusCode::CONFLICT,
+            StatusCode::OK
+        ]
+    );
+    let text = std::fs::read_to_string(state.path().join("deadletter/hook.jsonl")).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("401"), "{text}");
+    assert_eq!(h.handle.stats.rejected.load(Ordering::Relaxed), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn while_the_receiver_is_down_the_queue_stays_bounded_and_nothing_is_lost() {
     // A port nobody listens on (yet): connections are refused.
