@@ -65,7 +65,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(code) => return Ok(code),
             };
             crate::telemetry::init(plan.config.log.format, &plan.config.log.level);
-            let client = kube::Client::try_default().await?;
+            let client = crate::informer::client(&plan.config.watch).await?;
             run_pipeline(plan, client, reset_state, shutdown).await
         }
         Command::Check { config, server } => {
@@ -75,7 +75,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             if server {
                 crate::telemetry::init(plan.config.log.format, "warn");
-                let client = kube::Client::try_default().await?;
+                let client = crate::informer::client(&plan.config.watch).await?;
                 if let Err(e) = crate::pipeline::verify_resources(&plan, client).await {
                     eprintln!("lookout: {e}");
                     return Ok(exit_code(&e));
@@ -96,14 +96,20 @@ pub async fn main(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// Builds and runs the pipeline until `shutdown`; config problems found while building
-/// (a kind the server does not serve) exit 2.
+/// (a kind the server does not serve) exit 2. Building waits for an API server that cannot
+/// be reached yet; `shutdown` ends that wait too (exit 0).
 pub async fn run_pipeline(
     plan: Plan,
     client: kube::Client,
     reset_state: bool,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<ExitCode> {
-    match Pipeline::build(plan, client, reset_state).await {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let built = tokio::select! {
+        built = Pipeline::build(plan, client, reset_state) => built,
+        () = &mut shutdown => return Ok(ExitCode::SUCCESS),
+    };
+    match built {
         Ok(p) => match p.run(shutdown).await {
             crate::pipeline::RunOutcome::Stopped => Ok(ExitCode::SUCCESS),
             // Like client-go controllers: exit, and come back (restarted by Kubernetes) as a

@@ -46,13 +46,20 @@ pub enum PipelineError {
 }
 
 /// Resolves one informer; a kind the server answered it does not serve is a config error
-/// at `at`, anything else (unreachable, refused) is not.
+/// at `at`, anything else (unreachable, refused) is not. `wait`: ask until the server
+/// answers (`run`), else once (`check --server`).
 async fn resolve(
     factory: &InformerFactory,
     key: &InformerKey,
     at: &str,
+    wait: bool,
 ) -> Result<Arc<SharedInformer>, PipelineError> {
-    factory.informer(key).await.map_err(|source| {
+    let resolved = if wait {
+        factory.informer(key).await
+    } else {
+        factory.try_informer(key).await
+    };
+    resolved.map_err(|source| {
         if is_config_error(&source) {
             PipelineError::Config(Error::new(at, ErrorKind::Resource(Box::new(source))))
         } else {
@@ -88,6 +95,7 @@ fn is_config_error(e: &InformerError) -> bool {
             _ => false,
         },
         InformerError::NamespaceOnClusterScoped { .. } => true,
+        InformerError::Unreachable { .. } => false,
     }
 }
 
@@ -202,7 +210,10 @@ pub struct Pipeline {
     forwarding: Vec<(InformerKey, Arc<SharedInformer>)>,
     client: kube::Client,
     ops: Arc<Ops>,
-    listener: Option<tokio::net::TcpListener>,
+    /// The ops server, serving from the start of `build` (probes answer while kinds are
+    /// resolved against an API server that may not be reachable yet), until `stop_ops`.
+    server: Option<tokio::task::JoinHandle<()>>,
+    stop_ops: CancellationToken,
     /// The Namespace informer routes read labels from, started (and synced) first.
     namespaces: Option<Arc<SharedInformer>>,
 }
@@ -215,10 +226,10 @@ pub struct Pipeline {
 pub async fn verify_resources(plan: &Plan, client: kube::Client) -> Result<(), PipelineError> {
     let factory = InformerFactory::new(client, plan.transform.clone());
     for r in &plan.resources {
-        resolve(&factory, &r.key, &r.path()).await?;
+        resolve(&factory, &r.key, &r.path(), false).await?;
     }
     if let Some(i) = plan.namespace_route {
-        resolve(&factory, &namespace_key(), &namespace_path(i)).await?;
+        resolve(&factory, &namespace_key(), &namespace_path(i), false).await?;
     }
     Ok(())
 }
@@ -287,10 +298,50 @@ impl Pipeline {
             ));
         }
         let monitors: Vec<_> = handles.iter().map(|h| h.monitor()).collect();
-        let factory = Arc::new(InformerFactory::new(client.clone(), transform.clone()));
+        let factory = Arc::new(
+            InformerFactory::new(client.clone(), transform.clone()).configure(
+                &config.watch,
+                resources.iter().map(|r| (r.key.clone(), r.initial_list)),
+            ),
+        );
+        let metrics = Arc::new(Metrics::new(factory.clone(), monitors.clone()));
+        let listen = config.server.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| {
+                Error::new(
+                    "server.listen",
+                    ErrorKind::Listen {
+                        addr: listen,
+                        source,
+                    },
+                )
+            })?;
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "ops server listening (/metrics, /healthz, /readyz)");
+        }
+        let health = Health::new(
+            factory.clone(),
+            monitors,
+            config.server.readiness.max_silence,
+        );
+        let ops = Arc::new(Ops {
+            health,
+            metrics: metrics.clone(),
+            factory: factory.clone(),
+            cache: config.server.cache.clone(),
+            snapshot: config.server.snapshot.clone(),
+            snapshots: Default::default(),
+        });
+        let stop_ops = CancellationToken::new();
+        let server = tokio::spawn(crate::server::serve(
+            listener,
+            ops.clone(),
+            stop_ops.clone().cancelled_owned(),
+        ));
         // Namespace label selectors in routes read labels from a (shared) Namespace informer.
         let namespaces = match namespace_route {
-            Some(i) => Some(resolve(&factory, &namespace_key(), &namespace_path(i)).await?),
+            Some(i) => Some(resolve(&factory, &namespace_key(), &namespace_path(i), true).await?),
             None => None,
         };
         let built = Router::new(
@@ -305,14 +356,13 @@ impl Pipeline {
         } else {
             (Arc::new(RwLock::new(Some(built))), None)
         };
-        let metrics = Arc::new(Metrics::new(factory.clone(), monitors.clone()));
         let cluster: Arc<str> = config.cluster.as_str().into();
         let mut forwarding = Vec::new();
         // The plan lists each informer once: a resource listed twice shares it and is not
         // emitted twice.
         for r in &resources {
             let key = &r.key;
-            let informer = resolve(&factory, key, &r.path()).await?;
+            let informer = resolve(&factory, key, &r.path(), true).await?;
             forwarding.push((key.clone(), informer.clone()));
             if let Some(store) = &store {
                 let delivered = store.load(&key.to_string())?;
@@ -342,31 +392,6 @@ impl Pipeline {
                 );
             }
         }
-        let listen = config.server.listen;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|source| {
-                Error::new(
-                    "server.listen",
-                    ErrorKind::Listen {
-                        addr: listen,
-                        source,
-                    },
-                )
-            })?;
-        let health = Health::new(
-            factory.informers(),
-            monitors,
-            config.server.readiness.max_silence,
-        );
-        let ops = Arc::new(Ops {
-            health,
-            metrics,
-            factory: factory.clone(),
-            cache: config.server.cache.clone(),
-            snapshot: config.server.snapshot.clone(),
-            snapshots: Default::default(),
-        });
         Ok(Self {
             factory,
             router,
@@ -378,7 +403,8 @@ impl Pipeline {
             forwarding,
             client,
             ops,
-            listener: Some(listener),
+            server: Some(server),
+            stop_ops,
             namespaces,
         })
     }
@@ -439,17 +465,9 @@ impl Pipeline {
     /// what is queued within the grace period, and returns. With leader election, forwards
     /// only while holding the lease, and returns at once when the lease is lost.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> RunOutcome {
-        let stop_ops = CancellationToken::new();
-        let listener = self.listener.take().expect("run once");
-        if let Ok(addr) = listener.local_addr() {
-            info!(%addr, "ops server listening (/metrics, /healthz, /readyz)");
-        }
+        let stop_ops = self.stop_ops.clone();
+        let server = self.server.take().expect("run once");
         self.ops.health.spawn_sink_checks(stop_ops.clone());
-        let server = tokio::spawn(crate::server::serve(
-            listener,
-            self.ops.clone(),
-            stop_ops.clone().cancelled_owned(),
-        ));
         tokio::pin!(shutdown);
         let mut stopping = false;
         if let Some(ns) = &self.namespaces {

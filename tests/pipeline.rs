@@ -175,26 +175,39 @@ async fn secret_values_never_leave_the_agent() {
 
 #[tokio::test]
 async fn two_consumers_of_one_resource_share_one_list_and_one_watch() {
-    let sim = sim().await;
-    // The same resource configured twice (two consumers) is watched once and emitted once.
-    let config = stdout_config(&[("v1", "ConfigMap"), ("v1", "ConfigMap")]);
-    let mut agent = Agent::start(&sim, &config).await;
-    sim.create("v1", "ConfigMap", configmap("default", "x", json!({})))
-        .unwrap();
-    let e = agent.next().await;
-    assert_eq!(e["name"], "x");
-    agent.expect_quiet(Duration::from_millis(500)).await;
-    let log = sim.request_log();
-    let on_cm: Vec<_> = log
-        .iter()
-        .filter(|r| r.path == "/api/v1/configmaps")
-        .collect();
-    let lists = on_cm.iter().filter(|r| r.verb == "list").count();
-    let watches = on_cm.iter().filter(|r| r.watch).count();
-    assert_eq!((lists, watches), (1, 1), "requests: {on_cm:#?}");
-    let w = on_cm.iter().find(|r| r.watch).unwrap();
-    assert_eq!(w.param("allowWatchBookmarks"), Some("true"));
-    assert!(w.param("resourceVersion").is_some_and(|rv| !rv.is_empty()));
+    for mode in ["stream", "paginate"] {
+        let sim = sim().await;
+        // The same resource configured twice (two consumers) is watched once and emitted once.
+        let config = with_initial_list(
+            &stdout_config(&[("v1", "ConfigMap"), ("v1", "ConfigMap")]),
+            mode,
+        );
+        let mut agent = Agent::start(&sim, &config).await;
+        sim.create("v1", "ConfigMap", configmap("default", "x", json!({})))
+            .unwrap();
+        let e = agent.next().await;
+        assert_eq!(e["name"], "x");
+        agent.expect_quiet(Duration::from_millis(500)).await;
+        let log = sim.request_log();
+        let on_cm: Vec<_> = log
+            .iter()
+            .filter(|r| r.path == "/api/v1/configmaps")
+            .collect();
+        let lists = on_cm.iter().filter(|r| r.verb == "list").count();
+        let watches: Vec<_> = on_cm.iter().filter(|r| r.watch).collect();
+        assert_eq!(watches.len(), 1, "{mode}: requests: {on_cm:#?}");
+        let w = watches[0];
+        assert_eq!(w.param("allowWatchBookmarks"), Some("true"));
+        if mode == "stream" {
+            // A streaming list is the watch itself: no list request at all.
+            assert_eq!(lists, 0, "requests: {on_cm:#?}");
+            assert_eq!(w.param("sendInitialEvents"), Some("true"));
+            assert_eq!(w.param("resourceVersionMatch"), Some("NotOlderThan"));
+        } else {
+            assert_eq!(lists, 1, "requests: {on_cm:#?}");
+            assert!(w.param("resourceVersion").is_some_and(|rv| !rv.is_empty()));
+        }
+    }
 }
 
 #[tokio::test]
@@ -257,14 +270,10 @@ async fn shared_informer_hands_the_same_informer_and_every_change_to_each_handle
     }
     let path = "/api/v1/namespaces/default/configmaps";
     let log = sim.request_log();
-    let lists: Vec<_> = log
-        .iter()
-        .filter(|r| r.path == path && r.verb == "list")
-        .collect();
-    let watches: Vec<_> = log.iter().filter(|r| r.path == path && r.watch).collect();
-    assert_eq!((lists.len(), watches.len()), (1, 1));
+    let requests: Vec<_> = log.iter().filter(|r| r.path == path).collect();
+    assert_eq!(requests.len(), 1, "one streaming list+watch: {requests:#?}");
     assert_eq!(
-        lists[0].param("labelSelector"),
+        requests[0].param("labelSelector"),
         Some("app=demo"),
         "selector goes to the server"
     );
@@ -355,11 +364,7 @@ async fn relist_after_410_emits_only_real_changes() {
         ]
     );
     assert_eq!(events[0]["object"]["data"]["v"], "2");
-    let log = sim.request_log();
-    let lists = log
-        .iter()
-        .filter(|r| r.path == "/api/v1/configmaps" && r.verb == "list")
-        .count();
+    let lists = initial_lists(&sim.request_log(), "/api/v1/configmaps");
     assert_eq!(lists, 2, "one initial list and one re-list");
 }
 
@@ -391,10 +396,6 @@ async fn a_dropped_watch_resumes_without_a_relist_or_duplicates() {
         );
     }
     agent.expect_quiet(Duration::from_millis(500)).await;
-    let lists = sim
-        .request_log()
-        .iter()
-        .filter(|r| r.path == "/api/v1/configmaps" && r.verb == "list")
-        .count();
+    let lists = initial_lists(&sim.request_log(), "/api/v1/configmaps");
     assert_eq!(lists, 1, "reconnects resume the watch; only 410 re-lists");
 }

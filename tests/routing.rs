@@ -367,8 +367,10 @@ server:
     let log = sim.request_log();
     let pods: Vec<_> = log.iter().filter(|r| r.path == "/api/v1/pods").collect();
     assert!(
-        pods.iter()
-            .any(|r| r.verb == "list" && r.param("fieldSelector") == Some("spec.nodeName=node-7")),
+        pods.iter().any(
+            |r| (r.verb == "list" || r.param("sendInitialEvents") == Some("true"))
+                && r.param("fieldSelector") == Some("spec.nodeName=node-7")
+        ),
         "{pods:#?}"
     );
     assert!(
@@ -380,9 +382,10 @@ server:
         .filter(|r| r.path == "/api/v1/namespaces/shop/configmaps")
         .collect();
     assert!(
-        cms.iter()
-            .any(|r| r.verb == "list"
-                && r.param("labelSelector") == Some("app in (web,api),!legacy")),
+        cms.iter().any(
+            |r| (r.verb == "list" || r.param("sendInitialEvents") == Some("true"))
+                && r.param("labelSelector") == Some("app in (web,api),!legacy")
+        ),
         "{cms:#?}"
     );
     assert!(

@@ -28,6 +28,10 @@ pub struct SimConfig {
     pub default_watch_timeout: Duration,
     /// How many request records the request log keeps (oldest dropped first).
     pub request_log_limit: usize,
+    /// Serve streaming lists (watches with `sendInitialEvents`, the `WatchList` feature of
+    /// Kubernetes 1.27+, on by default since 1.32). `false` answers them 422 Invalid like a
+    /// server with the feature gate off, so clients' fallback to paginated lists can be tested.
+    pub streaming_lists: bool,
 }
 
 impl Default for SimConfig {
@@ -43,6 +47,7 @@ impl Default for SimConfig {
             seed_nodes: 3,
             default_watch_timeout: Duration::from_secs(1800),
             request_log_limit: 100_000,
+            streaming_lists: true,
         }
     }
 }

@@ -226,6 +226,19 @@ impl KubeSim {
         self.shared.drop_watches();
     }
 
+    /// Freezes every open watch without closing it, like a half-open TCP connection a NAT or
+    /// a load balancer leaves behind: those streams send nothing more (no event, no bookmark,
+    /// no end) for as long as the simulator runs. Watches opened afterwards work normally.
+    pub fn freeze_watches(&self) {
+        self.shared.freeze_watches();
+    }
+
+    /// Serves (`true`, the default) or refuses with 422 (`false`) watches that ask for a
+    /// streaming list (`sendInitialEvents`), like a server with the `WatchList` feature off.
+    pub fn set_streaming_lists(&self, enabled: bool) {
+        self.shared.set_streaming_lists(enabled);
+    }
+
     /// Forgets the event history: watches and continue tokens from older revisions get 410 Expired.
     pub fn compact(&self) {
         self.shared.store().compact();

@@ -67,18 +67,7 @@ async fn faults_set_over_the_admin_path_fail_requests_with_500() {
 #[tokio::test]
 async fn dropping_watches_ends_open_streams_abruptly() {
     let sim = start().await;
-    let stream = tokio::net::TcpStream::connect(sim.addr()).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::builder()
-        .uri(format!("{CMS}?watch=true"))
-        .header("host", "x")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let mut body = send.send_request(req).await.unwrap().into_body();
+    let mut body = open_watch(&sim, &format!("{CMS}?watch=true")).await;
     sim.create("v1", "ConfigMap", cm("x", "default", "1"))
         .unwrap();
     assert!(
@@ -150,17 +139,7 @@ async fn a_hung_server_answers_once_resumed_and_a_resetting_one_closes_connectio
     assert_eq!(pending.await.unwrap(), 200);
 
     sim.stop_answering_with(StopMode::Reset);
-    let stream = tokio::net::TcpStream::connect(sim.addr()).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::builder()
-        .uri(CMS)
-        .header("host", "x")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
+    let (mut send, req) = connect(&sim, CMS).await;
     assert!(
         send.send_request(req).await.is_err(),
         "connection closed without an answer"
@@ -363,4 +342,102 @@ async fn churn_produces_a_stream_of_changes_until_stopped() {
         after,
         "no changes after stop"
     );
+}
+
+type Empty = http_body_util::Empty<bytes::Bytes>;
+
+/// A raw HTTP/1 connection to the simulator, and a GET of `path` to send on it.
+async fn connect(
+    sim: &kubesim::KubeSim,
+    path: &str,
+) -> (
+    hyper::client::conn::http1::SendRequest<Empty>,
+    http::Request<Empty>,
+) {
+    let stream = tokio::net::TcpStream::connect(sim.addr()).await.unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri(path)
+        .header("host", "x")
+        .body(Empty::new())
+        .unwrap();
+    (send, req)
+}
+
+/// Opens a raw watch and returns its body (the caller reads frames).
+async fn open_watch(sim: &kubesim::KubeSim, path: &str) -> hyper::body::Incoming {
+    let (mut send, req) = connect(sim, path).await;
+    send.send_request(req).await.unwrap().into_body()
+}
+
+#[tokio::test]
+async fn frozen_watches_stay_open_and_silent_while_new_watches_work() {
+    let sim = start().await;
+    let path = format!("{CMS}?watch=true&allowWatchBookmarks=true");
+    let mut body = open_watch(&sim, &path).await;
+    sim.create("v1", "ConfigMap", cm("a", "default", "1"))
+        .unwrap();
+    assert!(
+        body.frame().await.unwrap().unwrap().is_data(),
+        "the watch is live"
+    );
+    let r = http(&sim, "POST", "/_kubesim/freeze-watches", None, "").await;
+    assert_eq!(r.status, 200);
+    sim.create("v1", "ConfigMap", cm("b", "default", "1"))
+        .unwrap();
+    // Bookmarks come every second: three seconds of nothing means frozen, not idle; and the
+    // stream has not ended either (a frame or an end would complete the future).
+    let frozen = tokio::time::timeout(Duration::from_secs(3), body.frame()).await;
+    assert!(frozen.is_err(), "a frozen watch sends nothing: {frozen:?}");
+    let fresh = watch_lines(&sim, &format!("{CMS}?watch=true&resourceVersion=0"), 2).await;
+    let names: Vec<_> = fresh
+        .iter()
+        .map(|l| l["object"]["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "b"], "a watch opened after the freeze works");
+}
+
+#[tokio::test]
+async fn streaming_lists_can_be_refused_like_a_server_without_the_watchlist_feature() {
+    let sim = start().await;
+    sim.create("v1", "ConfigMap", cm("a", "default", "1"))
+        .unwrap();
+    let streaming = format!(
+        "{CMS}?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true"
+    );
+    let lines = watch_lines(&sim, &streaming, 2).await;
+    assert_eq!(lines[0]["object"]["metadata"]["name"], "a");
+    assert_eq!(
+        lines[1]["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+    let r = http(
+        &sim,
+        "POST",
+        "/_kubesim/streaming-lists?enabled=false",
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = http(&sim, "GET", &streaming, None, "").await;
+    assert_eq!(
+        (r.status, r.json()["reason"].as_str()),
+        (422, Some("Invalid"))
+    );
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("sendInitialEvents"),
+        "{}",
+        r.json()
+    );
+    let plain = watch_lines(&sim, &format!("{CMS}?watch=true&resourceVersion=0"), 1).await;
+    assert_eq!(plain.len(), 1, "ordinary watches still work");
+    sim.set_streaming_lists(true);
+    assert_eq!(watch_lines(&sim, &streaming, 2).await.len(), 2);
 }

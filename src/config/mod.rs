@@ -26,6 +26,7 @@ pub use plan::Plan;
 pub use yaml::Yaml;
 
 use crate::event::transform::{ShapeConfig, TransformConfig};
+use crate::informer::{InitialList, WatchConfig};
 use crate::leader::LeaderElectionConfig;
 use crate::router::RouteConfig;
 use crate::server::ServerConfig;
@@ -52,6 +53,9 @@ pub struct Config {
     /// Which sinks get which events; without routes every event goes to every sink.
     #[serde(default, skip_deserializing, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteConfig>,
+    /// How watches are kept alive (every informer).
+    #[serde(default)]
+    pub watch: WatchConfig,
     /// Transforms applied to every object before it is cached and diffed.
     #[serde(default, skip_deserializing)]
     pub transforms: TransformConfig,
@@ -89,6 +93,10 @@ pub struct ResourceConfig {
     /// Kubernetes field selector sent to the API server (`${ENV}` expanded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field_selector: Option<String>,
+    /// How the current objects are listed, at start and after a 410 Gone: `auto` (a
+    /// streaming list, paginated lists once the server refuses one), `stream` or `paginate`.
+    #[serde(default)]
+    pub initial_list: InitialList,
 }
 
 /// What happens on SIGTERM / Ctrl-C.
@@ -163,6 +171,7 @@ fn camel_keys() -> &'static [&'static str] {
         let structs = [
             f::<Config>(),
             f::<ResourceConfig>(),
+            f::<WatchConfig>(),
             f::<ShutdownConfig>(),
             f::<LogConfig>(),
             f::<TransformConfig>(),

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::{Config, Error, ErrorKind, Errors, ResourceConfig};
 use crate::event::transform::ObjectTransform;
-use crate::informer::InformerKey;
+use crate::informer::{InformerKey, InitialList};
 use crate::router::Route;
 use crate::sinks::{CompiledSink, DeadLetter, SinkContext};
 
@@ -55,6 +55,8 @@ pub struct PlannedResource {
     pub duplicates: Vec<usize>,
     /// The informer's key.
     pub key: InformerKey,
+    /// How it lists (`resources[].initialList`; entries sharing the informer agree).
+    pub initial_list: InitialList,
 }
 
 impl PlannedResource {
@@ -129,6 +131,12 @@ impl Plan {
             ));
         }
         let sinks = sinks(&config, &mut errors);
+        errors.take(
+            config
+                .watch
+                .validate()
+                .map_err(|(k, m)| Error::new(format!("watch.{k}"), ErrorKind::Invalid(m))),
+        );
         errors.absorb(
             config
                 .leader_election
@@ -288,11 +296,21 @@ fn resources(config: &Config, errors: &mut Errors) -> Vec<PlannedResource> {
         }
         let key = informer_key(r);
         match planned.iter_mut().find(|p| p.key == key) {
+            Some(p) if p.initial_list != r.initial_list => errors.push(Error::new(
+                at("initialList"),
+                ErrorKind::Conflict(format!(
+                    "`{}` conflicts with `{}` at resources[{}]: both entries share one list+watch",
+                    r.initial_list.as_str(),
+                    p.initial_list.as_str(),
+                    p.index
+                )),
+            )),
             Some(p) => p.duplicates.push(i),
             None => planned.push(PlannedResource {
                 index: i,
                 duplicates: Vec::new(),
                 key,
+                initial_list: r.initial_list,
             }),
         }
     }

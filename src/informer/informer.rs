@@ -1,43 +1,45 @@
-//! One shared informer: list, then watch from the list's resourceVersion; resume the watch
-//! after disconnects, re-list only when the server answers 410 Gone.
+//! One shared informer: its public face (cache, handlers, counters) and the task that drives
+//! its list/watch state machine ([`super::machine`]) and brings what the machine yields into
+//! the cache and to the handlers.
 //!
 //! Why not kube-runtime's `watcher`: it swallows BOOKMARK events, and the agent needs them —
-//! the resourceVersion they carry is where a reconnect resumes, and their arrival is how
-//! `/readyz` knows a quiet watch is still alive. The list/watch/410 state handling below
-//! follows kube-runtime's; the requests go through kube's `Api`.
+//! the resourceVersion they carry is where a reconnect resumes, and their arrival is how the
+//! idle timer and `/readyz` know a quiet watch is still alive. The machine follows its shape
+//! (a private `State` and a `step`), the requests go through kube's `Api`.
+//!
+//! The per-event path is three calls, kept apart so each can be measured and replaced:
+//! decode (in [`super::api`]), [`SharedInformer::prepare`] (the object transform), and
+//! [`SharedInformer::diff`] (the patch against the last emitted state).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
-use futures::StreamExt;
+use json_patch::Patch;
 use kube::Api;
-use kube::api::{ListParams, WatchEvent, WatchParams};
 use kube::core::ApiResource;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use super::raw::{DropManagedFields, SummarizeManagedFields};
-use super::store::{Entry, Store};
-use super::{ChangedBy, Handler, InformerKey, ParsePolicy, RawObject};
+use super::api::{KubeListWatch, ListWatch};
+use super::config::InitialList;
+use super::machine::{Change, Machine, Output, RestartReason, Settings, State};
+use super::store::{Entry, Staging, Store};
+use super::{ChangedBy, Handler, InformerKey, RawObject};
 use crate::event::SnapshotMark;
 use crate::event::changed_by::Managers;
 use crate::event::diff;
 use crate::event::object;
 use crate::event::transform::ObjectTransform;
 
-/// Page size of the initial list (a 100k-object list never sits in memory at once).
+/// Page size of paginated lists (a 100k-object list never arrives in one answer).
 const LIST_PAGE_SIZE: u32 = 500;
-/// Server-side watch timeout; the server ends the stream after it and we resume from the
-/// last resourceVersion (no re-list).
-const WATCH_TIMEOUT_SECS: u32 = 290;
 
 /// Counters an operator wants per informer; read by metrics and `/readyz`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct InformerStats {
     /// The first list of this run has completed.
     pub synced: AtomicBool,
@@ -46,68 +48,200 @@ pub struct InformerStats {
     pub last_heard_ms: AtomicU64,
     /// Full re-lists after the first one (410 Gone).
     pub relists: AtomicU64,
-    /// Watch (re)connections after the first one.
-    pub watch_restarts: AtomicU64,
+    /// Open watches abandoned, by reason (each is followed by a new watch or a re-list).
+    pub watch_restarts: RestartCounts,
     /// Watch events received (all types, bookmarks included).
     pub events_received: AtomicU64,
+    /// Watch events (or listed items) that could not be decoded and were skipped.
+    pub decode_errors: AtomicU64,
+    /// Fast check for `problem`, read on every event.
+    has_problem: AtomicBool,
+    /// The last failure, until a request succeeds.
+    problem: Mutex<Option<Problem>>,
+    /// What `last_heard_ms` counts from.
+    started: Instant,
+}
+
+impl Default for InformerStats {
+    fn default() -> Self {
+        Self {
+            synced: AtomicBool::new(false),
+            last_heard_ms: AtomicU64::new(0),
+            relists: AtomicU64::new(0),
+            watch_restarts: RestartCounts::default(),
+            events_received: AtomicU64::new(0),
+            decode_errors: AtomicU64::new(0),
+            has_problem: AtomicBool::new(false),
+            problem: Mutex::new(None),
+            started: Instant::now(),
+        }
+    }
+}
+
+/// A failing informer's last error, for `/readyz` and the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// What failed and why (names the verb and the resource).
+    pub message: String,
+    /// It makes the informer not ready even after its first list (401/403: it is blind).
+    pub blocking: bool,
+}
+
+impl InformerStats {
+    /// The API server answered just now.
+    pub(super) fn heard(&self) {
+        let ms = self.started.elapsed().as_millis().max(1) as u64;
+        self.last_heard_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Time since the API server was last heard from, `None` before the first answer.
+    pub fn since_last_heard(&self) -> Option<Duration> {
+        match self.last_heard_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(
+                self.started
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(ms)),
+            ),
+        }
+    }
+
+    /// The last failure, while requests keep failing.
+    pub fn problem(&self) -> Option<Problem> {
+        if !self.has_problem.load(Ordering::Acquire) {
+            return None;
+        }
+        self.problem.lock().expect("problem lock").clone()
+    }
+
+    pub(super) fn set_problem(&self, message: String, blocking: bool) {
+        *self.problem.lock().expect("problem lock") = Some(Problem { message, blocking });
+        self.has_problem.store(true, Ordering::Release);
+    }
+
+    pub(super) fn clear_problem(&self) {
+        if self.has_problem.swap(false, Ordering::AcqRel) {
+            *self.problem.lock().expect("problem lock") = None;
+        }
+    }
+}
+
+/// Watch restarts by [`RestartReason`].
+#[derive(Debug, Default)]
+pub struct RestartCounts([AtomicU64; RestartReason::ALL.len()]);
+
+impl RestartCounts {
+    /// Restarts for this reason so far.
+    pub fn get(&self, reason: RestartReason) -> u64 {
+        self.0[reason.index()].load(Ordering::Relaxed)
+    }
+
+    /// Restarts for every reason.
+    pub fn total(&self) -> u64 {
+        RestartReason::ALL.iter().map(|r| self.get(*r)).sum()
+    }
+
+    pub(super) fn inc(&self, reason: RestartReason) {
+        self.0[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How an informer lists and watches (from `watch:` and `resources[].initialList`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InformerSettings {
+    /// `watch.idleTimeout`.
+    pub idle_timeout: Duration,
+    /// `resources[].initialList`.
+    pub initial_list: InitialList,
+}
+
+impl Default for InformerSettings {
+    fn default() -> Self {
+        Self {
+            idle_timeout: super::WatchConfig::default().idle_timeout,
+            initial_list: InitialList::default(),
+        }
+    }
 }
 
 /// A list+watch of one resource type with its cache and handlers.
 pub struct SharedInformer {
     key: InformerKey,
     resource: ApiResource,
-    api: Api<RawObject>,
-    /// The same resource, parsed without `metadata.managedFields` (when the transforms drop
-    /// it anyway); list and watch go through it then.
-    trimmed: Option<Api<RawObject<DropManagedFields>>>,
-    /// The same, keeping only the summary of `managedFields` attribution needs (when the
-    /// transforms drop them and `changedBy` is on).
-    summarized: Option<Api<RawObject<SummarizeManagedFields>>>,
-    /// Per cache key, the `managedFields` summary of the last emitted state: what the next
-    /// change is attributed against.
-    managers: Mutex<std::collections::HashMap<String, Managers>>,
+    /// Where list and watch requests go.
+    api: Box<dyn ListWatch>,
+    settings: InformerSettings,
+    /// The resource and its scope in messages, e.g. `configmaps in all namespaces`.
+    target: String,
     transform: Arc<ObjectTransform>,
     store: Store,
     handlers: Mutex<Vec<Arc<dyn Handler>>>,
     stats: InformerStats,
-    started: Instant,
     /// Held while a change goes from the cache to the handlers, so that a re-sync against
     /// delivered state (leader takeover) never interleaves with live changes.
     processing: Arc<tokio::sync::Mutex<()>>,
     /// The cache was seeded from delivered state: first-list adds are real adds then.
     seeded: AtomicBool,
+    /// Per cache key, the `managedFields` summaries `changedBy` is computed from (when
+    /// changes are attributed): kept beside the cached object, never the full tree.
+    managers: Mutex<HashMap<Box<str>, Attribution>>,
     task: Mutex<Option<(CancellationToken, JoinHandle<()>)>>,
+}
+
+/// What an object's next change is attributed against.
+#[derive(Debug)]
+struct Attribution {
+    /// The summary of the state last prepared (about to be cached).
+    observed: Managers,
+    /// The summary of the state last emitted; `None` before the first emission (an object
+    /// seeded from delivered state: its writers since then are unknown).
+    emitted: Option<Managers>,
 }
 
 impl SharedInformer {
     pub(super) fn new(
         key: InformerKey,
         resource: ApiResource,
+        namespaced: bool,
         api: Api<RawObject>,
         transform: Arc<ObjectTransform>,
+        settings: InformerSettings,
     ) -> Self {
-        let (trimmed, summarized) = match (
+        let api = KubeListWatch::new(
+            &key,
+            &resource,
+            api,
             transform.drops_managed_fields(),
             transform.attributes_changes(),
-        ) {
-            (true, true) => (None, Some(reparsed(&api, &resource))),
-            (true, false) => (Some(reparsed(&api, &resource)), None),
-            (false, _) => (None, None),
-        };
+            LIST_PAGE_SIZE,
+        );
+        let target = describe(&key, &resource, namespaced);
+        Self::with_api(key, resource, target, Box::new(api), transform, settings)
+    }
+
+    /// An informer over any [`ListWatch`] (tests script one); `target` names the resource
+    /// in messages.
+    pub(super) fn with_api(
+        key: InformerKey,
+        resource: ApiResource,
+        target: String,
+        api: Box<dyn ListWatch>,
+        transform: Arc<ObjectTransform>,
+        settings: InformerSettings,
+    ) -> Self {
         Self {
             key,
             resource,
             api,
-            trimmed,
-            summarized,
-            managers: Mutex::new(std::collections::HashMap::new()),
+            settings,
+            target,
             transform,
             store: Store::default(),
             handlers: Mutex::new(Vec::new()),
             stats: InformerStats::default(),
-            started: Instant::now(),
             processing: Arc::new(tokio::sync::Mutex::new(())),
             seeded: AtomicBool::new(false),
+            managers: Mutex::new(HashMap::new()),
             task: Mutex::new(None),
         }
     }
@@ -122,6 +256,11 @@ impl SharedInformer {
         &self.resource
     }
 
+    /// How it lists and watches.
+    pub fn settings(&self) -> InformerSettings {
+        self.settings
+    }
+
     /// The local cache.
     pub fn store(&self) -> &Store {
         &self.store
@@ -134,14 +273,7 @@ impl SharedInformer {
 
     /// Time since the API server was last heard from, `None` before the first answer.
     pub fn since_last_heard(&self) -> Option<Duration> {
-        match self.stats.last_heard_ms.load(Ordering::Relaxed) {
-            0 => None,
-            ms => Some(
-                self.started
-                    .elapsed()
-                    .saturating_sub(Duration::from_millis(ms)),
-            ),
-        }
+        self.stats.since_last_heard()
     }
 
     /// True once the first list has been delivered to the handlers.
@@ -183,57 +315,44 @@ impl SharedInformer {
         delivered: Vec<(String, Value)>,
     ) {
         let snapshot = delivered.is_empty();
-        let mut delivered: std::collections::HashMap<String, Value> =
-            delivered.into_iter().collect();
+        let mut delivered: HashMap<String, Value> = delivered.into_iter().collect();
         let keys = self.store.keys();
         let last = keys.len().saturating_sub(1);
         for (index, key) in keys.into_iter().enumerate() {
-            let Some(entry) = self.store.get(&key) else {
+            let Some(current) = self.store.current(&key) else {
                 continue;
             };
-            if snapshot {
-                // No delivered state: everything is read again, a snapshot.
-                let mark = match index {
-                    i if i == last => SnapshotMark::Last,
-                    0 => SnapshotMark::First,
-                    _ => SnapshotMark::True,
-                };
-                self.emit_read(&entry.current, mark, true).await;
-                self.store.insert(
-                    key,
-                    Entry {
-                        current: entry.current.clone(),
-                        emitted: None,
-                    },
-                );
-                continue;
-            }
             match delivered.remove(&key) {
-                Some(old) if object::uid(&old) == object::uid(&entry.current) => {
-                    let patch = diff::diff(&old, &entry.current);
-                    if !diff::only_ignored_changes(&patch, &self.transform.ignore) {
-                        let old = Arc::new(old);
-                        for h in self.handlers() {
-                            h.on_update(&old, &entry.current, patch.clone()).await;
-                        }
+                // No delivered state at all: every object is read again, a snapshot.
+                None if snapshot => {
+                    let mark = match index {
+                        i if i == last => SnapshotMark::Last,
+                        0 => SnapshotMark::First,
+                        _ => SnapshotMark::True,
+                    };
+                    self.attribute(&key, true);
+                    self.emit_read(&current, mark, true).await;
+                }
+                Some(old) if object::uid(&old) == object::uid(&current) => {
+                    if let Some(patch) = self.diff(&old, &current) {
+                        let by = self.attribute(&key, false);
+                        self.emit_update(&Arc::new(old), &current, patch, by).await;
                     }
                 }
                 Some(old) => {
                     self.emit_delete(&Arc::new(old), true).await;
-                    for h in self.handlers() {
-                        h.on_add(&entry.current, snapshot).await;
-                    }
+                    let by = self.attribute(&key, true);
+                    self.emit_add(&current, false, by).await;
                 }
                 None => {
-                    for h in self.handlers() {
-                        h.on_add(&entry.current, snapshot).await;
-                    }
+                    let by = self.attribute(&key, true);
+                    self.emit_add(&current, false, by).await;
                 }
             }
             self.store.insert(
                 key,
                 Entry {
-                    current: entry.current.clone(),
+                    current,
                     emitted: None,
                 },
             );
@@ -261,7 +380,8 @@ impl SharedInformer {
         *task = Some((cancel, handle));
     }
 
-    /// Stops watching and waits until the loop has ended; the cache stays readable.
+    /// Stops watching — a handler call in progress is abandoned — and waits until the loop
+    /// has ended; the cache stays readable.
     pub async fn stop(&self) {
         let task = self.task.lock().expect("task lock").take();
         if let Some((cancel, handle)) = task {
@@ -270,243 +390,117 @@ impl SharedInformer {
         }
     }
 
-    fn heard(&self) {
-        let ms = self.started.elapsed().as_millis().max(1) as u64;
-        self.stats.last_heard_ms.store(ms, Ordering::Relaxed);
-    }
-
     pub(super) fn handlers(&self) -> Vec<Arc<dyn Handler>> {
         self.handlers.lock().expect("handlers lock").clone()
     }
 
+    /// Drives the state machine until `cancel`; every await (a request, a handler waiting
+    /// for queue room) ends at once when it fires.
     async fn run(self: Arc<Self>, cancel: CancellationToken) {
-        let mut backoff = new_backoff();
-        // The resourceVersion to resume the watch from; None = (re-)list first.
-        let mut resume: Option<String> = None;
+        let prepare = |obj: Value| self.prepare(obj);
+        let settings = Settings {
+            idle_timeout: self.settings.idle_timeout,
+            initial_list: self.settings.initial_list,
+        };
+        let mut machine = Machine::new(
+            &*self.api,
+            &prepare,
+            &self.store,
+            &self.stats,
+            &self.target,
+            settings,
+        );
+        let mut state = State::Empty;
         let mut first_list = true;
-        let mut first_watch = true;
         loop {
-            if cancel.is_cancelled() {
-                return;
-            }
-            let rv = match resume.take() {
-                Some(rv) => rv,
-                None => {
-                    let listed = tokio::select! {
+            let (output, next) = tokio::select! {
+                _ = cancel.cancelled() => return,
+                step = machine.step(state) => step,
+            };
+            state = next;
+            match output {
+                Some(Output::Listed(staged)) => {
+                    // `initialList` marks a snapshot add; after a restart from delivered
+                    // state, an add in the first list is an object created while away.
+                    let initial = first_list && !self.seeded.load(Ordering::Acquire);
+                    tokio::select! {
                         _ = cancel.cancelled() => return,
-                        r = self.list_and_sync(first_list) => r,
-                    };
-                    match listed {
-                        Ok(rv) => {
-                            if !first_list {
-                                self.stats.relists.fetch_add(1, Ordering::Relaxed);
-                            }
-                            first_list = false;
-                            self.stats.synced.store(true, Ordering::Release);
-                            backoff = new_backoff();
-                            rv
-                        }
-                        Err(e) => {
-                            warn!(informer = %self.key, error = %e, "list failed; retrying");
-                            if !sleep_or_cancel(&mut backoff, &cancel).await {
-                                return;
-                            }
-                            continue;
-                        }
+                        () = self.swap_in(staged, initial) => {}
+                    }
+                    if !first_list {
+                        self.stats.relists.fetch_add(1, Ordering::Relaxed);
+                    }
+                    first_list = false;
+                    self.stats.synced.store(true, Ordering::Release);
+                }
+                Some(Output::Changed(change)) => {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        () = self.apply(change) => {}
                     }
                 }
-            };
-            if !first_watch {
-                self.stats.watch_restarts.fetch_add(1, Ordering::Relaxed);
-            }
-            first_watch = false;
-            match self.watch_from(rv, &cancel).await {
-                WatchEnd::Cancelled => return,
-                WatchEnd::Resume(rv) => {
-                    debug!(informer = %self.key, rv, "watch ended; resuming");
-                    backoff = new_backoff();
-                    resume = Some(rv);
+                Some(Output::Failed { error, retry_in }) if error.is_forbidden() => {
+                    error!(informer = %self.key, %error, ?retry_in, "request forbidden");
                 }
-                WatchEnd::Retry(rv, why) => {
-                    warn!(informer = %self.key, error = %why, "watch failed; resuming after backoff");
-                    resume = Some(rv);
-                    if !sleep_or_cancel(&mut backoff, &cancel).await {
-                        return;
-                    }
+                Some(Output::Failed { error, retry_in }) => {
+                    warn!(informer = %self.key, %error, ?retry_in, "request failed; retrying");
                 }
-                WatchEnd::Gone => {
-                    info!(informer = %self.key, "watch history expired (410); re-listing");
+                Some(Output::Restarted(RestartReason::Idle)) => {
+                    info!(informer = %self.key, idle_timeout = ?self.settings.idle_timeout,
+                        "watch silent for watch.idleTimeout (no event, no bookmark); opened it again");
                 }
+                Some(Output::Restarted(reason)) => {
+                    debug!(informer = %self.key, reason = reason.as_str(), "watch restarted");
+                }
+                // Skipped events were counted (and logged) by the machine.
+                Some(Output::Skipped) | None => {}
             }
         }
     }
 
-    /// Lists every page, brings the cache and handlers in line with it, and returns the
-    /// list's resourceVersion.
-    async fn list_and_sync(&self, first_list: bool) -> Result<String, kube::Error> {
-        // `initialList` marks a snapshot add; after a restart from delivered state, an add in
-        // the first list is an object created while the agent was away.
-        let initial = first_list && !self.seeded.load(Ordering::Acquire);
-        let mut params = ListParams {
-            label_selector: self.key.label_selector.clone(),
-            field_selector: self.key.field_selector.clone(),
-            limit: Some(LIST_PAGE_SIZE),
-            ..ListParams::default()
-        };
-        let mut seen = HashSet::new();
-        // The initial list is a snapshot: each read waits for the next one (or the end of the
-        // list) to know whether it is the first, in between, or the last.
-        let mut pending: Option<Arc<Value>> = None;
-        let mut reads = 0usize;
-        let rv = loop {
-            let page = match self.list_page(&params).await {
-                Ok(page) => page,
-                // A continue token that outlived the server's history: start the list over
-                // (objects already compared compare equal the second time).
-                Err(kube::Error::Api(s)) if s.code == 410 && params.continue_token.is_some() => {
-                    params.continue_token = None;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            self.heard();
-            for mut obj in page.items {
-                self.ensure_type_meta(&mut obj);
-                let managers = self.prepare(&mut obj);
-                seen.insert(object::cache_key(&obj));
-                let _held = self.processing.lock().await;
-                if let Some(read) = self.apply(obj, initial, managers).await
-                    && let Some(previous) = pending.replace(read)
-                {
-                    let mark = if reads == 0 {
-                        SnapshotMark::First
-                    } else {
-                        SnapshotMark::True
-                    };
-                    self.emit_read(&previous, mark, true).await;
-                    reads += 1;
+    /// The one place objects are transformed, before they are cached, diffed or emitted.
+    /// When changes are attributed, the summary of their `managedFields` is kept first (the
+    /// transforms drop them).
+    fn prepare(&self, mut obj: Value) -> Value {
+        self.ensure_type_meta(&mut obj);
+        if self.transform.attributes_changes() {
+            let observed = Managers::of(&obj);
+            let key: Box<str> = object::cache_key(&obj).into();
+            let mut known = self.managers.lock().expect("managers lock");
+            match known.get_mut(&key) {
+                Some(a) => a.observed = observed,
+                None => {
+                    known.insert(
+                        key,
+                        Attribution {
+                            observed,
+                            emitted: None,
+                        },
+                    );
                 }
             }
-            match page.metadata.continue_.filter(|c| !c.is_empty()) {
-                Some(token) => params.continue_token = Some(token),
-                None => break page.metadata.resource_version.unwrap_or_default(),
-            }
-        };
-        if let Some(last) = pending.take() {
-            let _held = self.processing.lock().await;
-            self.emit_read(&last, SnapshotMark::Last, true).await;
         }
-        // Objects cached before this list that it no longer contains were deleted while the
-        // watch was down: nobody will ever send their DELETED event.
-        for key in self.store.keys() {
-            if !seen.contains(&key)
-                && let Some(entry) = self.store.remove(&key)
-            {
-                let _held = self.processing.lock().await;
-                self.forget_managers(&key);
-                self.emit_delete(&entry.current, true).await;
-            }
-        }
-        debug!(informer = %self.key, objects = self.store.len(), rv, "list synced");
-        Ok(rv)
+        self.transform.apply(&mut obj);
+        obj
     }
 
-    async fn watch_from(&self, mut rv: String, cancel: &CancellationToken) -> WatchEnd {
-        let params = WatchParams {
-            label_selector: self.key.label_selector.clone(),
-            field_selector: self.key.field_selector.clone(),
-            timeout: Some(WATCH_TIMEOUT_SECS),
-            bookmarks: true,
-            ..WatchParams::default()
+    /// Who changed `key` since its last emitted state (`created`: it is new, every writer
+    /// counts); the state prepared last becomes the emitted one. `None` when not attributed
+    /// or when the emitted state's writers are unknown.
+    pub(super) fn attribute(&self, key: &str, created: bool) -> ChangedBy {
+        let mut known = self.managers.lock().expect("managers lock");
+        let a = known.get_mut(key)?;
+        let changed = match (&a.emitted, created) {
+            (_, true) => Some(a.observed.changed_since(None)),
+            (Some(old), false) => Some(a.observed.changed_since(Some(old))),
+            (None, false) => None,
         };
-        let stream = tokio::select! {
-            _ = cancel.cancelled() => return WatchEnd::Cancelled,
-            s = self.watch_stream(&params, &rv) => s,
-        };
-        let stream = match stream {
-            Ok(s) => s,
-            Err(kube::Error::Api(s)) if s.code == 410 => return WatchEnd::Gone,
-            Err(e) => return WatchEnd::Retry(rv, e.to_string()),
-        };
-        self.heard();
-        let mut stream = std::pin::pin!(stream);
-        loop {
-            let next = tokio::select! {
-                _ = cancel.cancelled() => return WatchEnd::Cancelled,
-                n = stream.next() => n,
-            };
-            let event = match next {
-                None => return WatchEnd::Resume(rv),
-                Some(Ok(e)) => e,
-                Some(Err(e)) => return WatchEnd::Retry(rv, e.to_string()),
-            };
-            self.heard();
-            self.stats.events_received.fetch_add(1, Ordering::Relaxed);
-            match event {
-                WatchEvent::Added(mut obj) | WatchEvent::Modified(mut obj) => {
-                    rv = object::resource_version(&obj).to_string();
-                    let managers = self.prepare(&mut obj);
-                    let _held = self.processing.lock().await;
-                    self.apply(obj, false, managers).await;
-                }
-                WatchEvent::Deleted(mut obj) => {
-                    rv = object::resource_version(&obj).to_string();
-                    self.prepare(&mut obj);
-                    let key = object::cache_key(&obj);
-                    let _held = self.processing.lock().await;
-                    self.forget_managers(&key);
-                    if self.store.remove(&key).is_some() {
-                        self.emit_delete(&Arc::new(obj), false).await;
-                    }
-                }
-                WatchEvent::Bookmark(b) => rv = b.metadata.resource_version,
-                WatchEvent::Error(status) if status.code == 410 => return WatchEnd::Gone,
-                WatchEvent::Error(status) => {
-                    return WatchEnd::Retry(rv, format!("{} ({})", status.message, status.code));
-                }
-            }
-        }
+        a.emitted = Some(a.observed.clone());
+        changed
     }
 
-    /// One list page, parsed the way the transforms allow.
-    async fn list_page(&self, params: &ListParams) -> Result<Page, kube::Error> {
-        match (&self.summarized, &self.trimmed) {
-            (Some(api), _) => api.list(params).await.map(Page::from),
-            (None, Some(api)) => api.list(params).await.map(Page::from),
-            (None, None) => self.api.list(params).await.map(Page::from),
-        }
-    }
-
-    /// A watch stream of plain JSON objects, parsed the way the transforms allow.
-    async fn watch_stream(
-        &self,
-        params: &WatchParams,
-        rv: &str,
-    ) -> Result<
-        futures::stream::BoxStream<'static, Result<WatchEvent<Value>, kube::Error>>,
-        kube::Error,
-    > {
-        fn values<P: ParsePolicy>(
-            s: impl futures::Stream<Item = Result<WatchEvent<RawObject<P>>, kube::Error>>
-            + Send
-            + 'static,
-        ) -> futures::stream::BoxStream<'static, Result<WatchEvent<Value>, kube::Error>> {
-            s.map(|r| {
-                r.map(|e| match e {
-                    WatchEvent::Added(o) => WatchEvent::Added(o.value),
-                    WatchEvent::Modified(o) => WatchEvent::Modified(o.value),
-                    WatchEvent::Deleted(o) => WatchEvent::Deleted(o.value),
-                    WatchEvent::Bookmark(b) => WatchEvent::Bookmark(b),
-                    WatchEvent::Error(s) => WatchEvent::Error(s),
-                })
-            })
-            .boxed()
-        }
-        match (&self.summarized, &self.trimmed) {
-            (Some(api), _) => api.watch(params, rv).await.map(values),
-            (None, Some(api)) => api.watch(params, rv).await.map(values),
-            (None, None) => self.api.watch(params, rv).await.map(values),
-        }
+    fn forget(&self, key: &str) {
+        self.managers.lock().expect("managers lock").remove(key);
     }
 
     /// API servers omit `apiVersion` and `kind` on list items; envelopes and transforms
@@ -525,94 +519,137 @@ impl SharedInformer {
         }
     }
 
-    /// The one place objects are transformed, before they are cached, diffed or emitted;
-    /// returns the summary of their `managedFields` when changes are attributed (read before
-    /// the transforms drop them).
-    fn prepare(&self, obj: &mut Value) -> Option<Managers> {
-        let managers = self
-            .transform
-            .attributes_changes()
-            .then(|| Managers::of(obj));
-        self.transform.apply(obj);
-        managers
+    /// The patch from `base` (last emitted) to `obj`; `None` when nothing worth emitting
+    /// changed (only ignored paths, or nothing at all).
+    fn diff(&self, base: &Value, obj: &Value) -> Option<Patch> {
+        let patch = diff::diff(base, obj);
+        (!diff::only_ignored_changes(&patch, &self.transform.ignore)).then_some(patch)
     }
 
-    fn forget_managers(&self, key: &str) {
-        self.managers.lock().expect("managers lock").remove(key);
+    /// Swaps a completed list in as the cache, then tells the handlers what it changed:
+    /// changed → update, new → add, re-created under the same name (new uid) → delete +
+    /// add, vanished → delete with `finalStateUnknown` (nobody will send its DELETED event).
+    async fn swap_in(&self, staged: Staging, initial: bool) {
+        let _held = self.processing.lock().await;
+        let mut swapped = self.store.swap_in(staged);
+        // The initial list is a snapshot: its adds are reads, marked once all are known.
+        let mut reads: Vec<Arc<Value>> = Vec::new();
+        for key in swapped.changed() {
+            let Some(new) = self.store.current(&key) else {
+                continue;
+            };
+            match swapped.take_old(&key) {
+                None if initial => {
+                    self.attribute(&key, true);
+                    reads.push(new);
+                }
+                None => {
+                    let by = self.attribute(&key, true);
+                    self.emit_add(&new, false, by).await;
+                }
+                Some(old) if object::uid(&old.current) != object::uid(&new) => {
+                    self.emit_delete(&old.current, true).await;
+                    let by = self.attribute(&key, true);
+                    self.emit_add(&new, initial, by).await;
+                }
+                Some(old) => match self.diff(&old.base, &new) {
+                    Some(patch) => {
+                        let by = self.attribute(&key, false);
+                        self.emit_update(&old.base, &new, patch, by).await;
+                    }
+                    None => self.store.keep_base(&key, old.packed_base),
+                },
+            }
+        }
+        let last = reads.len().saturating_sub(1);
+        for (i, obj) in reads.iter().enumerate() {
+            let mark = match i {
+                i if i == last => SnapshotMark::Last,
+                0 => SnapshotMark::First,
+                _ => SnapshotMark::True,
+            };
+            self.emit_read(obj, mark, true).await;
+        }
+        for gone in swapped.vanished() {
+            self.forget(&object::cache_key(&gone));
+            self.emit_delete(&gone, true).await;
+        }
+        debug!(informer = %self.key, objects = self.store.len(), "list swapped in");
     }
 
-    /// Who changed `key` from its last emitted state to `new` (`None` when either summary is
-    /// unknown: attribution off, or an object seeded from delivered state); remembers `new`
-    /// as the state the next change is attributed against.
-    fn attribute(&self, key: &str, new: Option<Managers>, created: bool) -> ChangedBy {
-        let new = new?;
-        let mut known = self.managers.lock().expect("managers lock");
-        let changed = match known.get(key) {
-            Some(old) if !created => Some(new.changed_since(Some(old))),
-            _ if created => Some(new.changed_since(None)),
-            _ => None,
-        };
-        known.insert(key.to_string(), new);
-        changed
+    /// Brings one watch event into the cache and tells the handlers.
+    async fn apply(&self, change: Change) {
+        let _held = self.processing.lock().await;
+        match change {
+            Change::Applied(obj) => self.upsert(obj).await,
+            Change::Deleted(obj) => {
+                let key = object::cache_key(&obj);
+                self.forget(&key);
+                if self.store.remove(&key).is_some() {
+                    self.emit_delete(&Arc::new(obj), false).await;
+                }
+            }
+        }
     }
 
-    /// Brings one (transformed) object into the cache and tells the handlers what changed.
-    /// An add of the initial list (`initial_list`) is not handed on but returned: the caller
-    /// emits it as a read once it knows where the read stands in the list.
-    async fn apply(
-        &self,
-        obj: Value,
-        initial_list: bool,
-        managers: Option<Managers>,
-    ) -> Option<Arc<Value>> {
+    /// An ADDED or MODIFIED object: cache it, emit the add or the update.
+    async fn upsert(&self, obj: Value) {
         let key = object::cache_key(&obj);
         // Only the state the patch starts from is decoded from the compact cache.
         let Some(base) = self.store.base(&key) else {
             let obj = Arc::new(obj);
+            let by = self.attribute(&key, true);
             self.store.insert(
-                key.clone(),
+                key,
                 Entry {
                     current: obj.clone(),
                     emitted: None,
                 },
             );
-            let changed_by = self.attribute(&key, managers, true);
-            if initial_list {
-                return Some(obj);
-            }
-            for h in self.handlers() {
-                h.on_add_by(&obj, false, changed_by.clone()).await;
-            }
-            return None;
+            self.emit_add(&obj, false, by).await;
+            return;
         };
         if object::uid(&base) != object::uid(&obj) {
             // Deleted and re-created under the same name while we were not watching.
             if let Some(entry) = self.store.remove(&key) {
-                self.forget_managers(&key);
                 self.emit_delete(&entry.current, true).await;
             }
-            return Box::pin(self.apply(obj, initial_list, managers)).await;
+            return Box::pin(self.upsert(obj)).await;
         }
-        let patch = diff::diff(&base, &obj);
-        if diff::only_ignored_changes(&patch, &self.transform.ignore) {
+        let Some(patch) = self.diff(&base, &obj) else {
             self.store.update(key, &obj, true);
-            return None;
+            return;
+        };
+        let by = self.attribute(&key, false);
+        self.store.update(key, &obj, false);
+        self.emit_update(&base, &Arc::new(obj), patch, by).await;
+    }
+
+    async fn emit_add(&self, obj: &Arc<Value>, initial_list: bool, changed_by: ChangedBy) {
+        for h in self.handlers() {
+            h.on_add_by(obj, initial_list, changed_by.clone()).await;
         }
-        self.store.update(key.clone(), &obj, false);
-        let changed_by = self.attribute(&key, managers, false);
-        let obj = Arc::new(obj);
+    }
+
+    async fn emit_update(
+        &self,
+        old: &Arc<Value>,
+        new: &Arc<Value>,
+        patch: Patch,
+        changed_by: ChangedBy,
+    ) {
         // The patch moves into the last handler; only extra handlers pay for a copy.
         let handlers = self.handlers();
         if let Some((last, rest)) = handlers.split_last() {
             for h in rest {
-                h.on_update_by(&base, &obj, patch.clone(), changed_by.clone())
+                h.on_update_by(old, new, patch.clone(), changed_by.clone())
                     .await;
             }
-            last.on_update_by(&base, &obj, patch, changed_by).await;
+            last.on_update_by(old, new, patch, changed_by).await;
         }
-        None
     }
 
+    /// Hands a read of current state to the handlers (the initial list, a snapshot).
     pub(super) async fn emit_read(&self, obj: &Arc<Value>, mark: SnapshotMark, initial_list: bool) {
         for h in self.handlers() {
             h.on_read(obj, mark, initial_list).await;
@@ -626,58 +663,318 @@ impl SharedInformer {
     }
 }
 
-/// The same resource as `api`, parsed under another policy.
-fn reparsed<P: ParsePolicy>(api: &Api<RawObject>, resource: &ApiResource) -> Api<RawObject<P>> {
-    let client = api.clone().into_client();
-    match api.namespace() {
-        Some(ns) => Api::namespaced_with(client, ns, resource),
-        None => Api::all_with(client, resource),
+/// `configmaps in all namespaces`, `deployments.apps in namespace shop`, `nodes`: what
+/// RBAC must allow.
+fn describe(key: &InformerKey, resource: &ApiResource, namespaced: bool) -> String {
+    let mut out = resource.plural.clone();
+    if !resource.group.is_empty() {
+        out.push('.');
+        out.push_str(&resource.group);
     }
+    match &key.namespace {
+        Some(ns) => out.push_str(&format!(" in namespace {ns}")),
+        None if namespaced => out.push_str(" in all namespaces"),
+        None => {}
+    }
+    out
 }
 
-/// A list page as plain JSON objects.
-struct Page {
-    items: Vec<Value>,
-    metadata: kube::core::ListMeta,
-}
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+    use serde_json::json;
+    use tokio::sync::mpsc;
 
-impl<P: ParsePolicy> From<kube::core::ObjectList<RawObject<P>>> for Page {
-    fn from(l: kube::core::ObjectList<RawObject<P>>) -> Self {
-        Page {
-            items: l.items.into_iter().map(|o| o.value).collect(),
-            metadata: l.metadata,
+    use super::*;
+    use crate::event::transform::TransformConfig;
+    use crate::informer::api::{RawEvent, RequestError};
+    use crate::informer::testing::{Script, Then, cm, page};
+
+    /// Records every call as a line: `add a (initial)`, `update a 1→6`, `delete b (unknown)`.
+    struct Collect(mpsc::UnboundedSender<String>);
+
+    #[async_trait]
+    impl Handler for Collect {
+        async fn on_add(&self, obj: &Arc<Value>, initial_list: bool) {
+            let tag = if initial_list { " (initial)" } else { "" };
+            let _ = self.0.send(format!("add {}{tag}", object::name(obj)));
+        }
+        async fn on_update(&self, old: &Arc<Value>, new: &Arc<Value>, patch: Patch) {
+            let mut replayed = (**old).clone();
+            json_patch::patch(&mut replayed, &patch).expect("patch applies to the old state");
+            assert_eq!(&replayed, &**new, "patch replays");
+            let _ = self.0.send(format!(
+                "update {} {}→{}",
+                object::name(new),
+                object::resource_version(old),
+                object::resource_version(new)
+            ));
+        }
+        async fn on_delete(&self, last: &Arc<Value>, final_state_unknown: bool) {
+            let tag = if final_state_unknown {
+                " (unknown)"
+            } else {
+                ""
+            };
+            let _ = self.0.send(format!("delete {}{tag}", object::name(last)));
         }
     }
-}
 
-enum WatchEnd {
-    /// Shutdown requested.
-    Cancelled,
-    /// The stream ended normally (server timeout): watch again from this resourceVersion.
-    Resume(String),
-    /// The stream broke: watch again from this resourceVersion after a backoff.
-    Retry(String, String),
-    /// 410 Gone: the resourceVersion is older than the server's history; re-list.
-    Gone,
-}
+    fn configmaps() -> (InformerKey, ApiResource) {
+        let key = InformerKey {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            namespace: None,
+            label_selector: None,
+            field_selector: None,
+        };
+        let resource = ApiResource {
+            group: String::new(),
+            version: "v1".into(),
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            plural: "configmaps".into(),
+        };
+        (key, resource)
+    }
 
-fn new_backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(30))
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
+    fn informer(script: Script) -> (Arc<SharedInformer>, mpsc::UnboundedReceiver<String>) {
+        informer_over(Box::new(script))
+    }
 
-/// Sleeps for the next backoff step; false when cancelled meanwhile.
-async fn sleep_or_cancel(
-    backoff: &mut impl Iterator<Item = Duration>,
-    cancel: &CancellationToken,
-) -> bool {
-    let delay = backoff.next().unwrap_or(Duration::from_secs(30));
-    tokio::select! {
-        _ = cancel.cancelled() => false,
-        _ = tokio::time::sleep(delay) => true,
+    fn informer_over(
+        api: Box<dyn ListWatch>,
+    ) -> (Arc<SharedInformer>, mpsc::UnboundedReceiver<String>) {
+        let (key, resource) = configmaps();
+        let transform = Arc::new(ObjectTransform::new(&TransformConfig::default(), "t").unwrap());
+        let settings = InformerSettings {
+            initial_list: InitialList::Paginate,
+            ..InformerSettings::default()
+        };
+        let informer = Arc::new(SharedInformer::with_api(
+            key,
+            resource,
+            "configmaps in all namespaces".into(),
+            api,
+            transform,
+            settings,
+        ));
+        let (tx, rx) = mpsc::unbounded_channel();
+        informer.add_handler(Arc::new(Collect(tx)));
+        (informer, rx)
+    }
+
+    async fn take(rx: &mut mpsc::UnboundedReceiver<String>, n: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let line = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("only {out:?} within 10s"))
+                .expect("handler alive");
+            out.push(line);
+        }
+        out
+    }
+
+    /// Waits (bounded) until `f` holds.
+    async fn until(what: &str, f: impl Fn() -> bool) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !f() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{what} within 10s"));
+    }
+
+    fn with_uid(mut obj: Value, uid: &str) -> Value {
+        obj["metadata"]["uid"] = json!(uid);
+        obj
+    }
+
+    fn gone() -> (Vec<Result<RawEvent, RequestError>>, Then) {
+        (vec![Err(RequestError::Gone("too old".into()))], Then::Hang)
+    }
+
+    #[tokio::test]
+    async fn a_relist_announces_changes_deletes_and_recreations_from_the_swapped_in_list() {
+        let script = Script::default()
+            .list(Ok(page(
+                &[cm("a", "1"), cm("b", "2"), cm("same", "3"), cm("gone", "4")],
+                "10",
+                None,
+            )))
+            .watch(Ok(gone()))
+            .list(Ok(page(
+                &[
+                    cm("a", "1"),
+                    cm("b", "12"),
+                    with_uid(cm("same", "13"), "uid-same-2"),
+                    cm("fresh", "14"),
+                ],
+                "20",
+                None,
+            )))
+            .watch(Ok((vec![], Then::Hang)));
+        let (informer, mut rx) = informer(script);
+        informer.start();
+        assert_eq!(
+            take(&mut rx, 4).await,
+            [
+                "add a (initial)",
+                "add b (initial)",
+                "add same (initial)",
+                "add gone (initial)"
+            ]
+        );
+        assert_eq!(
+            take(&mut rx, 5).await,
+            [
+                "update b 2→12",
+                "delete same (unknown)",
+                "add same",
+                "add fresh",
+                "delete gone (unknown)"
+            ]
+        );
+        until("re-list counted", || {
+            informer.stats().relists.load(Ordering::Relaxed) == 1
+        })
+        .await;
+        assert_eq!(informer.store().len(), 4);
+        assert_eq!(informer.stats().watch_restarts.get(RestartReason::Gone), 1);
+        informer.stop().await;
+        assert!(rx.try_recv().is_err(), "nothing else");
+    }
+
+    #[tokio::test]
+    async fn readers_see_the_old_cache_until_a_relist_is_complete() {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let script = Script::default()
+            .list(Ok(page(&[cm("a", "1"), cm("b", "2")], "10", None)))
+            .watch(Ok(gone()))
+            .list(Ok(page(&[cm("a", "11")], "", Some("t"))))
+            .list_after(gate.clone(), Ok(page(&[cm("c", "12")], "20", None)))
+            .watch(Ok((vec![], Then::Hang)));
+        let script = Arc::new(script);
+        let (informer, mut rx) = informer_over(Box::new(script.clone()));
+        informer.start();
+        take(&mut rx, 2).await;
+        until("the second page of the re-list is asked for", || {
+            script.calls().iter().any(|c| c == "list(t)")
+        })
+        .await;
+        // Half a re-list is in: readers still see the whole old list, nothing announced.
+        let store = informer.store();
+        assert_eq!(store.len(), 2);
+        assert_eq!(
+            object::resource_version(&store.current("default/a").unwrap()),
+            "1"
+        );
+        assert!(store.current("default/b").is_some() && store.current("default/c").is_none());
+        assert!(rx.try_recv().is_err(), "nothing emitted before the swap");
+        gate.notify_one();
+        assert_eq!(
+            take(&mut rx, 3).await,
+            ["update a 1→11", "add c", "delete b (unknown)"]
+        );
+        assert_eq!(store.len(), 2);
+        assert!(store.current("default/b").is_none());
+        informer.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_seeded_informer_emits_only_what_changed_while_the_agent_was_away() {
+        let script = Script::default()
+            .list(Ok(page(
+                &[cm("kept", "1"), cm("changed", "5"), cm("new", "6")],
+                "10",
+                None,
+            )))
+            .watch(Ok((vec![], Then::Hang)));
+        let (informer, mut rx) = informer(script);
+        let delivered = [cm("kept", "1"), cm("changed", "2"), cm("gone", "3")]
+            .into_iter()
+            .map(|o| {
+                let o = informer.prepare(o);
+                (object::cache_key(&o), o)
+            })
+            .collect();
+        informer.seed(delivered);
+        informer.start();
+        assert_eq!(
+            take(&mut rx, 3).await,
+            ["update changed 2→5", "add new", "delete gone (unknown)"],
+            "an add after a restart is not part of a snapshot"
+        );
+        until("synced", || informer.has_synced()).await;
+        informer.stop().await;
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_change_confined_to_ignored_paths_at_a_relist_keeps_the_emitted_base() {
+        let only_rv = |rv: &str| {
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "a", "namespace": "default", "uid": "u", "resourceVersion": rv},
+                "data": {"k": "v"}})
+        };
+        let mut changed = only_rv("6");
+        changed["data"]["k"] = json!("w");
+        let script = Script::default()
+            .list(Ok(page(&[only_rv("1")], "10", None)))
+            .watch(Ok(gone()))
+            .list(Ok(page(&[only_rv("5")], "20", None)))
+            .watch(Ok((vec![Ok(RawEvent::Modified(changed))], Then::Hang)));
+        let (informer, mut rx) = informer(script);
+        informer.start();
+        assert_eq!(take(&mut rx, 1).await, ["add a (initial)"]);
+        // The re-list's resourceVersion-only change is not emitted; the next patch starts
+        // from what was emitted (1), so it replays on the consumer's copy.
+        assert_eq!(take(&mut rx, 1).await, ["update a 1→6"]);
+        informer.stop().await;
+    }
+
+    #[tokio::test]
+    async fn stopping_abandons_a_handler_call_that_waits_for_ever() {
+        struct Stuck;
+        #[async_trait]
+        impl Handler for Stuck {
+            async fn on_add(&self, _: &Arc<Value>, _: bool) {
+                std::future::pending::<()>().await
+            }
+            async fn on_update(&self, _: &Arc<Value>, _: &Arc<Value>, _: Patch) {}
+            async fn on_delete(&self, _: &Arc<Value>, _: bool) {}
+        }
+        let script = Script::default()
+            .list(Ok(page(&[cm("a", "1")], "10", None)))
+            .watch(Ok((vec![], Then::Hang)));
+        let (informer, mut rx) = informer(script);
+        informer.add_handler(Arc::new(Stuck));
+        informer.start();
+        take(&mut rx, 1).await;
+        tokio::time::timeout(Duration::from_secs(5), informer.stop())
+            .await
+            .expect("stop does not wait for a stuck handler");
+    }
+
+    #[test]
+    fn resources_are_named_the_way_rbac_names_them() {
+        let (mut key, mut resource) = configmaps();
+        assert_eq!(
+            describe(&key, &resource, true),
+            "configmaps in all namespaces"
+        );
+        key.namespace = Some("shop".into());
+        resource.group = "apps".into();
+        resource.plural = "deployments".into();
+        assert_eq!(
+            describe(&key, &resource, true),
+            "deployments.apps in namespace shop"
+        );
+        key.namespace = None;
+        resource.group = String::new();
+        resource.plural = "nodes".into();
+        assert_eq!(describe(&key, &resource, false), "nodes");
     }
 }

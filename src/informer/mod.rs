@@ -1,11 +1,21 @@
 //! Shared informers: one list+watch per distinct (kind, namespace, selectors), a local cache,
 //! and add / update / delete callbacks to every registered handler.
+//!
+//! `api` (the requests, typed) → `machine` (the list/watch protocol as a state machine) →
+//! `informer` (cache swap and diff, handlers) over `store` (the compact cache).
 
+mod api;
+mod config;
 mod factory;
+// `informer::informer` is the shared informer itself; the module is the informer room.
+#[allow(clippy::module_inception)]
 mod informer;
+mod machine;
 mod raw;
 mod snapshot;
 mod store;
+#[cfg(test)]
+mod testing;
 
 use std::sync::Arc;
 
@@ -19,8 +29,11 @@ use crate::event::changed_by::ManagerEntry;
 /// Who made a change (see [`crate::event::changed_by`]); `None` when not known.
 pub type ChangedBy = Option<Arc<[ManagerEntry]>>;
 
+pub use api::RequestError;
+pub use config::{CONNECT_TIMEOUT, ClientError, InitialList, WatchConfig, client};
 pub use factory::{InformerError, InformerFactory};
-pub use informer::{InformerStats, SharedInformer};
+pub use informer::{InformerSettings, InformerStats, Problem, RestartCounts, SharedInformer};
+pub use machine::{RestartReason, Verb, WatchError};
 pub use raw::{DropManagedFields, KeepAll, ParsePolicy, RawObject, SummarizeManagedFields};
 pub use snapshot::SnapshotFilter;
 pub use store::{Entry, Store};
@@ -94,7 +107,7 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
-/// An informer over a client that reaches nothing, for tests of what it does with its cache.
+/// An informer that asks nothing of any server, for tests of what it does with its cache.
 #[cfg(test)]
 pub(crate) fn testing_informer() -> Arc<SharedInformer> {
     use crate::event::transform::{ObjectTransform, TransformConfig};
@@ -105,8 +118,6 @@ pub(crate) fn testing_informer() -> Arc<SharedInformer> {
         kind: "ConfigMap".into(),
         plural: "configmaps".into(),
     };
-    let config = kube::Config::new("http://127.0.0.1:9".parse().expect("a URL"));
-    let client = kube::Client::try_from(config).expect("a client");
     let key = InformerKey {
         api_version: "v1".into(),
         kind: "ConfigMap".into(),
@@ -115,10 +126,12 @@ pub(crate) fn testing_informer() -> Arc<SharedInformer> {
         field_selector: None,
     };
     let transform = ObjectTransform::new(&TransformConfig::default(), "test").expect("defaults");
-    Arc::new(SharedInformer::new(
+    Arc::new(SharedInformer::with_api(
         key,
-        resource.clone(),
-        kube::Api::all_with(client, &resource),
+        resource,
+        "configmaps".into(),
+        Box::new(testing::Script::default()),
         Arc::new(transform),
+        InformerSettings::default(),
     ))
 }

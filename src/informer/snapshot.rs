@@ -123,6 +123,8 @@ impl SharedInformer {
         if self.store().get(key).is_some_and(|e| e.emitted.is_some()) {
             self.store().update(key.to_string(), obj, false);
         }
+        // The next change is attributed against the state read.
+        self.attribute(key, false);
         self.emit_read(obj, mark, false).await;
     }
 }

@@ -6,6 +6,10 @@
 //! their keys and many values, so a 3-4 KB Pod packs into a few hundred bytes). A
 //! `serde_json::Value` tree costs 5-8 times its JSON size; here an object is decoded only
 //! when a change needs its previous state (once per update) or someone reads the cache.
+//!
+//! A list (the first one, or a re-list after 410 Gone) is collected in a [`Staging`] that
+//! readers cannot see and replaces the whole map at once ([`Store::swap_in`]): the cache API
+//! and the router's namespace lookups read the old cache until then, never a half-filled one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -49,7 +53,8 @@ struct Stored {
 #[derive(Debug, Default)]
 pub struct Store {
     map: RwLock<HashMap<Box<str>, Stored>>,
-    codec: Codec,
+    /// Shared with stagings: a staged object is packed once, the way the cache keeps it.
+    codec: Arc<Codec>,
 }
 
 impl Store {
@@ -114,6 +119,70 @@ impl Store {
         map.insert(key.into_boxed_str(), Stored { current, emitted });
     }
 
+    /// An empty staging area for a list, packing with this store's codec.
+    pub(super) fn staging(&self) -> Staging {
+        Staging {
+            codec: self.codec.clone(),
+            order: Vec::new(),
+            entries: HashMap::new(),
+        }
+    }
+
+    /// Replaces the whole cache with a completed list, at once. Objects whose JSON did not
+    /// change keep their entry (and its emitted state); the others get the listed state with
+    /// no emitted state, which the caller restores ([`Store::keep_base`]) when it decides not
+    /// to emit the change. Returns what the caller must announce.
+    pub(super) fn swap_in(&self, staged: Staging) -> Swapped {
+        let Staging {
+            codec: _,
+            order,
+            mut entries,
+        } = staged;
+        let mut changed = Vec::new();
+        let mut map = self.map.write().expect("store lock");
+        let mut old = std::mem::take(&mut *map);
+        map.reserve(entries.len());
+        for key in order {
+            // A key staged twice (or removed again) is taken once, in its first position.
+            let Some(current) = entries.remove(&key) else {
+                continue;
+            };
+            match old.remove(&key) {
+                // Same bytes, same codec: the same JSON; nothing to announce, base kept.
+                Some(prev) if prev.current == current => {
+                    map.insert(key, prev);
+                }
+                prev => {
+                    if let Some(prev) = prev {
+                        old.insert(key.clone(), prev);
+                    }
+                    map.insert(
+                        key.clone(),
+                        Stored {
+                            current,
+                            emitted: None,
+                        },
+                    );
+                    changed.push(key);
+                }
+            }
+        }
+        drop(map);
+        Swapped {
+            codec: self.codec.clone(),
+            changed,
+            old,
+        }
+    }
+
+    /// Makes `base` (from [`Swapped::take_old`]) the state the next patch of `key` starts
+    /// from again: the listed change of `key` was not emitted.
+    pub(super) fn keep_base(&self, key: &str, base: PackedBase) {
+        if let Some(s) = self.map.write().expect("store lock").get_mut(key) {
+            s.emitted = Some(base.0);
+        }
+    }
+
     /// Removes and returns.
     pub fn remove(&self, key: &str) -> Option<Entry> {
         let s = self.map.write().expect("store lock").remove(key)?;
@@ -166,6 +235,102 @@ impl Store {
             .values()
             .map(|s| s.current.len() + s.emitted.as_ref().map_or(0, |e| e.len()))
             .sum()
+    }
+}
+
+/// A list being collected: packed like the cache, invisible to its readers until
+/// [`Store::swap_in`].
+pub(super) struct Staging {
+    codec: Arc<Codec>,
+    /// Keys in list order (changes are announced in this order).
+    order: Vec<Box<str>>,
+    entries: HashMap<Box<str>, Packed>,
+}
+
+impl Staging {
+    /// Adds (or replaces) one listed object.
+    pub(super) fn insert(&mut self, key: String, obj: &Value) {
+        let key = key.into_boxed_str();
+        let packed = self.codec.pack(obj);
+        if self.entries.insert(key.clone(), packed).is_none() {
+            self.order.push(key);
+        }
+    }
+
+    /// Drops one object (deleted before the list completed).
+    pub(super) fn remove(&mut self, key: &str) {
+        self.entries.remove(key);
+    }
+
+    /// Objects staged.
+    pub(super) fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+impl std::fmt::Debug for Staging {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Staging")
+            .field("objects", &self.entries.len())
+            .finish()
+    }
+}
+
+/// The state a patch starts from, still packed (moved back by [`Store::keep_base`]).
+pub(super) struct PackedBase(Packed);
+
+/// What a swap replaced: the keys whose listed state is new or differs, and the previous
+/// entries of those keys and of the keys the list no longer has.
+pub(super) struct Swapped {
+    codec: Arc<Codec>,
+    /// New or changed keys, in list order.
+    changed: Vec<Box<str>>,
+    /// Previous entries of changed and vanished keys.
+    old: HashMap<Box<str>, Stored>,
+}
+
+/// A previous entry, decoded for the comparison.
+pub(super) struct OldEntry {
+    /// Its state before the list.
+    pub current: Arc<Value>,
+    /// The state its next patch started from (its emitted state, else `current`).
+    pub base: Arc<Value>,
+    /// `base`, packed, for [`Store::keep_base`].
+    pub packed_base: PackedBase,
+}
+
+impl Swapped {
+    /// New or changed keys, in list order.
+    pub(super) fn changed(&mut self) -> Vec<Box<str>> {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// Takes the previous entry of a changed key (`None`: the key is new).
+    pub(super) fn take_old(&mut self, key: &str) -> Option<OldEntry> {
+        let s = self.old.remove(key)?;
+        let current = Arc::new(self.codec.unpack(&s.current));
+        Some(match s.emitted {
+            Some(e) => OldEntry {
+                current,
+                base: Arc::new(self.codec.unpack(&e)),
+                packed_base: PackedBase(e),
+            },
+            None => OldEntry {
+                base: current.clone(),
+                current,
+                packed_base: PackedBase(s.current),
+            },
+        })
+    }
+
+    /// The last known states of the objects the list no longer has, in key order (call
+    /// after every changed key was taken).
+    pub(super) fn vanished(self) -> impl Iterator<Item = Arc<Value>> {
+        let codec = self.codec;
+        let mut gone: Vec<_> = self.old.into_iter().collect();
+        gone.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        gone.into_iter()
+            .map(move |(_, s)| Arc::new(codec.unpack(&s.current)))
     }
 }
 

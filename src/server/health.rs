@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::informer::SharedInformer;
+use crate::informer::InformerFactory;
 use crate::sinks::SinkMonitor;
 
 /// How often each sink's health check runs.
@@ -14,7 +14,8 @@ const SINK_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// Readiness inputs.
 pub struct Health {
-    informers: Vec<Arc<SharedInformer>>,
+    /// The informers (read at each probe: kinds still being resolved show as pending).
+    informers: Arc<InformerFactory>,
     sinks: Vec<(SinkMonitor, Arc<Mutex<Option<String>>>)>,
     max_silence: Duration,
 }
@@ -22,7 +23,7 @@ pub struct Health {
 impl Health {
     /// Readiness over these informers and sinks.
     pub fn new(
-        informers: Vec<Arc<SharedInformer>>,
+        informers: Arc<InformerFactory>,
         sinks: Vec<SinkMonitor>,
         max_silence: Duration,
     ) -> Self {
@@ -66,13 +67,22 @@ impl Health {
 
     /// Why the agent is not ready; empty when it is.
     pub fn not_ready_reasons(&self) -> Vec<String> {
-        let mut reasons = Vec::new();
-        for i in &self.informers {
+        let mut reasons = self.informers.pending();
+        for i in &self.informers.informers() {
+            let problem = i.stats().problem();
             if !i.has_synced() {
-                reasons.push(format!(
-                    "informer {} has not finished its initial list",
-                    i.key()
-                ));
+                reasons.push(match problem {
+                    Some(p) => format!(
+                        "informer {} has not finished its initial list: {}",
+                        i.key(),
+                        p.message
+                    ),
+                    None => format!("informer {} has not finished its initial list", i.key()),
+                });
+                continue;
+            }
+            if let Some(p) = problem.filter(|p| p.blocking) {
+                reasons.push(format!("informer {}: {}", i.key(), p.message));
                 continue;
             }
             match i.since_last_heard() {

@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::event::Op;
-use crate::informer::{InformerFactory, SharedInformer};
+use crate::informer::{InformerFactory, RestartReason, SharedInformer};
 use crate::sinks::SinkMonitor;
 
 type Labels = Vec<(String, String)>;
@@ -125,13 +125,33 @@ impl Collector for PipelineCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let inf = &self.informers.informers();
         let key = |i: &Arc<SharedInformer>| i.key().to_string();
+        {
+            let mut restarts = e.encode_descriptor(
+                "watch_restarts",
+                "Open watches abandoned and opened again (or re-listed), per informer and reason: \
+                 idle (nothing heard for watch.idleTimeout), closed (the server ended it), error \
+                 (broken stream or ERROR event), gone (410: re-listed)",
+                None,
+                MetricType::Counter,
+            )?;
+            for i in inf {
+                for reason in RestartReason::ALL {
+                    let labels = vec![
+                        ("informer".to_string(), key(i)),
+                        ("reason".to_string(), reason.as_str().to_string()),
+                    ];
+                    ConstCounter::new(i.stats().watch_restarts.get(reason))
+                        .encode(restarts.encode_family(&labels)?)?;
+                }
+            }
+        }
         counter(
             &mut e,
-            "watch_restarts",
-            "Watch reconnections after the first, per informer",
+            "watch_decode_errors",
+            "Watch events that could not be decoded and were skipped, per informer",
             inf,
             "informer",
-            |i| (key(i), i.stats().watch_restarts.load(Ordering::Relaxed)),
+            |i| (key(i), i.stats().decode_errors.load(Ordering::Relaxed)),
         )?;
         counter(
             &mut e,
@@ -236,15 +256,17 @@ impl Collector for PipelineCollector {
             "sink",
             |s| (name(s), s.queue.len() as f64),
         )?;
-        let mut latency = e.encode_descriptor(
-            "delivery_latency_seconds",
-            "Seconds from a change's arrival from the API server to its acknowledgement by the sink",
-            None,
-            MetricType::Histogram,
-        )?;
-        for s in sinks {
-            let labels = vec![("sink".to_string(), name(s))];
-            s.stats.latency.encode(latency.encode_family(&labels)?)?;
+        {
+            let mut latency = e.encode_descriptor(
+                "delivery_latency_seconds",
+                "Seconds from a change's arrival from the API server to its acknowledgement by the sink",
+                None,
+                MetricType::Histogram,
+            )?;
+            for s in sinks {
+                let labels = vec![("sink".to_string(), name(s))];
+                s.stats.latency.encode(latency.encode_family(&labels)?)?;
+            }
         }
         gauge(
             &mut e,

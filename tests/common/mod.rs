@@ -43,14 +43,24 @@ impl Agent {
 
     /// As [`Agent::start`], with extra environment variables.
     pub async fn start_with_env(sim: &KubeSim, config: &str, env: &[(&str, &str)]) -> Agent {
+        Self::start_with_kubeconfig(&sim.kubeconfig_yaml(), config, env).await
+    }
+
+    /// Starts `lookout run` with `config` against whatever `kubeconfig` (YAML) points at —
+    /// possibly nothing yet.
+    pub async fn start_with_kubeconfig(
+        kubeconfig_yaml: &str,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
-        sim.write_kubeconfig(&kubeconfig).unwrap();
+        std::fs::write(&kubeconfig, kubeconfig_yaml).unwrap();
         let config_path = dir.path().join("lookout.yaml");
         std::fs::write(&config_path, config).unwrap();
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lookout"));
+        let mut cmd = Command::new(lookout_bin());
         cmd.arg("run")
             .arg("--config")
             .arg(&config_path)
@@ -139,6 +149,15 @@ impl Agent {
         let log = self.stderr();
         (status, rest, log)
     }
+}
+
+/// The `lookout` binary under test: `$TEST_LOOKOUT_BIN` when set (a private copy, which
+/// other worktrees' builds into a shared target directory cannot replace mid-run), else the
+/// one cargo built for these tests.
+pub fn lookout_bin() -> PathBuf {
+    std::env::var_os("TEST_LOOKOUT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_lookout")))
 }
 
 /// `v`, once it validated against its schema (envelope, Debezium or CloudEvent).
@@ -342,6 +361,38 @@ pub fn metric(rows: &[(String, f64)], fragments: &[&str]) -> Option<f64> {
     rows.iter()
         .find(|(k, _)| fragments.iter().all(|f| k.contains(f)))
         .map(|(_, v)| *v)
+}
+
+/// The sum of every sample whose name and labels contain every fragment (a counter split by
+/// a label, e.g. `lookout_watch_restarts_total{reason}`).
+pub fn metric_sum(rows: &[(String, f64)], fragments: &[&str]) -> f64 {
+    rows.iter()
+        .filter(|(k, _)| fragments.iter().all(|f| k.contains(f)))
+        .map(|(_, v)| *v)
+        .sum()
+}
+
+/// Requests that listed the collection at `path` from scratch: a first list page (no
+/// `continue`), or a streaming list (a watch with `sendInitialEvents=true`).
+pub fn initial_lists(log: &[kubesim::RequestRecord], path: &str) -> usize {
+    log.iter()
+        .filter(|r| r.path == path)
+        .filter(|r| {
+            (r.verb == "list" && r.param("continue").is_none())
+                || (r.watch && r.param("sendInitialEvents") == Some("true"))
+        })
+        .count()
+}
+
+/// `config` with `initialList: <mode>` on every resource (written by [`stdout_config`]).
+pub fn with_initial_list(config: &str, mode: &str) -> String {
+    config.replace(
+        "    kind: ",
+        &format!(
+            "    initialList: {mode}
+    kind: "
+        ),
+    )
 }
 
 /// The envelopes a file sink wrote so far.

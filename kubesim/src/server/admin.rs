@@ -35,6 +35,23 @@ pub(crate) fn handle(
             sh.drop_watches();
             Ok(ok(json!(null)))
         }
+        (&Method::POST, "freeze-watches") => {
+            sh.freeze_watches();
+            Ok(ok(json!(null)))
+        }
+        (&Method::POST, "streaming-lists") => {
+            let on = match q.get("enabled") {
+                None | Some("true" | "1") => true,
+                Some("false" | "0") => false,
+                Some(other) => {
+                    return Err(ApiError::bad_request(format!(
+                        "enabled must be true or false, not {other:?}"
+                    )));
+                }
+            };
+            sh.set_streaming_lists(on);
+            Ok(ok(json!({"enabled": on})))
+        }
         (&Method::POST, "compact") => {
             let store = sh.store();
             store.compact();

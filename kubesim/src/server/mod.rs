@@ -82,6 +82,10 @@ pub(crate) struct Shared {
     faults: Mutex<Option<Faults>>,
     pub stop: tokio_watch::Sender<StopMode>,
     drop_tx: tokio_watch::Sender<u64>,
+    /// Bumped to freeze every watch open at that moment (a half-open connection).
+    freeze_tx: tokio_watch::Sender<u64>,
+    /// Whether watches with `sendInitialEvents` are served (the `WatchList` feature).
+    streaming_lists: std::sync::atomic::AtomicBool,
     pub reqlog: RequestLog,
     addr: Mutex<SocketAddr>,
     server: tokio::sync::Mutex<Option<ServerTask>>,
@@ -96,6 +100,8 @@ impl Shared {
             faults: Mutex::new(None),
             stop: tokio_watch::channel(StopMode::Answering).0,
             drop_tx: tokio_watch::channel(0).0,
+            freeze_tx: tokio_watch::channel(0).0,
+            streaming_lists: std::sync::atomic::AtomicBool::new(cfg.streaming_lists),
             reqlog: RequestLog::new(cfg.request_log_limit),
             addr: Mutex::new(cfg.addr),
             server: tokio::sync::Mutex::new(None),
@@ -128,6 +134,24 @@ impl Shared {
 
     pub(crate) fn drop_watches(&self) {
         self.drop_tx.send_modify(|g| *g += 1);
+    }
+
+    pub(crate) fn freeze_rx(&self) -> tokio_watch::Receiver<u64> {
+        self.freeze_tx.subscribe()
+    }
+
+    pub(crate) fn freeze_watches(&self) {
+        self.freeze_tx.send_modify(|g| *g += 1);
+    }
+
+    pub(crate) fn streaming_lists(&self) -> bool {
+        self.streaming_lists
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_streaming_lists(&self, on: bool) {
+        self.streaming_lists
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Binds (the configured address first time, the same port afterwards) and starts accepting.

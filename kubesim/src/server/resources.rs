@@ -532,6 +532,12 @@ fn watch(ctx: &Ctx<'_>, info: &KindInfo, r: &ResourceRoute) -> Result<Response<B
         .get("sendInitialEvents")
         .map(|v| matches!(v, "true" | "1" | "True"));
     let bookmarks = ctx.query.flag("allowWatchBookmarks");
+    if send_initial.is_some() && !ctx.shared.streaming_lists() {
+        return Err(list_options_invalid(
+            "sendInitialEvents",
+            "Forbidden: sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled",
+        ));
+    }
     if send_initial.is_some() && rvm != Some("NotOlderThan") {
         return Err(list_options_invalid(
             "resourceVersionMatch",
@@ -584,7 +590,12 @@ fn watch(ctx: &Ctx<'_>, info: &KindInfo, r: &ResourceRoute) -> Result<Response<B
         table: table::wants_table(&ctx.accept)
             .then(|| IncludeObject::parse(ctx.query.get("includeObject"))),
     };
-    let stream = watch::stream(ctx.store.clone(), spec, ctx.shared.drop_rx());
+    let stream = watch::stream(
+        ctx.store.clone(),
+        spec,
+        ctx.shared.drop_rx(),
+        ctx.shared.freeze_rx(),
+    );
     let body = http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(stream));
     Ok(Response::builder()
         .status(StatusCode::OK)

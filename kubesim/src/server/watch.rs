@@ -60,6 +60,9 @@ struct W {
     phase: Phase,
     rv_rx: watch::Receiver<u64>,
     drop_rx: watch::Receiver<u64>,
+    freeze_rx: watch::Receiver<u64>,
+    /// The freeze generation when the watch started; a newer one silences it.
+    opened_at: u64,
     deadline: Instant,
     next_bookmark: Instant,
 }
@@ -70,11 +73,14 @@ const BATCH_EVENTS: usize = 2048;
 
 type Item = Result<Frame<Bytes>, std::io::Error>;
 
-/// The body stream of a watch. The drop receiver ends it abruptly (an I/O error resets the connection).
+/// The body stream of a watch. The drop receiver ends it abruptly (an I/O error resets the
+/// connection); the freeze receiver silences it for good without ending it (a half-open
+/// connection: the client keeps waiting for bytes that never come).
 pub(crate) fn stream(
     store: Arc<Store>,
     spec: WatchSpec,
     drop_rx: watch::Receiver<u64>,
+    freeze_rx: watch::Receiver<u64>,
 ) -> impl Stream<Item = Item> + Send {
     let now = Instant::now();
     let mut rv_rx = store.subscribe();
@@ -93,7 +99,9 @@ pub(crate) fn stream(
             }
         }
     };
+    let opened_at = *freeze_rx.borrow();
     let w = W {
+        opened_at,
         deadline: now + spec.timeout,
         next_bookmark: now + spec.bookmark_interval,
         store,
@@ -102,6 +110,7 @@ pub(crate) fn stream(
         phase,
         rv_rx,
         drop_rx,
+        freeze_rx,
     };
     futures::stream::unfold(w, |mut w| async move {
         let item = w.next_frame().await?;
@@ -112,6 +121,10 @@ pub(crate) fn stream(
 impl W {
     async fn next_frame(&mut self) -> Option<Item> {
         loop {
+            if *self.freeze_rx.borrow() != self.opened_at {
+                // Nothing reaches the client any more, not even the end of the stream.
+                return std::future::pending().await;
+            }
             if self.drop_rx.has_changed().unwrap_or(false) {
                 self.phase = Phase::Done;
                 return Some(Err(dropped_error()));
@@ -194,6 +207,8 @@ impl W {
                     };
                     let dropped = tokio::select! {
                         _ = self.drop_rx.changed() => true,
+                        // Back to the top of the loop, where a frozen stream goes silent.
+                        _ = self.freeze_rx.changed() => false,
                         _ = self.rv_rx.changed() => false,
                         _ = tokio::time::sleep_until(bookmark_at.min(self.deadline)) => false,
                     };

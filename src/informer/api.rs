@@ -1,0 +1,366 @@
+//! The requests the informer's state machine makes, as a trait ([`ListWatch`]) with typed
+//! answers, and the implementation over kube's `Api`. The machine never sees a kube type, so
+//! its unit tests script the answers ([`super::machine`]) without a server.
+//!
+//! Decoding happens here (kube parses each watch line into a [`RawObject`]); a line that does
+//! not decode is an item of the stream ([`RawEvent::Undecodable`]), not the end of it.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use kube::Api;
+use kube::api::{ListParams, WatchEvent, WatchParams};
+use serde_json::Value;
+
+use super::InformerKey;
+use super::raw::{DropManagedFields, ParsePolicy, RawObject, SummarizeManagedFields};
+
+/// Server-side watch timeout: the server ends the stream after it and the informer resumes
+/// from the last resourceVersion (no re-list). kube-apiserver caps it at about 5 minutes.
+const WATCH_TIMEOUT_SECS: u32 = 290;
+/// How long a list page or the start of a watch may take to answer.
+pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// The bookmark annotation that ends a streaming list's initial events.
+const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
+
+/// One page of a list.
+#[derive(Debug, Default)]
+pub(super) struct ListPage {
+    /// The objects, as the server sent them.
+    pub items: Vec<Value>,
+    /// The list's resourceVersion (the snapshot every page belongs to).
+    pub resource_version: String,
+    /// Where the next page starts; `None` on the last page.
+    pub continue_token: Option<String>,
+}
+
+/// Where a watch starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum WatchFrom {
+    /// Changes after this resourceVersion.
+    Version(String),
+    /// A streaming list: every current object as ADDED, the `k8s.io/initial-events-end`
+    /// bookmark, then changes (`sendInitialEvents=true`, `resourceVersionMatch=NotOlderThan`,
+    /// no resourceVersion: a consistent read of the newest state).
+    InitialEvents,
+}
+
+/// One item of a watch stream.
+#[derive(Debug)]
+pub(super) enum RawEvent {
+    /// ADDED.
+    Added(Value),
+    /// MODIFIED.
+    Modified(Value),
+    /// DELETED (the object's last state).
+    Deleted(Value),
+    /// BOOKMARK: no change, only a resourceVersion to resume from.
+    Bookmark {
+        /// Where a watch can resume.
+        resource_version: String,
+        /// The bookmark that ends a streaming list's initial events.
+        initial_events_end: bool,
+    },
+    /// A line that could not be decoded; skipped.
+    Undecodable(String),
+}
+
+/// A watch: events until the server ends it (`None`), or an error.
+pub(super) type EventStream = BoxStream<'static, Result<RawEvent, RequestError>>;
+
+/// Why a request (or an open watch) failed, by what the informer does about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// 410 Gone (or Expired): the resourceVersion or continue token is older than the
+    /// server's history.
+    #[error("410 Gone: {0}")]
+    Gone(String),
+    /// 401 or 403: credentials or RBAC; retrying soon will not help.
+    #[error("{code} {}: {message}", if *code == 401 { "Unauthorized" } else { "Forbidden" })]
+    Forbidden {
+        /// 401 or 403.
+        code: u16,
+        /// The server's message.
+        message: String,
+    },
+    /// 429: the server asks clients to slow down.
+    #[error("429 Too Many Requests: {message}")]
+    Throttled {
+        /// How long the server asked to wait (`details.retryAfterSeconds`).
+        retry_after: Option<Duration>,
+        /// The server's message.
+        message: String,
+    },
+    /// Another 4xx: the request itself was refused (a streaming list the server does not
+    /// serve answers 400 or 422).
+    #[error("{code}: {message}")]
+    Rejected {
+        /// The status code.
+        code: u16,
+        /// The server's message.
+        message: String,
+    },
+    /// 5xx.
+    #[error("{code}: {message}")]
+    Server {
+        /// The status code.
+        code: u16,
+        /// The server's message.
+        message: String,
+        /// How long the server asked to wait, if it said.
+        retry_after: Option<Duration>,
+    },
+    /// No answer in time.
+    #[error("no answer within {}s", .0.as_secs())]
+    Timeout(Duration),
+    /// The connection could not be made or broke (refused, reset, DNS, TLS).
+    #[error("{0}")]
+    Transport(String),
+    /// The answer was not what a Kubernetes API server sends.
+    #[error("undecodable answer: {0}")]
+    Decode(String),
+}
+
+impl RequestError {
+    /// The typed error for a `Status` the server answered (a response or a watch ERROR event).
+    pub(super) fn from_status(code: u16, message: &str, retry_after_seconds: u32) -> Self {
+        let message = message.to_string();
+        let retry_after =
+            (retry_after_seconds > 0).then(|| Duration::from_secs(retry_after_seconds.into()));
+        match code {
+            410 => RequestError::Gone(message),
+            401 | 403 => RequestError::Forbidden { code, message },
+            429 => RequestError::Throttled {
+                retry_after,
+                message,
+            },
+            500..=599 => RequestError::Server {
+                code,
+                message,
+                retry_after,
+            },
+            _ => RequestError::Rejected { code, message },
+        }
+    }
+
+    /// How long the server asked to wait before the next attempt.
+    pub(super) fn retry_after(&self) -> Option<Duration> {
+        match self {
+            RequestError::Throttled { retry_after, .. }
+            | RequestError::Server { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+impl From<kube::Error> for RequestError {
+    fn from(e: kube::Error) -> Self {
+        match e {
+            kube::Error::Api(s) => RequestError::from_status(
+                s.code,
+                &s.message,
+                s.details.as_ref().map_or(0, |d| d.retry_after_seconds),
+            ),
+            kube::Error::SerdeError(e) => RequestError::Decode(e.to_string()),
+            other => RequestError::Transport(chain(&other)),
+        }
+    }
+}
+
+/// An error and its sources, `a: b: c` (kube's transport errors say little at the top).
+pub(super) fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+/// What the state machine asks of the API server.
+#[async_trait]
+pub(super) trait ListWatch: Send + Sync {
+    /// One page of a list (the first page when `continue_token` is `None`).
+    async fn list(&self, continue_token: Option<String>) -> Result<ListPage, RequestError>;
+    /// Opens a watch; events follow on the stream.
+    async fn watch(&self, from: WatchFrom) -> Result<EventStream, RequestError>;
+}
+
+/// [`ListWatch`] over kube's `Api`, with the informer's selectors and timeouts.
+pub(super) struct KubeListWatch {
+    /// Every field kept.
+    api: Api<RawObject>,
+    /// The same resource parsed without `metadata.managedFields` (when the transforms drop
+    /// it anyway): list and watch go through it then.
+    trimmed: Option<Api<RawObject<DropManagedFields>>>,
+    /// The same, keeping only the summary of `managedFields` that `changedBy` needs (when
+    /// the transforms drop them and changes are attributed).
+    summarized: Option<Api<RawObject<SummarizeManagedFields>>>,
+    label_selector: Option<String>,
+    field_selector: Option<String>,
+    page_size: u32,
+}
+
+impl KubeListWatch {
+    /// Lists and watches through `api`, parsing without `managedFields` when `trim` (but
+    /// their summary when `summarize`).
+    pub(super) fn new(
+        key: &InformerKey,
+        resource: &kube::core::ApiResource,
+        api: Api<RawObject>,
+        trim: bool,
+        summarize: bool,
+        page_size: u32,
+    ) -> Self {
+        fn reparsed<P: ParsePolicy>(
+            api: &Api<RawObject>,
+            resource: &kube::core::ApiResource,
+        ) -> Api<RawObject<P>> {
+            let client = api.clone().into_client();
+            match api.namespace() {
+                Some(ns) => Api::namespaced_with(client, ns, resource),
+                None => Api::all_with(client, resource),
+            }
+        }
+        let trimmed = (trim && !summarize).then(|| reparsed(&api, resource));
+        let summarized = (trim && summarize).then(|| reparsed(&api, resource));
+        Self {
+            api,
+            trimmed,
+            summarized,
+            label_selector: key.label_selector.clone(),
+            field_selector: key.field_selector.clone(),
+            page_size,
+        }
+    }
+}
+
+/// A request with the informer's deadline.
+async fn bounded<T>(f: impl Future<Output = Result<T, kube::Error>>) -> Result<T, RequestError> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
+        Ok(r) => r.map_err(RequestError::from),
+        Err(_) => Err(RequestError::Timeout(REQUEST_TIMEOUT)),
+    }
+}
+
+#[async_trait]
+impl ListWatch for KubeListWatch {
+    async fn list(&self, continue_token: Option<String>) -> Result<ListPage, RequestError> {
+        let params = ListParams {
+            label_selector: self.label_selector.clone(),
+            field_selector: self.field_selector.clone(),
+            limit: Some(self.page_size),
+            continue_token,
+            ..ListParams::default()
+        };
+        match (&self.summarized, &self.trimmed) {
+            (Some(api), _) => bounded(api.list(&params)).await.map(page),
+            (None, Some(api)) => bounded(api.list(&params)).await.map(page),
+            (None, None) => bounded(self.api.list(&params)).await.map(page),
+        }
+    }
+
+    async fn watch(&self, from: WatchFrom) -> Result<EventStream, RequestError> {
+        let params = WatchParams {
+            label_selector: self.label_selector.clone(),
+            field_selector: self.field_selector.clone(),
+            timeout: Some(WATCH_TIMEOUT_SECS),
+            bookmarks: true,
+            send_initial_events: from == WatchFrom::InitialEvents,
+        };
+        let rv = match &from {
+            WatchFrom::Version(rv) => rv.as_str(),
+            WatchFrom::InitialEvents => "",
+        };
+        match (&self.summarized, &self.trimmed) {
+            (Some(api), _) => bounded(api.watch(&params, rv)).await.map(events),
+            (None, Some(api)) => bounded(api.watch(&params, rv)).await.map(events),
+            (None, None) => bounded(self.api.watch(&params, rv)).await.map(events),
+        }
+    }
+}
+
+fn page<P: ParsePolicy>(l: kube::core::ObjectList<RawObject<P>>) -> ListPage {
+    ListPage {
+        items: l.items.into_iter().map(|o| o.value).collect(),
+        resource_version: l.metadata.resource_version.unwrap_or_default(),
+        continue_token: l.metadata.continue_.filter(|c| !c.is_empty()),
+    }
+}
+
+fn events<P: ParsePolicy>(
+    s: impl futures::Stream<Item = Result<WatchEvent<RawObject<P>>, kube::Error>> + Send + 'static,
+) -> EventStream {
+    s.map(event).boxed()
+}
+
+/// One decoded watch line.
+fn event<P: ParsePolicy>(
+    r: Result<WatchEvent<RawObject<P>>, kube::Error>,
+) -> Result<RawEvent, RequestError> {
+    match r {
+        Ok(WatchEvent::Added(o)) => Ok(RawEvent::Added(o.value)),
+        Ok(WatchEvent::Modified(o)) => Ok(RawEvent::Modified(o.value)),
+        Ok(WatchEvent::Deleted(o)) => Ok(RawEvent::Deleted(o.value)),
+        Ok(WatchEvent::Bookmark(b)) => Ok(RawEvent::Bookmark {
+            initial_events_end: b.metadata.annotations.contains_key(INITIAL_EVENTS_END),
+            resource_version: b.metadata.resource_version,
+        }),
+        Ok(WatchEvent::Error(s)) => Err(RequestError::from_status(
+            s.code,
+            &s.message,
+            s.details.as_ref().map_or(0, |d| d.retry_after_seconds),
+        )),
+        Err(kube::Error::SerdeError(e)) => Ok(RawEvent::Undecodable(e.to_string())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_what_the_informer_does_about_them() {
+        assert_eq!(
+            RequestError::from_status(410, "too old", 0),
+            RequestError::Gone("too old".into())
+        );
+        assert!(matches!(
+            RequestError::from_status(403, "no", 0),
+            RequestError::Forbidden { code: 403, .. }
+        ));
+        let throttled = RequestError::from_status(429, "slow down", 7);
+        assert_eq!(throttled.retry_after(), Some(Duration::from_secs(7)));
+        assert!(matches!(
+            RequestError::from_status(422, "sendInitialEvents is forbidden", 0),
+            RequestError::Rejected { code: 422, .. }
+        ));
+        assert!(matches!(
+            RequestError::from_status(503, "busy", 0),
+            RequestError::Server {
+                code: 503,
+                retry_after: None,
+                ..
+            }
+        ));
+        assert_eq!(
+            RequestError::from_status(401, "who", 0).to_string(),
+            "401 Unauthorized: who"
+        );
+    }
+
+    #[test]
+    fn a_watch_line_that_does_not_decode_is_an_item_not_the_end_of_the_stream() {
+        let bad = serde_json::from_str::<Value>("{").unwrap_err();
+        let item = event::<super::super::KeepAll>(Err(kube::Error::SerdeError(bad)));
+        assert!(matches!(item, Ok(RawEvent::Undecodable(_))), "{item:?}");
+    }
+}
