@@ -106,6 +106,12 @@ struct EmitHandler {
     metrics: Arc<Metrics>,
 }
 
+/// When the change arrived from the API server: the watch event's arrival (before parsing),
+/// else now (list pages, re-syncs).
+fn arrival() -> Instant {
+    crate::informer::arrival().unwrap_or_else(Instant::now)
+}
+
 impl EmitHandler {
     async fn emit(&self, envelope: Envelope) {
         self.metrics.observed(&envelope.kind, envelope.op);
@@ -128,7 +134,7 @@ impl Handler for EmitHandler {
     async fn on_delete(&self, last_known: &Arc<Value>, final_state_unknown: bool) {
         let mut e = self
             .builder
-            .build(Op::Delete, last_known.clone(), None, None, Instant::now());
+            .build(Op::Delete, last_known.clone(), None, None, arrival());
         e.final_state_unknown = final_state_unknown;
         self.emit(e).await;
     }
@@ -136,7 +142,7 @@ impl Handler for EmitHandler {
     async fn on_read(&self, obj: &Arc<Value>, mark: SnapshotMark, initial_list: bool) {
         let mut e = self
             .builder
-            .build(Op::Add, obj.clone(), None, None, Instant::now());
+            .build(Op::Add, obj.clone(), None, None, arrival());
         e.snapshot = Some(mark);
         e.initial_list = initial_list;
         self.emit(e).await;
@@ -145,7 +151,7 @@ impl Handler for EmitHandler {
     async fn on_add_by(&self, obj: &Arc<Value>, initial_list: bool, changed_by: ChangedBy) {
         let mut e = self
             .builder
-            .build(Op::Add, obj.clone(), None, None, Instant::now());
+            .build(Op::Add, obj.clone(), None, None, arrival());
         e.initial_list = initial_list;
         e.changed_by = changed_by;
         self.emit(e).await;
@@ -163,7 +169,7 @@ impl Handler for EmitHandler {
             new.clone(),
             Some(old.clone()),
             Some(patch),
-            Instant::now(),
+            arrival(),
         );
         e.changed_by = changed_by;
         self.emit(e).await;

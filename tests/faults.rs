@@ -7,7 +7,7 @@ mod common;
 #[path = "../src/sinks/webhook/tests/receiver.rs"]
 mod receiver;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -102,13 +102,13 @@ async fn api_server_faults_during_churn_lose_no_change_and_invent_none() {
         while let Some(e) = agent.try_next(Duration::from_millis(300)).await {
             events.push(e);
         }
-        let mut state = HashMap::new();
-        let mut seen = HashSet::new();
-        for e in &events {
-            consume_at_least_once(&mut state, &mut seen, e);
-        }
-        if state == want || tokio::time::Instant::now() > deadline {
-            assert_eq!(state, want, "replaying the output reconstructs the cluster");
+        let mut consumer = AtLeastOnce::default();
+        consumer.consume_all(&events);
+        if consumer.objects == want || tokio::time::Instant::now() > deadline {
+            assert_eq!(
+                consumer.objects, want,
+                "replaying the output reconstructs the cluster"
+            );
             break;
         }
     }
@@ -134,7 +134,7 @@ async fn api_server_faults_during_churn_lose_no_change_and_invent_none() {
         }
     }
     replay.apply_all(&events);
-    agent.expect_quiet(Duration::from_secs(1)).await;
+    agent.expect_nothing_more(&sim).await;
     let rows = parse_metrics(&agent.ops_get("/metrics").await.1);
     let relists = metric(&rows, &["lookout_relists_total"]).unwrap();
     let restarts = metric_sum(&rows, &["lookout_watch_restarts_total"]);
@@ -247,12 +247,9 @@ async fn a_sink_down_for_a_long_time_keeps_memory_bounded_and_delivers_every_fin
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         drain(&mut rx, &mut got);
-        let mut state = HashMap::new();
-        let mut seen = HashSet::new();
-        for e in &got {
-            consume_at_least_once(&mut state, &mut seen, e);
-        }
-        if state == want {
+        let mut consumer = AtLeastOnce::default();
+        consumer.consume_all(&got);
+        if consumer.objects == want {
             break;
         }
         assert!(

@@ -1,9 +1,8 @@
 //! The Kafka sink against a real Kafka-protocol broker process (tansu): through the real sink
 //! driver, and end to end (kubesim → `lookout run` → tansu).
 //!
-//! The broker binary comes from `$TANSU` (the Makefile exports it), falling back to
-//! `~/.cache/lookout/tools/bin/tansu` (`make tansu` builds it). Without it the tests print a
-//! loud SKIPPED message and pass.
+//! The broker binary comes from `$TANSU` (the Makefile exports it), else PATH; `make tansu`
+//! builds it. Without it the tests fail and say so.
 
 mod common;
 
@@ -28,24 +27,9 @@ use tokio_util::sync::CancellationToken;
 
 // ---------------------------------------------------------------- the broker
 
-/// The tansu binary, or `None` after printing why the test is skipped.
-fn tansu_binary(test: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("TANSU")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .map(|h| PathBuf::from(h).join(".cache/lookout/tools/bin/tansu"))
-        })
-        .filter(|p| p.is_file());
-    if path.is_none() {
-        eprintln!(
-            "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
-             !!! SKIPPED {test}: no tansu broker binary ($TANSU or\n\
-             !!! ~/.cache/lookout/tools/bin/tansu). Run `make tansu` to build it.\n\
-             !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
-        );
-    }
-    path
+/// The tansu binary: `$TANSU`, else PATH; a missing one fails the test with how to build it.
+fn tansu_binary() -> PathBuf {
+    kubesim::tools::TANSU.require()
 }
 
 /// Sink and librdkafka logs on the test's output (`RUST_LOG` overrides).
@@ -276,9 +260,7 @@ fn rv_of(m: &Received) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tansu_receives_every_change_keyed_by_uid_in_order_with_headers_and_tombstones() {
     init_logs();
-    let Some(bin) = tansu_binary("tansu scenario A") else {
-        return;
-    };
+    let bin = tansu_binary();
     let broker = Tansu::start(&bin, free_port());
     let topics = [
         ("k8s.deployment", 3),
@@ -391,9 +373,7 @@ async fn tansu_receives_every_change_keyed_by_uid_in_order_with_headers_and_tomb
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tansu_killed_for_20s_mid_stream_loses_nothing_and_duplicates_are_counted() {
     init_logs();
-    let Some(bin) = tansu_binary("tansu scenario B") else {
-        return;
-    };
+    let bin = tansu_binary();
     let port = free_port();
     let broker = Tansu::start(&bin, port);
     let topic = "k8s.deployment";
@@ -457,11 +437,20 @@ async fn tansu_killed_for_20s_mid_stream_loses_nothing_and_duplicates_are_counte
     while consumed_a.lock().unwrap().len() < acked_now && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let errors_before_kill = stats.errors.load(Ordering::SeqCst);
     broker.kill();
     let killed_at = Instant::now();
-    // Delivery reports already on their way when the broker died still land; none can
-    // come later.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Delivery reports already on their way when the broker died still land, until the
+    // driver sees the outage: its first failed send means the batch in flight at the kill
+    // has resolved, and nothing the dead broker confirmed is still to come.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stats.errors.load(Ordering::SeqCst) == errors_before_kill {
+        assert!(
+            Instant::now() < deadline,
+            "the driver never saw the broker go away"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let acked_before_kill: HashSet<String> = acks.ids.lock().unwrap().clone();
     consumer_a.abort();
     let consumed_a: Vec<Received> = consumed_a.lock().unwrap().clone();
@@ -607,9 +596,7 @@ async fn tansu_killed_for_20s_mid_stream_loses_nothing_and_duplicates_are_counte
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubesim_changes_reach_tansu_through_lookout_run_keyed_ordered_and_replayable() {
     init_logs();
-    let Some(bin) = tansu_binary("kubesim → lookout run → tansu") else {
-        return;
-    };
+    let bin = tansu_binary();
     let broker = Tansu::start(&bin, free_port());
     let topic = "test.core.configmap";
     let topics = [(topic, 3)];

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -47,6 +46,50 @@ async fn wait_log(agent: &Agent, needle: &str) {
     }
 }
 
+/// Waits until the agent's state writer logged at least `n` acknowledgements recorded.
+async fn wait_recorded(agent: &Agent, n: u64) {
+    let deadline = tokio::time::Instant::now() + SOON;
+    loop {
+        let log = agent.stderr();
+        let recorded = log
+            .lines()
+            .filter(|l| l.contains("delivered state recorded"))
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("recorded="))
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+            .max()
+            .unwrap_or(0);
+        if recorded >= n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{recorded} of {n} acknowledgements recorded:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the agent's ConfigMap cache holds at least `n` objects (its metric).
+async fn wait_cached(agent: &Agent, n: usize) {
+    let deadline = tokio::time::Instant::now() + SOON;
+    loop {
+        let rows = parse_metrics(&agent.ops_get("/metrics").await.1);
+        let cached = metric(&rows, &["lookout_cached_objects", "ConfigMap"]).unwrap_or(0.0);
+        if cached >= n as f64 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the standby caches {cached} of {n} objects:\n{}",
+            agent.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn the_standby_takes_over_within_the_lease_duration_and_loses_nothing() {
     let sim = sim().await;
@@ -84,8 +127,10 @@ async fn the_standby_takes_over_within_the_lease_duration_and_loses_nothing() {
         .unwrap();
     }
     wait_jsonl(&a_out, 3).await;
-    // Let the leader record its acknowledgements, and the standby see everything (warm).
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The leader has recorded its acknowledgements (the state writer logs its running
+    // total), and the standby has seen every change (warm) without forwarding any.
+    wait_recorded(&a, 3).await;
+    wait_cached(&b, 3).await;
     assert!(read_jsonl(&b_out).is_empty(), "a standby forwards nothing");
     let lease = sim
         .get(
@@ -118,10 +163,20 @@ async fn the_standby_takes_over_within_the_lease_duration_and_loses_nothing() {
 
     let taken = wait_jsonl(&b_out, 3).await;
     let takeover = killed.elapsed();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let b_events = read_jsonl(&b_out);
+    // A barrier made after the takeover's re-sync: anything else the new leader re-sends
+    // is in its file before it.
+    sim.create(
+        "v1",
+        "ConfigMap",
+        configmap("default", "zz-barrier", json!({"v": "0"})),
+    )
+    .unwrap();
+    let b_events = wait_jsonl_until(&b_out, "barrier", |es| {
+        es.iter().any(|e| e["name"] == "zz-barrier")
+    })
+    .await;
     assert_eq!(
-        b_events.len(),
+        before_marker(&b_events, "zz-barrier").len(),
         3,
         "only what changed since the last acknowledgement: {b_events:#?}"
     );
@@ -153,11 +208,9 @@ async fn the_standby_takes_over_within_the_lease_duration_and_loses_nothing() {
     assert_eq!(lease["spec"]["leaseTransitions"], 1);
 
     // Everything A and B forwarded, replayed, is the cluster.
-    let (mut consumer, mut seen) = (HashMap::new(), HashSet::new());
-    for e in read_jsonl(&a_out).iter().chain(b_events.iter()) {
-        consume_at_least_once(&mut consumer, &mut seen, e);
-    }
-    assert_eq!(consumer, cluster_state(&sim, "v1", "ConfigMap"));
+    let mut consumer = AtLeastOnce::default();
+    consumer.consume_all(read_jsonl(&a_out).iter().chain(b_events.iter()));
+    assert_eq!(consumer.objects, cluster_state(&sim, "v1", "ConfigMap"));
     eprintln!("takeover after SIGKILL of the leader: {takeover:?}");
     let (status, _, log) = b.terminate().await;
     assert!(status.success(), "{log}");

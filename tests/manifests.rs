@@ -3,8 +3,8 @@
 //! Every object must be a valid object of its kind with no unknown or misspelt field; each
 //! variant's config must be a valid lookout config in the environment its pod provides; RBAC
 //! must grant exactly what that config watches (plus the leader-election Lease); and both
-//! workloads must run hardened, probed and sized. With a kubectl (`$KUBECTL`, else Debian's
-//! in the tools cache), the kustomize output is checked as well.
+//! workloads must run hardened, probed and sized. The kustomize output is checked with kubectl
+//! (`$KUBECTL`, else PATH; `make kubectl` installs it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -1066,24 +1066,6 @@ fn a_network_policy_admits_only_the_scraper_to_the_ops_port() {
 // kubectl kustomize
 // ---------------------------------------------------------------------------------------
 
-/// `$KUBECTL`, else Debian's kubectl as `make kubectl` unpacks it; None (with a loud skip)
-/// when neither is there.
-fn kubectl() -> Option<PathBuf> {
-    let found = std::env::var_os("KUBECTL").map(PathBuf::from).or_else(|| {
-        let home = std::env::var_os("HOME")?;
-        Some(PathBuf::from(home).join(".cache/lookout/tools/kubectl-deb/root/usr/bin/kubectl"))
-    });
-    match found {
-        Some(path) if path.is_file() => Some(path),
-        _ => {
-            eprintln!(
-                "\n\n!!!!!!!! SKIPPING kubectl TEST: no kubectl found (set KUBECTL=/path/to/kubectl) !!!!!!!!\n\n"
-            );
-            None
-        }
-    }
-}
-
 fn kustomize(kubectl: &Path, dir: &Path) -> Vec<Doc> {
     let out = Command::new(kubectl)
         .arg("kustomize")
@@ -1116,7 +1098,7 @@ fn relative(from: &Path, to: &Path) -> PathBuf {
 
 #[test]
 fn kubectl_kustomize_renders_both_variants_with_the_site_settings() {
-    let Some(kubectl) = kubectl() else { return };
+    let kubectl = kubesim::tools::KUBECTL.require();
     let deploy = Path::new(DEPLOY).canonicalize().unwrap();
     let top = std::fs::read_to_string(deploy.join("kustomization.yaml")).unwrap();
     let k: serde_yaml_ng::Value = serde_yaml_ng::from_str(&top).unwrap();

@@ -131,7 +131,7 @@ async fn every_op_arrives_as_one_envelope_in_order_with_replayable_patches() {
     }
     assert_eq!(replay.objects.len(), 2);
 
-    agent.expect_quiet(Duration::from_millis(500)).await;
+    agent.expect_nothing_more(&sim).await;
     let (status, rest, log) = agent.terminate().await;
     assert!(status.success(), "SIGTERM exits 0: {status:?}\n{log}");
     assert!(rest.is_empty(), "nothing after shutdown: {rest:?}");
@@ -187,7 +187,7 @@ async fn two_consumers_of_one_resource_share_one_list_and_one_watch() {
             .unwrap();
         let e = agent.next().await;
         assert_eq!(e["name"], "x");
-        agent.expect_quiet(Duration::from_millis(500)).await;
+        agent.expect_nothing_more(&sim).await;
         let log = sim.request_log();
         let on_cm: Vec<_> = log
             .iter()
@@ -331,7 +331,7 @@ async fn relist_after_410_emits_only_real_changes() {
 
     let mut events = agent.take(5).await;
     replay.apply_all(&events);
-    agent.expect_quiet(Duration::from_secs(2)).await;
+    agent.expect_nothing_more(&sim).await;
     events.sort_by_key(|e| {
         (
             e["name"].as_str().unwrap().to_string(),
@@ -395,7 +395,7 @@ async fn a_dropped_watch_resumes_without_a_relist_or_duplicates() {
             (Some("update"), Some(i.to_string().as_str()))
         );
     }
-    agent.expect_quiet(Duration::from_millis(500)).await;
+    agent.expect_nothing_more(&sim).await;
     let lists = initial_lists(&sim.request_log(), "/api/v1/configmaps");
     assert_eq!(lists, 1, "reconnects resume the watch; only 410 re-lists");
 }

@@ -3,7 +3,6 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
@@ -91,7 +90,7 @@ async fn drop_routes_win_and_forward_routes_pick_sinks_by_kind_namespace_op_and_
     sinks: [oncall]",
         "",
     );
-    let mut agent = Agent::start(&sim, &config).await;
+    let agent = Agent::start(&sim, &config).await;
     agent.wait_ready(200, SOON).await;
     let lake = dir.path().join("lake.jsonl");
     let oncall = dir.path().join("oncall.jsonl");
@@ -156,11 +155,37 @@ async fn drop_routes_win_and_forward_routes_pick_sinks_by_kind_namespace_op_and_
     sim.delete("apps/v1", "Deployment", Some("shop"), "web")
         .unwrap();
 
-    let lake_events = wait_jsonl(&lake, 7).await;
-    let oncall_events = wait_jsonl(&oncall, 2).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A barrier both routes forward: every earlier Deployment change is in each file before
+    // it (one informer, queue order), so the files are complete once it shows up.
+    sim.create(
+        "apps/v1",
+        "Deployment",
+        deployment("shop", "zz-marker", 1, "m:1"),
+    )
+    .unwrap();
+    sim.merge_patch(
+        "apps/v1",
+        "Deployment",
+        Some("shop"),
+        "zz-marker",
+        json!({"spec": {"replicas": 2}}),
+    )
+    .unwrap();
+    let is_marker_update = |e: &Value| e["name"] == "zz-marker" && e["op"] == "update";
+    let lake_all = wait_jsonl_until(&lake, "barrier", |es| {
+        es.iter().any(is_marker_update)
+            && es.iter().filter(|e| e["name"] != "zz-marker").count() >= 7
+    })
+    .await;
+    let lake_events: Vec<Value> = lake_all
+        .into_iter()
+        .filter(|e| e["name"] != "zz-marker")
+        .collect();
+    let oncall_all =
+        wait_jsonl_until(&oncall, "barrier", |es| es.iter().any(is_marker_update)).await;
+    let oncall_events = before_marker(&oncall_all, "zz-marker").to_vec();
     // Order is kept per object (the replay below checks it), not across kinds.
-    let mut got = summary(&read_jsonl(&lake));
+    let mut got = summary(&lake_events);
     got.sort();
     assert_eq!(
         got,
@@ -175,13 +200,12 @@ async fn drop_routes_win_and_forward_routes_pick_sinks_by_kind_namespace_op_and_
         ]
     );
     assert_eq!(
-        summary(&read_jsonl(&oncall)),
+        summary(&oncall_events),
         vec!["update Deployment shop/web", "delete Deployment shop/web"]
     );
     assert_eq!(oncall_events[0]["object"]["spec"]["replicas"], 3);
     let mut replay = Replay::default();
     replay.apply_all(&lake_events);
-    agent.expect_quiet(Duration::from_millis(100)).await;
 }
 
 #[tokio::test]
@@ -223,21 +247,26 @@ async fn conditions_on_the_object_select_events() {
     let mut annotated = deployment("default", "web-c", 1, "x:1");
     annotated["metadata"]["annotations"] = json!({"note": "x"});
     sim.create("apps/v1", "Deployment", annotated).unwrap();
-    let lake = wait_jsonl(&dir.path().join("lake.jsonl"), 2).await;
-    let oncall = wait_jsonl(&dir.path().join("oncall.jsonl"), 2).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A barrier both routes select: the files are complete once it shows up in each.
+    sim.create(
+        "apps/v1",
+        "Deployment",
+        deployment("default", "web-zz-marker", 3, "x:1"),
+    )
+    .unwrap();
+    let lake = until_marker(&dir.path().join("lake.jsonl"), "web-zz-marker").await;
+    let oncall = until_marker(&dir.path().join("oncall.jsonl"), "web-zz-marker").await;
     assert_eq!(
-        summary(&read_jsonl(&dir.path().join("lake.jsonl"))),
+        summary(&lake),
         vec!["add Deployment default/web-a", "add Deployment default/api"]
     );
     assert_eq!(
-        summary(&read_jsonl(&dir.path().join("oncall.jsonl"))),
+        summary(&oncall),
         vec![
             "add Deployment default/web-a",
             "add Deployment default/web-b"
         ]
     );
-    assert_eq!((lake.len(), oncall.len()), (2, 2));
 }
 
 #[tokio::test]
@@ -275,9 +304,16 @@ async fn route_transforms_reshape_only_their_sinks_and_keep_patches_replayable()
         json!({"spec": {"replicas": 5}}),
     )
     .unwrap();
-    let lake = wait_jsonl(&dir.path().join("lake.jsonl"), 3).await;
-    let oncall = wait_jsonl(&dir.path().join("oncall.jsonl"), 2).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A barrier both routes forward: every earlier change is in each file before it.
+    sim.create(
+        "apps/v1",
+        "Deployment",
+        deployment("default", "zz-marker", 1, "m:1"),
+    )
+    .unwrap();
+    let lake = until_marker(&dir.path().join("lake.jsonl"), "zz-marker").await;
+    let oncall = until_marker(&dir.path().join("oncall.jsonl"), "zz-marker").await;
+    assert_eq!(lake.len(), 3, "{lake:#?}");
     let all = std::fs::read_to_string(dir.path().join("lake.jsonl")).unwrap();
     assert!(
         !all.contains("hunter2-plain"),
@@ -326,7 +362,8 @@ async fn ignore_paths_suppress_heartbeat_only_updates_but_not_real_changes() {
         sim.merge_patch("v1", "Node", None, "n1", json!({"status": {"conditions": [
             {"type": "Ready", "status": "True", "lastHeartbeatTime": format!("2026-01-01T00:00:0{i}Z")}]}})).unwrap();
     }
-    agent.expect_quiet(Duration::from_secs(1)).await;
+    // The next real change is the barrier: a heartbeat-only update that leaked would come
+    // out before it and fail the checks below.
     sim.merge_patch(
         "v1",
         "Node",
@@ -435,104 +472,210 @@ async fn secret_values_appear_in_no_sink_output_and_not_in_the_cache_api() {
     );
 }
 
-#[tokio::test]
-async fn the_cache_api_answers_like_kubectl_for_the_same_selectors() {
-    let sim = sim().await;
-    for (name, app, tier) in [
-        ("a", "web", "front"),
-        ("b", "web", "back"),
-        ("c", "api", "back"),
-        ("d", "db", "data"),
-    ] {
-        let mut cm = configmap("default", name, json!({"k": name}));
-        cm["metadata"]["labels"] = json!({"app": app, "tier": tier});
-        sim.create("v1", "ConfigMap", cm).unwrap();
-    }
-    sim.create("v1", "Namespace", namespace("other", json!({})))
-        .unwrap();
-    sim.create("v1", "ConfigMap", configmap("other", "e", json!({})))
-        .unwrap();
-    let config = format!(
-        "{}  cache:\n    enabled: true\n    token: s3cret\n",
-        stdout_config(&[("v1", "ConfigMap")])
-    );
-    let agent = Agent::start(&sim, &config).await;
-    agent.wait_ready(200, SOON).await;
-    let addr = agent.ops_addr().await;
-    let client = reqwest::Client::new();
-    let get = |path: String| {
-        let client = client.clone();
-        let url = format!("http://{addr}{path}");
-        async move {
-            let r = client.get(url).bearer_auth("s3cret").send().await.unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+/// An agent serving the cache API over six labelled ConfigMaps in two namespaces.
+struct CacheApi {
+    _sim: kubesim::KubeSim,
+    agent: Agent,
+    addr: String,
+    client: reqwest::Client,
+}
+
+impl CacheApi {
+    async fn start() -> CacheApi {
+        let sim = sim().await;
+        for (ns, name, labels) in [
+            ("default", "a", json!({"app": "web", "tier": "front"})),
+            ("default", "b", json!({"app": "web", "tier": "back"})),
+            ("default", "c", json!({"app": "api", "tier": "back"})),
+            ("default", "d", json!({"app": "db", "tier": "data"})),
+            ("default", "f", json!({"app": "web-canary"})),
+            ("other", "e", json!({"app": "demo"})),
+        ] {
+            if ns != "default" && sim.get("v1", "Namespace", None, ns).is_none() {
+                sim.create("v1", "Namespace", namespace(ns, json!({})))
+                    .unwrap();
+            }
+            let mut cm = configmap(ns, name, json!({"k": name}));
+            cm["metadata"]["labels"] = labels;
+            sim.create("v1", "ConfigMap", cm).unwrap();
         }
-    };
+        let config = format!(
+            "{}  cache:\n    enabled: true\n    token: s3cret\n",
+            stdout_config(&[("v1", "ConfigMap")])
+        );
+        let agent = Agent::start(&sim, &config).await;
+        agent.wait_ready(200, SOON).await;
+        let addr = agent.ops_addr().await;
+        CacheApi {
+            _sim: sim,
+            agent,
+            addr,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(format!("http://{}{path}", self.addr))
+            .bearer_auth("s3cret")
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    }
+
+    async fn list(&self, ns: &str, selector: &str) -> Value {
+        let (status, list) = self
+            .get(&format!(
+                "/cache/v1/ConfigMap?namespace={ns}&labelSelector={}",
+                urlencode(selector)
+            ))
+            .await;
+        assert_eq!(status, 200, "{selector}: {list}");
+        list
+    }
+}
+
+/// `namespace/name` of every item of a list, sorted.
+fn item_names(list: &Value) -> Vec<String> {
+    let mut v: Vec<String> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            format!(
+                "{}/{}",
+                i["metadata"]["namespace"].as_str().unwrap(),
+                i["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn the_cache_api_answers_label_selectors_as_written_by_hand() {
+    let api = CacheApi::start().await;
     assert_eq!(
-        reqwest::get(format!("http://{addr}/cache/v1/ConfigMap"))
+        reqwest::get(format!("http://{}/cache/v1/ConfigMap", api.addr))
             .await
             .unwrap()
             .status(),
         401
     );
+    // Expected answers worked out by hand from the Kubernetes label-selector rules, not
+    // by any selector code.
+    let table: &[(&str, &str, &[&str])] = &[
+        ("default", "app=web", &["default/a", "default/b"]),
+        ("default", "app==web", &["default/a", "default/b"]),
+        (
+            "default",
+            "app!=web",
+            &["default/c", "default/d", "default/f"],
+        ),
+        (
+            "",
+            "app!=web",
+            &["default/c", "default/d", "default/f", "other/e"],
+        ),
+        (
+            "default",
+            "tier in (back,data),app!=api",
+            &["default/b", "default/d"],
+        ),
+        (
+            "",
+            "tier",
+            &["default/a", "default/b", "default/c", "default/d"],
+        ),
+        ("default", "!tier", &["default/f"]),
+        ("", "!tier", &["default/f", "other/e"]),
+        (
+            "",
+            "app notin (web,api)",
+            &["default/d", "default/f", "other/e"],
+        ),
+        (
+            "",
+            "tier notin (back)",
+            &["default/a", "default/d", "default/f", "other/e"],
+        ),
+        ("", "app in (web-canary)", &["default/f"]),
+        ("", "app=web,tier=front", &["default/a"]),
+        ("", "app=nope", &[]),
+        ("other", "", &["other/e"]),
+        (
+            "",
+            "",
+            &[
+                "default/a",
+                "default/b",
+                "default/c",
+                "default/d",
+                "default/f",
+                "other/e",
+            ],
+        ),
+    ];
+    for (ns, selector, want) in table {
+        let got = item_names(&api.list(ns, selector).await);
+        assert_eq!(got, *want, "selector {selector:?} in {ns:?}");
+    }
+    let (status, field) = api
+        .get("/cache/v1/ConfigMap?fieldSelector=metadata.name%3Dc")
+        .await;
+    assert_eq!(
+        (status, item_names(&field)),
+        (200, vec!["default/c".to_string()])
+    );
+    let (status, field) = api
+        .get("/cache/v1/ConfigMap?fieldSelector=metadata.namespace!%3Ddefault")
+        .await;
+    assert_eq!(
+        (status, item_names(&field)),
+        (200, vec!["other/e".to_string()])
+    );
+    let (status, one) = api.get("/cache/v1/ConfigMap/default/b").await;
+    assert_eq!((status, one["data"]["k"].clone()), (200, json!("b")));
+    assert_eq!(api.get("/cache/v1/ConfigMap/default/nope").await.0, 404);
+    assert_eq!(api.get("/cache/v1/Pod").await.0, 404);
+    assert_eq!(
+        api.get("/cache/v1/ConfigMap?labelSelector=a%20in%20(")
+            .await
+            .0,
+        400
+    );
+}
 
-    let kubectl = std::env::var("KUBECTL")
-        .ok()
-        .filter(|p| Path::new(p).exists())
-        .or_else(|| {
-            let p = "/root/.cache/lookout/tools/kubectl-deb/root/usr/bin/kubectl";
-            Path::new(p).exists().then(|| p.to_string())
-        });
-    let kubeconfig = agent.dir.path().join("kubeconfig");
-    let names = |list: &Value| -> Vec<String> {
-        let mut v: Vec<String> = list["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| {
-                format!(
-                    "{}/{}",
-                    i["metadata"]["namespace"].as_str().unwrap(),
-                    i["metadata"]["name"].as_str().unwrap()
-                )
-            })
-            .collect();
-        v.sort();
-        v
-    };
+#[tokio::test]
+async fn the_cache_api_answers_like_kubectl_for_the_same_selectors() {
+    let api = CacheApi::start().await;
+    let kubectl = kubesim::tools::KUBECTL.require();
+    let kubeconfig = api.agent.dir.path().join("kubeconfig");
     for (ns, selector) in [
         ("default", "app=web"),
         ("default", "tier in (back,data),app!=api"),
         ("", "tier"),
         ("default", "!tier"),
+        ("", "app notin (web,api)"),
     ] {
-        let query = format!(
-            "/cache/v1/ConfigMap?namespace={ns}&labelSelector={}",
-            urlencode(selector)
-        );
-        let (status, ours) = get(query).await;
-        assert_eq!(status, 200, "{ours}");
-        let Some(kubectl) = &kubectl else {
-            eprintln!(
-                "\n!!!!!!!! kubectl not installed: cache API checked without the kubectl comparison !!!!!!!!\n"
-            );
-            continue;
-        };
-        let mut cmd = tokio::process::Command::new(kubectl);
-        cmd.arg("--kubeconfig").arg(&kubeconfig).args([
-            "get",
-            "configmaps",
-            "-o",
-            "json",
-            "-l",
-            selector,
-        ]);
+        let ours = api.list(ns, selector).await;
+        let mut cmd = tokio::process::Command::new(&kubectl);
+        cmd.env("HOME", api.agent.dir.path())
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["get", "configmaps", "-o", "json", "-l", selector]);
         if ns.is_empty() {
             cmd.arg("-A");
         } else {
             cmd.args(["-n", ns]);
         }
-        let out = cmd.output().await.unwrap();
+        let out = tokio::time::timeout(SOON, cmd.output())
+            .await
+            .expect("kubectl answers")
+            .unwrap();
         assert!(
             out.status.success(),
             "{}",
@@ -540,8 +683,8 @@ async fn the_cache_api_answers_like_kubectl_for_the_same_selectors() {
         );
         let theirs: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(
-            names(&ours),
-            names(&theirs),
+            item_names(&ours),
+            item_names(&theirs),
             "selector {selector} in {ns:?}"
         );
         for item in theirs["items"].as_array().unwrap() {
@@ -555,23 +698,10 @@ async fn the_cache_api_answers_like_kubectl_for_the_same_selectors() {
                 item["metadata"]["namespace"].as_str().unwrap(),
                 item["metadata"]["name"].as_str().unwrap()
             );
-            let (_, one) = get(format!("/cache/v1/ConfigMap/{key}")).await;
+            let (_, one) = api.get(&format!("/cache/v1/ConfigMap/{key}")).await;
             assert_eq!(one, want, "object {key}");
         }
     }
-    let (status, field) = get("/cache/v1/ConfigMap?fieldSelector=metadata.name%3Dc".into()).await;
-    assert_eq!(
-        (status, names(&field)),
-        (200, vec!["default/c".to_string()])
-    );
-    assert_eq!(get("/cache/v1/ConfigMap/default/nope".into()).await.0, 404);
-    assert_eq!(get("/cache/v1/Pod".into()).await.0, 404);
-    assert_eq!(
-        get("/cache/v1/ConfigMap?labelSelector=a%20in%20(".into())
-            .await
-            .0,
-        400
-    );
 }
 
 fn urlencode(s: &str) -> String {

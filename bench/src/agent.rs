@@ -32,7 +32,15 @@ pub fn spawn(
     let path = dir.join(format!("lookout-{tag}.yaml"));
     std::fs::write(&path, config).expect("write config");
     let stderr = std::fs::File::create(dir.join(format!("lookout-{tag}.log"))).expect("log file");
-    let child = Command::new(bin)
+    let mut cmd = Command::new(bin);
+    // lookout reads `LOOKOUT_*` variables as config overrides: none of the harness's own
+    // environment may leak into the agent's config.
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("LOOKOUT_") {
+            cmd.env_remove(k);
+        }
+    }
+    let child = cmd
         .args(["run", "--config"])
         .arg(&path)
         .env("KUBECONFIG", kubeconfig)
@@ -60,6 +68,13 @@ impl Agent {
         self.child.stdout.take()
     }
 
+    /// Panics (with the agent's log) when the agent has exited.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("lookout exited early ({status}); see its log in the output directory");
+        }
+    }
+
     /// `/metrics` text, `None` while the server is not up.
     pub fn metrics(&self) -> Option<String> {
         http_get(self.ops, "/metrics")
@@ -80,9 +95,7 @@ impl Agent {
     pub fn wait_emitted(&mut self, sinks: &[&str], n: u64, timeout: Duration) -> Option<Instant> {
         let end = Instant::now() + timeout;
         while Instant::now() < end {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("lookout exited early: {status}");
-            }
+            self.assert_running();
             if sinks
                 .iter()
                 .all(|s| self.emitted(s).is_some_and(|c| c >= n))

@@ -18,6 +18,8 @@ pub struct Cluster {
     pub kubeconfig: PathBuf,
     /// Updates made so far (makes every value unique).
     written: u64,
+    /// Updates go round-robin over the first `touch` Pods (all by default).
+    pub touch: usize,
 }
 
 impl Cluster {
@@ -39,6 +41,7 @@ impl Cluster {
             pods,
             kubeconfig,
             written: 0,
+            touch: usize::MAX,
         }
     }
 
@@ -47,14 +50,18 @@ impl Cluster {
     pub fn update(&mut self) -> Value {
         let i = self.written;
         self.written += 1;
-        let (ns, name) = &self.pods[(i as usize) % self.pods.len()];
+        let (ns, name) = &self.pods[(i as usize) % self.pods.len().min(self.touch).max(1)];
         let patch = match i % 3 {
             0 => json!({"metadata": {"labels": {"bench/revision": i.to_string()}}}),
             1 => {
                 json!({"metadata": {"annotations": {"bench.lookout.dev/touched": format!("{i}")}}})
             }
             _ => {
-                let ready = if (i / 3) % 2 == 0 { "False" } else { "True" };
+                let ready = if (i / 3).is_multiple_of(2) {
+                    "False"
+                } else {
+                    "True"
+                };
                 let t = format!("2026-01-01T00:{:02}:{:02}Z", (i / 60) % 60, i % 60);
                 json!({"status": {"conditions": [
                     {"type": "PodReadyToStartContainers", "status": "True", "lastProbeTime": null, "lastTransitionTime": "2026-01-01T00:00:00Z"},
@@ -70,20 +77,59 @@ impl Cluster {
             .expect("update pod")
     }
 
-    /// Writes `n` updates as fast as kubesim takes them; keeps the watch lines
-    /// (`{"type":"MODIFIED","object":…}`) of the first `keep` for the floor measurement.
-    pub fn write_updates(&mut self, n: usize, keep: usize) -> (Duration, Vec<Vec<u8>>) {
-        let mut lines = Vec::with_capacity(keep.min(n));
+    /// Writes `n` updates as fast as kubesim takes them; returns how long it took and the
+    /// resourceVersion the burst starts after.
+    pub fn write_updates(&mut self, n: usize) -> (Duration, u64) {
+        let from = self.sim.current_resource_version();
         let t = Instant::now();
-        for i in 0..n {
-            let obj = self.update();
-            if i < keep {
-                lines.push(
-                    serde_json::to_vec(&json!({"type": "MODIFIED", "object": obj})).expect("json"),
-                );
-            }
+        for _ in 0..n {
+            self.update();
         }
-        (t.elapsed(), lines)
+        (t.elapsed(), from)
+    }
+
+    /// The first `n` watch events after resourceVersion `from`, byte for byte as kubesim
+    /// serves them to any watcher (lookout and kubectl included): one
+    /// `{"type":"MODIFIED","object":…}` line each, managedFields and all.
+    pub fn watch_bytes(&self, rt: &tokio::runtime::Runtime, from: u64, n: usize) -> Vec<Vec<u8>> {
+        use http_body_util::BodyExt;
+        let addr = self.sim.addr();
+        rt.block_on(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .expect("handshake");
+            tokio::spawn(conn);
+            let req = http::Request::builder()
+                .uri(format!("/api/v1/pods?watch=true&resourceVersion={from}"))
+                .header("host", addr.to_string())
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .expect("request");
+            let resp = send.send_request(req).await.expect("watch");
+            assert_eq!(resp.status(), 200, "watch from {from}");
+            let mut body = resp.into_body();
+            let (mut buf, mut out) = (Vec::new(), Vec::with_capacity(n));
+            let read = async {
+                while out.len() < n {
+                    let Some(Ok(frame)) = body.frame().await else {
+                        break;
+                    };
+                    if let Ok(d) = frame.into_data() {
+                        buf.extend_from_slice(&d);
+                        while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+                            let line: Vec<u8> = buf.drain(..=i).collect();
+                            if out.len() < n && !line.starts_with(br#"{"type":"BOOKMARK""#) {
+                                out.push(line[..line.len() - 1].to_vec());
+                            }
+                        }
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(120), read).await;
+            assert_eq!(out.len(), n, "watch replay from {from}");
+            out
+        })
     }
 
     /// The Pods as listed (wire bytes, managedFields included), and the total size of what

@@ -14,6 +14,7 @@ use lookout::sinks::util::spawn_driver;
 use lookout::sinks::{AckObserver, Common, SinkContext};
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -22,8 +23,8 @@ use crate::cluster::Cluster;
 use crate::report::Target;
 use crate::{Args, agent};
 
-/// (name, value, unit, target) figures.
-pub type Figures = Vec<(String, f64, &'static str, Option<Target>)>;
+/// (name, value per run, unit, target) figures.
+pub type Figures = Vec<(String, Vec<f64>, &'static str, Option<Target>)>;
 
 /// The Kafka sink's default librdkafka properties (`src/sinks/kafka/client.rs`).
 const PROPERTIES: &[(&str, &str)] = &[
@@ -45,23 +46,19 @@ impl Drop for Broker {
     }
 }
 
-/// Runs the comparison, or says why it cannot run here.
+/// Runs the comparison `args.runs` times, or says why it cannot run here.
 pub fn compare(
     args: &Args,
     lookout: &Path,
     rt: &tokio::runtime::Runtime,
     dir: &Path,
 ) -> Result<Figures, String> {
-    let tansu = args
-        .tansu
-        .clone()
-        .filter(|p| p.exists())
-        .ok_or("no tansu broker ($TANSU; `make tansu` builds it)")?;
+    let tansu = &args.tansu;
     let port = agent::free_port().port();
     let url = format!("tcp://127.0.0.1:{port}");
     let log = std::fs::File::create(dir.join("tansu.log")).map_err(|e| e.to_string())?;
     let _broker = Broker(
-        Command::new(&tansu)
+        Command::new(tansu)
             .args([
                 "broker",
                 "--listener-url",
@@ -73,7 +70,12 @@ pub fn compare(
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .map_err(|e| format!("cannot start tansu: {e}"))?,
+            .map_err(|e| {
+                format!(
+                    "cannot start {} ({e}): `make tansu` builds it",
+                    tansu.display()
+                )
+            })?,
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -82,7 +84,7 @@ pub fn compare(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let out = Command::new(&tansu)
+    let out = Command::new(tansu)
         .args([
             "topic",
             "create",
@@ -102,72 +104,99 @@ pub fn compare(
     }
     let bootstrap = format!("127.0.0.1:{port}");
     let n = args.kafka_events;
-    let pods = 2_000usize.min(n);
-    let mut c = Cluster::start(rt, pods, n + 10_000, dir);
+    let pods = args.kafka_pods.min(n);
+    let runs = args.runs;
+    let mut c = Cluster::start(rt, pods, 2 * runs * n + 10_000, dir);
 
-    // lookout: initial adds, then a frozen-then-released burst of n updates.
-    let sinks = format!(
+    // lookout end to end, once with the Kafka sink and once with the blackhole (the same
+    // pipeline, nothing downstream): initial adds, then a frozen-then-released burst.
+    let kafka_sink = format!(
         "  - name: kafka\n    type: kafka\n    brokers: [\"{bootstrap}\"]\n    topic: {TOPIC}\n    queueCapacity: 10000\n"
     );
-    let mut a = agent::spawn(lookout, &c.kubeconfig, dir, "kafka", &sinks, Stdio::null());
-    a.wait_emitted(&["kafka"], pods as u64, Duration::from_secs(300))
-        .ok_or("lookout did not deliver the initial list to Kafka")?;
-    a.freeze();
-    let before: Vec<Value> = c.sim.list("v1", "Pod");
-    let mut objects = Vec::with_capacity(n);
-    for _ in 0..n {
-        objects.push(c.update());
-    }
-    a.thaw();
-    let burst = a
-        .follow(
-            &["kafka"],
-            pods as u64,
-            n as u64,
-            Duration::from_millis(10),
-            Duration::from_secs(600),
-        )
-        .ok_or("lookout's Kafka burst did not complete")?;
-    a.shutdown();
+    let blackhole = "  - name: bh\n    type: blackhole\n    queueCapacity: 10000\n";
+    let end_to_end = |sinks: &str, sink: &str, c: &mut Cluster, keep: bool| {
+        let mut a = agent::spawn(lookout, &c.kubeconfig, dir, sink, sinks, Stdio::null());
+        a.wait_emitted(&[sink], pods as u64, Duration::from_secs(300))
+            .ok_or(format!(
+                "lookout did not deliver the initial list to {sink}"
+            ))?;
+        let mut rates = Vec::new();
+        let mut kept = None;
+        for run in 0..runs {
+            a.freeze();
+            let before = keep.then(|| c.sim.list("v1", "Pod"));
+            let mut objects = Vec::with_capacity(n);
+            for _ in 0..n {
+                objects.push(c.update());
+            }
+            a.thaw();
+            let burst = a
+                .follow(
+                    &[sink],
+                    (pods + run * n) as u64,
+                    n as u64,
+                    Duration::from_millis(10),
+                    Duration::from_secs(600),
+                )
+                .ok_or(format!("lookout's burst to {sink} did not complete"))?;
+            rates.push(burst.rate);
+            if run == 0 && keep {
+                kept = before.map(|b| (b, objects));
+            }
+        }
+        a.shutdown();
+        Ok::<_, String>((rates, kept))
+    };
+    let (e2e_kafka, kept) = end_to_end(&kafka_sink, "kafka", &mut c, true)?;
+    let (e2e_blackhole, _) = end_to_end(blackhole, "bh", &mut c, false)?;
     rt.block_on(c.sim.shutdown());
+    let (before, objects) = kept.expect("first burst kept");
 
     // The same changes as envelopes, as the agent made them (managedFields dropped, patch
-    // from the previous state), produced by a bare rdkafka producer.
+    // from the previous state), produced by a bare rdkafka producer with the sink's key,
+    // headers, value and timestamp, and by the sink alone behind its driver.
     let envelopes = envelopes(before, objects);
-    let payloads: Vec<(String, Vec<u8>)> = envelopes
-        .iter()
-        .map(|e| (e.uid.clone(), e.to_json().to_vec()))
-        .collect();
-    let raw = raw_producer(&bootstrap, &payloads)?;
-    let alone = sink_alone(rt, &bootstrap, envelopes)?;
+    let mut raw = Vec::new();
+    let mut alone = Vec::new();
+    for _ in 0..runs {
+        raw.push(raw_producer(&bootstrap, &envelopes)?);
+        alone.push(sink_alone(rt, &bootstrap, envelopes.clone())?);
+    }
+    let ratio = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x / y).collect::<Vec<_>>();
     Ok(vec![
         (
-            "raw rdkafka producer, same payloads".into(),
-            raw,
+            "raw rdkafka producer, same keys, headers, values".into(),
+            raw.clone(),
             "events/s",
             None,
         ),
         (
             "Kafka sink + driver alone (envelopes pre-built)".into(),
-            alone,
+            alone.clone(),
             "events/s",
             None,
         ),
         (
             "Kafka sink alone / raw producer".into(),
-            alone / raw,
+            ratio(&alone, &raw),
             "ratio",
             Some(Target::AtLeast(0.8)),
         ),
         (
-            "lookout run end to end (kubesim -> tansu)".into(),
-            burst.rate,
+            format!("lookout run end to end, {pods} pods -> tansu"),
+            e2e_kafka.clone(),
             "events/s",
             None,
         ),
         (
-            "lookout end to end / raw producer".into(),
-            burst.rate / raw,
+            format!("lookout run end to end, {pods} pods -> blackhole"),
+            e2e_blackhole.clone(),
+            "events/s",
+            None,
+        ),
+        (
+            "end to end: Kafka sink / blackhole sink".into(),
+            ratio(&e2e_kafka, &e2e_blackhole),
             "ratio",
             Some(Target::AtLeast(0.8)),
         ),
@@ -233,9 +262,11 @@ impl ProducerContext for Counting {
     }
 }
 
-/// Sends every payload as fast as librdkafka takes them; events/s from the first send to
-/// the last delivery report.
-fn raw_producer(bootstrap: &str, payloads: &[(String, Vec<u8>)]) -> Result<f64, String> {
+/// Sends every envelope as the Kafka sink would (key = uid, the sink's six headers, the
+/// envelope JSON as value, the envelope time as timestamp), as fast as librdkafka takes
+/// them; events/s from the first send to the last delivery report. Messages are built
+/// before the clock starts.
+fn raw_producer(bootstrap: &str, envelopes: &[Arc<Envelope>]) -> Result<f64, String> {
     let mut cc = ClientConfig::new();
     for (k, v) in PROPERTIES {
         cc.set(*k, *v);
@@ -244,11 +275,53 @@ fn raw_producer(bootstrap: &str, payloads: &[(String, Vec<u8>)]) -> Result<f64, 
     let producer: BaseProducer<Counting> = cc
         .create_with_context(Counting::default())
         .map_err(|e| e.to_string())?;
+    let messages: Vec<(&str, &[u8], OwnedHeaders, i64)> = envelopes
+        .iter()
+        .map(|e| {
+            let mut h = OwnedHeaders::new_with_capacity(6)
+                .insert(Header {
+                    key: "op",
+                    value: Some(e.op.as_str()),
+                })
+                .insert(Header {
+                    key: "kind",
+                    value: Some(&*e.kind),
+                })
+                .insert(Header {
+                    key: "apiVersion",
+                    value: Some(&*e.api_version),
+                });
+            if let Some(ns) = &e.namespace {
+                h = h.insert(Header {
+                    key: "namespace",
+                    value: Some(ns.as_str()),
+                });
+            }
+            let h = h
+                .insert(Header {
+                    key: "name",
+                    value: Some(e.name.as_str()),
+                })
+                .insert(Header {
+                    key: "content-type",
+                    value: Some("application/json"),
+                });
+            let ts = e
+                .time
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            (e.uid.as_str(), &e.to_json()[..], h, ts)
+        })
+        .collect();
+    let count = messages.len() as u64;
     let t = Instant::now();
-    for (key, value) in payloads {
+    for (key, value, headers, ts) in messages {
         let mut record = BaseRecord::to(TOPIC)
-            .key(key.as_str())
-            .payload(value.as_slice());
+            .key(key)
+            .payload(value)
+            .headers(headers)
+            .timestamp(ts);
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -265,16 +338,14 @@ fn raw_producer(bootstrap: &str, payloads: &[(String, Vec<u8>)]) -> Result<f64, 
         .map_err(|e| e.to_string())?;
     let secs = t.elapsed().as_secs_f64();
     let ctx = producer.context();
-    let ok = ctx.delivered.load(Ordering::Relaxed);
-    if ok < payloads.len() as u64 {
+    let ok = ctx.delivered.swap(0, Ordering::Relaxed);
+    if ok < count {
         return Err(format!(
-            "raw producer: {} of {} delivered ({} failed)",
-            ok,
-            payloads.len(),
+            "raw producer: {ok} of {count} delivered ({} failed)",
             ctx.failed.load(Ordering::Relaxed)
         ));
     }
-    Ok(payloads.len() as f64 / secs)
+    Ok(count as f64 / secs)
 }
 
 struct NoState;

@@ -1,14 +1,17 @@
-//! Figures, the human table and `report.json`.
+//! Figures (every one measured in several runs: median, min, max), the human table,
+//! `report.json`, and the BENCHMARKS.md tables generated from `report.json`.
 
 use serde_json::{Value, json};
 
-/// What a figure must reach.
+/// What a figure must reach (judged on its median).
 #[derive(Debug, Clone, Copy)]
 pub enum Target {
     /// At least this value.
     AtLeast(f64),
     /// At most this value.
     AtMost(f64),
+    /// Between these values (inclusive).
+    Between(f64, f64),
 }
 
 impl Target {
@@ -16,6 +19,7 @@ impl Target {
         match self {
             Target::AtLeast(t) => v >= t,
             Target::AtMost(t) => v <= t,
+            Target::Between(lo, hi) => (lo..=hi).contains(&v),
         }
     }
 
@@ -23,26 +27,59 @@ impl Target {
         match self {
             Target::AtLeast(t) => format!(">= {}", fmt(t)),
             Target::AtMost(t) => format!("<= {}", fmt(t)),
+            Target::Between(lo, hi) => format!("{} .. {}", fmt(lo), fmt(hi)),
         }
     }
 }
 
-/// One measured figure.
+/// One measured figure: a value per run.
 #[derive(Debug, Clone)]
 pub struct Figure {
-    /// Which part of the benchmark (`floor`, `throughput`, ...).
+    /// Which section measured it.
     pub section: &'static str,
     /// What was measured.
     pub name: String,
-    /// The value.
-    pub value: f64,
+    /// One value per run, in run order.
+    pub runs: Vec<f64>,
     /// Its unit.
     pub unit: &'static str,
     /// The target, when this figure has one.
     pub target: Option<Target>,
+    /// Where the target comes from (`issue 16`), or another remark.
+    pub note: Option<String>,
 }
 
-/// Every figure of one run plus context.
+impl Figure {
+    fn sorted(&self) -> Vec<f64> {
+        let mut v: Vec<f64> = self.runs.iter().copied().filter(|x| !x.is_nan()).collect();
+        v.sort_by(f64::total_cmp);
+        v
+    }
+
+    /// The median of the runs (the figure's value).
+    pub fn median(&self) -> f64 {
+        let v = self.sorted();
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    }
+
+    fn min(&self) -> f64 {
+        self.sorted().first().copied().unwrap_or(f64::NAN)
+    }
+
+    fn max(&self) -> f64 {
+        self.sorted().last().copied().unwrap_or(f64::NAN)
+    }
+
+    fn result(&self) -> Option<bool> {
+        self.target.map(|t| t.met(self.median()))
+    }
+}
+
+/// Every figure of one harness run, plus context.
 #[derive(Debug, Default)]
 pub struct Report {
     /// In the order measured.
@@ -52,15 +89,15 @@ pub struct Report {
 }
 
 impl Report {
-    /// Adds a figure without target.
+    /// Adds a figure without a target.
     pub fn info(
         &mut self,
         section: &'static str,
         name: impl Into<String>,
-        value: f64,
+        runs: Vec<f64>,
         unit: &'static str,
     ) {
-        self.push(section, name, value, unit, None);
+        self.push(section, name, runs, unit, None, None);
     }
 
     /// Adds a figure with a target.
@@ -68,27 +105,36 @@ impl Report {
         &mut self,
         section: &'static str,
         name: impl Into<String>,
-        value: f64,
+        runs: Vec<f64>,
         unit: &'static str,
         target: Target,
     ) {
-        self.push(section, name, value, unit, Some(target));
+        self.push(
+            section,
+            name,
+            runs,
+            unit,
+            Some(target),
+            Some("issue 16".into()),
+        );
     }
 
     fn push(
         &mut self,
         section: &'static str,
         name: impl Into<String>,
-        value: f64,
+        runs: Vec<f64>,
         unit: &'static str,
         target: Option<Target>,
+        note: Option<String>,
     ) {
         let f = Figure {
             section,
             name: name.into(),
-            value,
+            runs,
             unit,
             target,
+            note,
         };
         eprintln!("  {}", line(&f));
         self.figures.push(f);
@@ -98,32 +144,35 @@ impl Report {
     pub fn table(&self) -> String {
         let mut out = String::new();
         out.push_str(&format!(
-            "{:<12} {:<58} {:>14} {:<9} {:<12} {}\n",
-            "section", "figure", "value", "unit", "target", "result"
+            "{:<11} {:<58} {:>11} {:>11} {:>11} {:<9} {:<14} {}\n",
+            "section", "figure", "median", "min", "max", "unit", "target", "result"
         ));
-        out.push_str(&format!("{}\n", "-".repeat(116)));
+        out.push_str(&format!("{}\n", "-".repeat(140)));
         for f in &self.figures {
             out.push_str(&line(f));
             out.push('\n');
         }
         for (s, why) in &self.skipped {
-            out.push_str(&format!("{s:<12} skipped: {why}\n"));
+            out.push_str(&format!("{s:<11} not run: {why}\n"));
         }
         out
     }
 
     /// `report.json`.
-    pub fn json(&self, machine: Value, params: Value) -> Value {
+    pub fn json(&self, context: Value) -> Value {
         json!({
-            "machine": machine,
-            "params": params,
+            "context": context,
             "figures": self.figures.iter().map(|f| json!({
                 "section": f.section,
                 "name": f.name,
-                "value": f.value,
                 "unit": f.unit,
+                "runs": f.runs,
+                "median": f.median(),
+                "min": f.min(),
+                "max": f.max(),
                 "target": f.target.map(|t| t.text()),
-                "pass": f.target.map(|t| t.met(f.value)),
+                "pass": f.result(),
+                "note": f.note,
             })).collect::<Vec<_>>(),
             "skipped": self.skipped.iter().map(|(s, w)| json!({"section": s, "why": w})).collect::<Vec<_>>(),
         })
@@ -132,26 +181,160 @@ impl Report {
 
 fn line(f: &Figure) -> String {
     let (target, result) = match f.target {
-        Some(t) => (t.text(), if t.met(f.value) { "PASS" } else { "MISS" }),
+        Some(t) => (t.text(), if t.met(f.median()) { "PASS" } else { "MISS" }),
         None => (String::new(), ""),
     };
     format!(
-        "{:<12} {:<58} {:>14} {:<9} {:<12} {}",
+        "{:<11} {:<58} {:>11} {:>11} {:>11} {:<9} {:<14} {}",
         f.section,
         f.name,
-        fmt(f.value),
+        fmt(f.median()),
+        fmt(f.min()),
+        fmt(f.max()),
         f.unit,
         target,
         result
     )
 }
 
-fn fmt(v: f64) -> String {
-    if v.abs() >= 1000.0 {
-        format!("{:.0}", v)
+/// A number as the tables show it: 3 significant-ish digits, thousands without decimals.
+pub fn fmt(v: f64) -> String {
+    if v.is_nan() {
+        "n/a".into()
+    } else if v.abs() >= 1000.0 {
+        let s = format!("{:.0}", v.abs());
+        let mut out = String::new();
+        for (i, c) in s.chars().enumerate() {
+            if i > 0 && (s.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        if v < 0.0 { format!("-{out}") } else { out }
+    } else if v.abs() >= 100.0 {
+        format!("{v:.0}")
     } else if v.abs() >= 10.0 {
-        format!("{:.1}", v)
+        format!("{v:.1}")
+    } else if v.abs() >= 1.0 {
+        format!("{v:.2}")
     } else {
-        format!("{:.3}", v)
+        format!("{v:.3}")
+    }
+}
+
+/// Where the generated part of BENCHMARKS.md starts and ends; prose outside is kept.
+pub const BEGIN: &str = "<!-- lookout-bench: generated from report.json, do not edit by hand -->";
+/// See [`BEGIN`].
+pub const END: &str = "<!-- lookout-bench: end of generated part -->";
+
+/// The Markdown tables of a `report.json`.
+pub fn markdown(report: &Value) -> String {
+    let ctx = &report["context"];
+    let m = &ctx["machine"];
+    let mut out = String::new();
+    out.push_str(&format!(
+        "Run of `{}` (commit `{}`{}), {} s, on {} × {}, {} GiB, Linux {}. Load average before: {}; after: {}. \
+         Every figure is the median of {} runs (min and max beside it); sections ran in this order: {}.\n\n",
+        ctx["command"].as_str().unwrap_or("make bench"),
+        ctx["commit"].as_str().unwrap_or("?"),
+        if ctx["dirty"] == true { ", uncommitted changes" } else { "" },
+        ctx["seconds"],
+        m["cpus"],
+        m["cpu"].as_str().unwrap_or("?"),
+        m["memory_gib"],
+        m["kernel"].as_str().unwrap_or("?"),
+        ctx["loadavg_before"].as_str().unwrap_or("?"),
+        ctx["loadavg_after"].as_str().unwrap_or("?"),
+        ctx["params"]["runs"],
+        ctx["order"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" → "))
+            .unwrap_or_default(),
+    ));
+    let figures = report["figures"].as_array().cloned().unwrap_or_default();
+    let mut sections: Vec<&str> = Vec::new();
+    for f in &figures {
+        let s = f["section"].as_str().unwrap_or("");
+        if !sections.contains(&s) {
+            sections.push(s);
+        }
+    }
+    for s in sections {
+        out.push_str(&format!("### {s}\n\n| figure | median | min | max | unit | target | |\n|---|---:|---:|---:|---|---|---|\n"));
+        for f in figures.iter().filter(|f| f["section"] == s) {
+            let n = |k: &str| f[k].as_f64().map(fmt).unwrap_or_else(|| "n/a".into());
+            let pass = match f["pass"].as_bool() {
+                Some(true) => "PASS",
+                Some(false) => "**MISS**",
+                None => "",
+            };
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} |\n",
+                f["name"].as_str().unwrap_or(""),
+                n("median"),
+                n("min"),
+                n("max"),
+                f["unit"].as_str().unwrap_or(""),
+                f["target"].as_str().unwrap_or(""),
+                pass
+            ));
+        }
+        out.push('\n');
+    }
+    if let Some(skipped) = report["skipped"].as_array().filter(|s| !s.is_empty()) {
+        out.push_str("Not run:\n\n");
+        for s in skipped {
+            out.push_str(&format!(
+                "- **{}**: {}\n",
+                s["section"].as_str().unwrap_or(""),
+                s["why"].as_str().unwrap_or("")
+            ));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// `doc` with its generated part replaced by `generated` (appended when there is none).
+pub fn splice(doc: &str, generated: &str) -> String {
+    match (doc.find(BEGIN), doc.find(END)) {
+        (Some(b), Some(e)) if b < e => format!(
+            "{}{BEGIN}\n\n{generated}{END}{}",
+            &doc[..b],
+            &doc[e + END.len()..]
+        ),
+        _ => format!("{doc}\n{BEGIN}\n\n{generated}{END}\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_median_of_runs_and_the_target_is_judged_on_it() {
+        let mut r = Report::default();
+        r.target(
+            "s",
+            "ratio",
+            vec![0.5, 0.9, 0.7],
+            "ratio",
+            Target::AtLeast(0.6),
+        );
+        let j = r.json(json!({}));
+        let f = &j["figures"][0];
+        assert_eq!(
+            (f["median"].as_f64(), f["min"].as_f64(), f["max"].as_f64()),
+            (Some(0.7), Some(0.5), Some(0.9))
+        );
+        assert_eq!(f["pass"], true);
+    }
+
+    #[test]
+    fn splicing_keeps_the_prose_around_the_generated_part() {
+        let doc = format!("intro\n{BEGIN}\nold\n{END}\noutro\n");
+        let out = splice(&doc, "new\n");
+        assert_eq!(out, format!("intro\n{BEGIN}\n\nnew\n{END}\noutro\n"));
+        assert_eq!(splice(&out, "new\n"), out, "idempotent");
     }
 }

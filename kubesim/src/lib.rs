@@ -16,6 +16,7 @@ mod sim;
 pub mod store;
 pub mod story;
 pub mod time;
+pub mod tools;
 
 /// Label and field selectors, shared with the agent (the `k8s-selector` crate).
 pub use k8s_selector as selector;

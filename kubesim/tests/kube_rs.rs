@@ -17,6 +17,13 @@ use kube::runtime::watcher;
 use kubesim::{KindSpec, SimConfig};
 use serde_json::json;
 
+/// Bounds a wait on the stream under test: a missing event fails the test instead of hanging.
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within 20 s"))
+}
+
 fn cm_typed(name: &str) -> ConfigMap {
     serde_json::from_value(cm(name, "default", "v")).unwrap()
 }
@@ -154,7 +161,11 @@ async fn watch_delivers_added_modified_deleted_in_order() {
     api.delete("w", &DeleteParams::default()).await.unwrap();
     let mut seen = Vec::new();
     while seen.len() < 3 {
-        match stream.try_next().await.unwrap().unwrap() {
+        match within("watch event", stream.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
             WatchEvent::Added(c) => seen.push(("ADDED", c.data.unwrap()["k"].clone())),
             WatchEvent::Modified(c) => seen.push(("MODIFIED", c.data.unwrap()["k"].clone())),
             WatchEvent::Deleted(c) => seen.push(("DELETED", c.data.unwrap()["k"].clone())),
@@ -188,7 +199,11 @@ async fn watch_resumed_from_a_resource_version_replays_only_later_changes() {
         .boxed();
     let mut names = Vec::new();
     while names.len() < 2 {
-        if let WatchEvent::Added(c) = stream.try_next().await.unwrap().unwrap() {
+        if let WatchEvent::Added(c) = within("watch event", stream.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
             names.push(c.metadata.name.unwrap());
         }
     }
@@ -208,7 +223,11 @@ async fn watch_from_a_compacted_resource_version_gets_a_410_error_event() {
         .await
         .unwrap()
         .boxed();
-    match stream.try_next().await.unwrap().unwrap() {
+    match within("410 event", stream.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+    {
         WatchEvent::Error(s) => {
             assert_eq!((s.code, s.reason.as_str()), (410, "Expired"));
             assert_eq!(
@@ -219,7 +238,10 @@ async fn watch_from_a_compacted_resource_version_gets_a_410_error_event() {
         other => panic!("expected 410, got {other:?}"),
     }
     assert!(
-        stream.try_next().await.unwrap().is_none(),
+        within("end of stream", stream.try_next())
+            .await
+            .unwrap()
+            .is_none(),
         "stream closes after the error"
     );
 }
@@ -246,12 +268,15 @@ async fn watch_with_bookmarks_gets_periodic_bookmarks_with_the_current_revision(
         .await
         .unwrap()
         .boxed();
-    loop {
-        if let WatchEvent::Bookmark(b) = stream.try_next().await.unwrap().unwrap() {
-            assert_eq!(b.metadata.resource_version, rv.to_string());
-            break;
+    within("a bookmark", async {
+        loop {
+            if let WatchEvent::Bookmark(b) = stream.try_next().await.unwrap().unwrap() {
+                assert_eq!(b.metadata.resource_version, rv.to_string());
+                break;
+            }
         }
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -264,18 +289,25 @@ async fn runtime_watcher_with_streaming_lists_sees_initial_state_then_changes() 
     let api: Api<ConfigMap> = Api::namespaced(client(&sim).await, "default");
     let mut events = watcher(api, watcher::Config::default().streaming_lists()).boxed();
     let mut init = Vec::new();
-    loop {
-        match events.try_next().await.unwrap().unwrap() {
-            watcher::Event::Init => {}
-            watcher::Event::InitApply(c) => init.push(c.metadata.name.unwrap()),
-            watcher::Event::InitDone => break,
-            other => panic!("unexpected {other:?}"),
+    within("the initial list", async {
+        loop {
+            match events.try_next().await.unwrap().unwrap() {
+                watcher::Event::Init => {}
+                watcher::Event::InitApply(c) => init.push(c.metadata.name.unwrap()),
+                watcher::Event::InitDone => break,
+                other => panic!("unexpected {other:?}"),
+            }
         }
-    }
+    })
+    .await;
     assert_eq!(init, ["a", "b"]);
     sim.create("v1", "ConfigMap", cm("c", "default", "1"))
         .unwrap();
-    match events.try_next().await.unwrap().unwrap() {
+    match within("the new object", events.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+    {
         watcher::Event::Apply(c) => assert_eq!(c.metadata.name.unwrap(), "c"),
         other => panic!("unexpected {other:?}"),
     }
@@ -297,14 +329,20 @@ async fn runtime_watcher_recovers_from_dropped_watches_and_compaction() {
     let sim = start().await;
     let api: Api<ConfigMap> = Api::namespaced(client(&sim).await, "default");
     let mut events = watcher(api, watcher::Config::default()).boxed();
-    while !matches!(
-        events.try_next().await.unwrap().unwrap(),
-        watcher::Event::InitDone
-    ) {}
+    within("the initial list", async {
+        while !matches!(
+            events.try_next().await.unwrap().unwrap(),
+            watcher::Event::InitDone
+        ) {}
+    })
+    .await;
     sim.create("v1", "ConfigMap", cm("one", "default", "1"))
         .unwrap();
     assert!(matches!(
-        events.try_next().await.unwrap().unwrap(),
+        within("the new object", events.try_next())
+            .await
+            .unwrap()
+            .unwrap(),
         watcher::Event::Apply(_)
     ));
     sim.drop_watches();

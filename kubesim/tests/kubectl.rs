@@ -20,16 +20,16 @@ struct Kubectl {
 }
 
 impl Kubectl {
-    fn new(sim: &KubeSim) -> Option<Kubectl> {
-        let bin = kubectl()?;
+    fn new(sim: &KubeSim) -> Kubectl {
+        let bin = kubectl();
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         sim.write_kubeconfig(&kubeconfig).unwrap();
-        Some(Kubectl {
+        Kubectl {
             bin,
             dir,
             kubeconfig,
-        })
+        }
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
@@ -80,7 +80,7 @@ fn path_str(p: &Path) -> &str {
 #[tokio::test]
 async fn kubectl_get_prints_a_table_and_json() {
     let sim = start().await;
-    let Some(k) = Kubectl::new(&sim) else { return };
+    let k = Kubectl::new(&sim);
     sim.create("v1", "Pod", pod("web-1", "web")).unwrap();
     sim.create("v1", "Pod", pod("db-1", "db")).unwrap();
     let table = k.run(&["get", "pods"]).await;
@@ -103,7 +103,7 @@ async fn kubectl_get_prints_a_table_and_json() {
 #[tokio::test]
 async fn kubectl_get_with_label_and_field_selectors_filters_server_side() {
     let sim = start().await;
-    let Some(k) = Kubectl::new(&sim) else { return };
+    let k = Kubectl::new(&sim);
     sim.create("v1", "Pod", pod("web-1", "web")).unwrap();
     sim.create("v1", "Pod", pod("web-2", "web")).unwrap();
     sim.create("v1", "Pod", pod("db-1", "db")).unwrap();
@@ -135,7 +135,7 @@ async fn kubectl_get_with_label_and_field_selectors_filters_server_side() {
 #[tokio::test]
 async fn kubectl_get_watch_streams_new_objects() {
     let sim = start().await;
-    let Some(k) = Kubectl::new(&sim) else { return };
+    let k = Kubectl::new(&sim);
     sim.create("v1", "ConfigMap", cm("first", "default", "1"))
         .unwrap();
     let mut child = k
@@ -172,7 +172,7 @@ async fn kubectl_get_watch_streams_new_objects() {
 #[tokio::test]
 async fn kubectl_apply_creates_then_patches_with_strategic_merge() {
     let sim = start().await;
-    let Some(k) = Kubectl::new(&sim) else { return };
+    let k = Kubectl::new(&sim);
     let mut d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "default", "labels": {"app": "web"}},
         "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}},
         "spec": {"containers": [{"name": "main", "image": "nginx:1", "env": [{"name": "A", "value": "1"}]}, {"name": "side", "image": "envoy"}]}}}});
@@ -221,7 +221,7 @@ async fn kubectl_apply_creates_then_patches_with_strategic_merge() {
 #[tokio::test]
 async fn kubectl_delete_removes_the_object_and_returns() {
     let sim = start().await;
-    let Some(k) = Kubectl::new(&sim) else { return };
+    let k = Kubectl::new(&sim);
     sim.create("v1", "ConfigMap", cm("doomed", "default", "1"))
         .unwrap();
     sim.create("v1", "Pod", pod("doomed-pod", "x")).unwrap();

@@ -434,9 +434,12 @@ impl SharedInformer {
                     self.stats.synced.store(true, Ordering::Release);
                 }
                 Some(Output::Changed(change)) => {
+                    // Delivery latency starts when the event leaves the watch stream (after
+                    // its line is parsed; before the transform, the cache and the diff).
+                    let arrived = std::time::Instant::now();
                     tokio::select! {
                         _ = cancel.cancelled() => return,
-                        () = self.apply(change) => {}
+                        () = super::arrived_at(arrived, self.apply(change)) => {}
                     }
                 }
                 Some(Output::Failed { error, retry_in }) if error.is_forbidden() => {

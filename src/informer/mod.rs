@@ -69,6 +69,23 @@ impl std::fmt::Display for InformerKey {
     }
 }
 
+tokio::task_local! {
+    /// When the watch event being handed to the handlers arrived (set around handler calls).
+    static ARRIVAL: std::time::Instant;
+}
+
+/// When the watch event being handled left the watch stream (just after its line was
+/// parsed, before transform, cache and diff); `None` outside
+/// a watch event (list pages, re-syncs). Handlers call it; delivery latency starts there.
+pub fn arrival() -> Option<std::time::Instant> {
+    ARRIVAL.try_with(|a| *a).ok()
+}
+
+/// Runs `f` (handler calls for one watch event) with [`arrival`] answering `at`.
+pub(crate) async fn arrived_at<F: std::future::Future>(at: std::time::Instant, f: F) -> F::Output {
+    ARRIVAL.scope(at, f).await
+}
+
 /// Receives an informer's changes, in order, one object at a time.
 ///
 /// Calls are awaited one after the other: a handler that waits (a full sink queue) slows the

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::error;
+use tracing::{debug, error};
 
 use super::{StateStore, StateWrite};
 use crate::event::object::cache_key;
@@ -37,6 +37,8 @@ impl AckObserver for StateWriter {
 
 async fn write_loop(store: Arc<StateStore>, mut rx: mpsc::UnboundedReceiver<Arc<Envelope>>) {
     let mut events = Vec::with_capacity(1024);
+    // Records committed so far; logged so tests can wait for acknowledgements to be durable.
+    let mut recorded = 0u64;
     while rx.recv_many(&mut events, 4096).await > 0 {
         let writes: Vec<StateWrite> = events
             .drain(..)
@@ -56,9 +58,13 @@ async fn write_loop(store: Arc<StateStore>, mut rx: mpsc::UnboundedReceiver<Arc<
             })
             .collect();
         let store = store.clone();
+        let n = writes.len() as u64;
         let result = tokio::task::spawn_blocking(move || store.apply(&writes)).await;
         match result {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => {
+                recorded += n;
+                debug!(recorded, "delivered state recorded");
+            }
             // The events stay delivered downstream; a failed write only means the next start
             // re-sends them (at-least-once), so log loudly and carry on.
             Ok(Err(e)) => error!(error = %e, "cannot record delivered state"),

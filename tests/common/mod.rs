@@ -125,11 +125,40 @@ impl Agent {
         out
     }
 
-    /// Asserts that no envelope arrives for `quiet`.
-    pub async fn expect_quiet(&mut self, quiet: Duration) {
-        if let Ok(Some(v)) = tokio::time::timeout(quiet, self.events.recv()).await {
-            panic!("unexpected event: {v}");
+    /// Everything the agent still emits for the changes made so far, then the barrier: creates
+    /// a marker ConfigMap (the agent must watch ConfigMaps) and collects envelopes up to and
+    /// including the marker's add. One informer hands its changes out in order, so anything
+    /// still pending comes out before the marker; a quiet window would only show that
+    /// nothing came *yet*.
+    pub async fn until_barrier(&mut self, sim: &KubeSim) -> Vec<Value> {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let name = format!(
+            "zz-barrier-{}",
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        sim.create("v1", "ConfigMap", configmap("default", &name, json!({})))
+            .expect("create the barrier");
+        let mut out = Vec::new();
+        loop {
+            let e = self.next().await;
+            let done = e["op"] == "add" && e["name"] == name.as_str();
+            out.push(e);
+            if done {
+                return out;
+            }
         }
+    }
+
+    /// Asserts the agent has nothing more to emit for the changes made so far (see
+    /// [`Agent::until_barrier`]); returns the barrier's envelope.
+    pub async fn expect_nothing_more(&mut self, sim: &KubeSim) -> Value {
+        let mut got = self.until_barrier(sim).await;
+        let barrier = got.pop().expect("the barrier");
+        assert!(
+            got.is_empty(),
+            "expected nothing before the barrier, got {got:#?}"
+        );
+        barrier
     }
 
     /// Sends SIGTERM and waits for the exit status.
@@ -192,7 +221,9 @@ impl Replay {
         match e["op"].as_str().unwrap() {
             "add" => {
                 assert!(e.get("patch").is_none(), "adds carry no patch: {e}");
-                self.objects.insert(uid, e["object"].clone());
+                if let Some(existing) = self.objects.insert(uid, e["object"].clone()) {
+                    panic!("add of an object that already exists ({existing}): {e}");
+                }
             }
             "update" => {
                 let prev = self
@@ -245,14 +276,10 @@ pub fn stdout_config(resources: &[(&str, &str)]) -> String {
     s
 }
 
-/// The Kubernetes fixtures directory, if present on this machine.
-pub fn fixtures_dir() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var("K8S_FIXTURES").ok().map(PathBuf::from),
-        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/k8s-api-testdata")),
-        Some(PathBuf::from("/work/shared/fixtures/k8s-api-testdata")),
-    ];
-    candidates.into_iter().flatten().find(|p| p.is_dir())
+/// The Kubernetes API fixtures checked into the repository (`testdata/k8s-api/`, see its
+/// README for origin, version and licence).
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/k8s-api")
 }
 
 /// As [`stdout_config`], remembering delivered state in `state_dir`.
@@ -264,25 +291,64 @@ pub fn stdout_config_with_state(resources: &[(&str, &str)], state_dir: &Path) ->
     )
 }
 
-/// Applies an envelope the way an at-least-once consumer does: by `uid`, keeping the newest
-/// `resourceVersion`; returns false for a duplicate (a `uid` + `resourceVersion` seen before).
-pub fn consume_at_least_once(
-    state: &mut HashMap<String, Value>,
-    seen: &mut std::collections::HashSet<(String, String)>,
-    e: &Value,
-) -> bool {
-    let uid = e["uid"].as_str().unwrap().to_string();
-    let rv = e["resourceVersion"].as_str().unwrap().to_string();
-    let fresh = seen.insert((uid.clone(), rv));
-    match e["op"].as_str().unwrap() {
-        "delete" => {
-            state.remove(&uid);
+/// What an at-least-once consumer reconstructs from a sink's output: objects by `uid`, each
+/// at the newest `resourceVersion` seen. A change older than one already applied (a re-send
+/// arriving after a newer change) is counted and ignored; a delete leaves a tombstone at its
+/// resourceVersion, so a late re-sent add or update cannot resurrect the object.
+///
+/// resourceVersions are compared as numbers: kubesim's are. (A real API server's are opaque;
+/// a real consumer orders by Kafka offset per key or by event time.)
+#[derive(Debug, Default)]
+pub struct AtLeastOnce {
+    /// The live objects, by uid.
+    pub objects: HashMap<String, Value>,
+    /// The newest resourceVersion applied per uid (deletes included).
+    newest: HashMap<String, u64>,
+    /// Every (uid, resourceVersion) seen.
+    seen: std::collections::HashSet<(String, String)>,
+    /// Envelopes consumed.
+    pub total: usize,
+    /// Envelopes whose (uid, resourceVersion) had been consumed before.
+    pub duplicates: usize,
+    /// Envelopes older than a change already applied to their object.
+    pub stale: usize,
+}
+
+impl AtLeastOnce {
+    /// Consumes one envelope; false when it is a duplicate.
+    pub fn consume(&mut self, e: &Value) -> bool {
+        let uid = e["uid"].as_str().expect("uid").to_string();
+        let rv_text = e["resourceVersion"].as_str().expect("resourceVersion");
+        let rv: u64 = rv_text
+            .parse()
+            .unwrap_or_else(|_| panic!("kubesim resourceVersions are numbers: {e}"));
+        self.total += 1;
+        let fresh = self.seen.insert((uid.clone(), rv_text.to_string()));
+        if !fresh {
+            self.duplicates += 1;
         }
-        _ => {
-            state.insert(uid, e["object"].clone());
+        if self.newest.get(&uid).is_some_and(|&held| held > rv) {
+            self.stale += 1;
+            return fresh;
+        }
+        self.newest.insert(uid.clone(), rv);
+        match e["op"].as_str().expect("op") {
+            "delete" => {
+                self.objects.remove(&uid);
+            }
+            _ => {
+                self.objects.insert(uid, e["object"].clone());
+            }
+        }
+        fresh
+    }
+
+    /// Consumes every envelope.
+    pub fn consume_all<'a>(&mut self, events: impl IntoIterator<Item = &'a Value>) {
+        for e in events {
+            self.consume(e);
         }
     }
-    fresh
 }
 
 /// The cluster's objects of a kind as the agent emits them (managedFields dropped), by uid.
@@ -402,6 +468,43 @@ pub fn read_jsonl(path: &Path) -> Vec<Value> {
         .lines()
         .map(|l| checked(serde_json::from_str(l).expect("JSON line")))
         .collect()
+}
+
+/// Waits until the envelopes the file sink at `path` wrote satisfy `done`; returns them all.
+pub async fn wait_jsonl_until(
+    path: &Path,
+    what: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + SOON;
+    loop {
+        let got = read_jsonl(path);
+        if done(&got) {
+            return got;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}: no {what} within {SOON:?}: {got:#?}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The envelopes before the first one about the object named `name`, checking it is there.
+pub fn before_marker<'a>(events: &'a [Value], name: &str) -> &'a [Value] {
+    let at = events
+        .iter()
+        .position(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("no envelope for {name}: {events:#?}"));
+    &events[..at]
+}
+
+/// Waits until the file sink at `path` wrote an envelope about the object named `marker`
+/// (a barrier change made after everything under test); returns the envelopes before it.
+pub async fn until_marker(path: &Path, marker: &str) -> Vec<Value> {
+    let all = wait_jsonl_until(path, marker, |es| es.iter().any(|e| e["name"] == marker)).await;
+    before_marker(&all, marker).to_vec()
 }
 
 /// Waits until the file sink at `path` holds at least `n` envelopes; returns them all.

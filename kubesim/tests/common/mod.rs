@@ -133,23 +133,10 @@ pub async fn watch_lines(sim: &KubeSim, path: &str, n: usize) -> Vec<Value> {
     out
 }
 
-/// The kubectl binary to test with: `$KUBECTL`, else the Debian build; None (with a loud skip) if absent.
-pub fn kubectl() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("KUBECTL").map(PathBuf::from),
-        Some(PathBuf::from(
-            "/root/.cache/lookout/tools/kubectl-deb/root/usr/bin/kubectl",
-        )),
-    ];
-    for c in candidates.into_iter().flatten() {
-        if c.is_file() {
-            return Some(c);
-        }
-    }
-    eprintln!(
-        "\n\n!!!!!!!! SKIPPING kubectl TEST: no kubectl found (set KUBECTL=/path/to/kubectl) !!!!!!!!\n\n"
-    );
-    None
+/// The kubectl binary to test with: `$KUBECTL`, else `kubectl` on PATH; a missing one fails
+/// the test with the command that installs it.
+pub fn kubectl() -> PathBuf {
+    kubesim::tools::KUBECTL.require()
 }
 
 pub fn cm(name: &str, ns: &str, data: &str) -> Value {

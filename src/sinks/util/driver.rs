@@ -53,8 +53,8 @@ impl Default for SinkStats {
             dead_lettered: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             failing: AtomicU64::new(0),
-            // 100 µs … ~13 s
-            latency: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            // 10 µs … ~21 s: sub-millisecond deliveries need buckets below 100 µs.
+            latency: Histogram::new(exponential_buckets(0.00001, 2.0, 22)),
         }
     }
 }
