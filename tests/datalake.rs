@@ -199,7 +199,7 @@ async fn post_snapshot(agent: &Agent, body: Value) -> (u16, Value) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn kafka_and_webhook_consumers_rebuild_the_cluster_from_debezium_events_through_relist_and_snapshot()
+async fn tansu_and_webhook_consumers_rebuild_the_cluster_from_debezium_events_through_relist_and_snapshot()
  {
     let broker = tansu::Tansu::start();
     let topic = "test.core.configmap";
