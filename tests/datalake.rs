@@ -318,7 +318,7 @@ async fn tansu_and_webhook_consumers_rebuild_the_cluster_from_debezium_events_th
     assert_eq!(status, 202, "snapshot accepted: {answer}");
     assert_eq!(answer["resources"][0]["kind"], "ConfigMap");
 
-    let lake = until_rebuilt(&sim, &agent, "snapshot in churn (Kafka)", || kafka()).await;
+    let lake = until_rebuilt(&sim, &agent, "snapshot in churn (Kafka)", kafka).await;
     let mut reads = lake.reads.clone();
     reads.sort_by_key(|r| r.1);
     let on_demand: Vec<&(String, u64)> = reads.iter().skip(6).collect();
