@@ -69,9 +69,12 @@ demo: deps
 test: deps tools deny
 	$(CARGO) nextest run --workspace --locked --no-fail-fast
 
-## Long fault-injection variants: a 60 s sink outage under churn, and the crash/restart suite.
+## Long fault-injection variants: a 60 s sink outage under churn, the crash/restart suite, and
+## 200 seeds of the fault model (SOAK_SEEDS to change; a failing seed is printed with its replay).
+SOAK_SEEDS ?= 1..200
 soak: deps tools
-	LOOKOUT_SOAK_SECS=60 $(CARGO) nextest run --locked --no-capture --test faults --test durability --test leader
+	LOOKOUT_SOAK_SECS=60 $(CARGO) nextest run --profile soak --locked --no-capture --test faults --test durability --test leader --test spine
+	LOOKOUT_FAULT_SEEDS=$(SOAK_SEEDS) $(CARGO) nextest run --profile soak --locked --no-capture --test fault_model
 
 ## The benchmark harness: every figure the median of 3 runs with min and max, targets from
 ## issue 16 with PASS/MISS, target/bench/report.json, and BENCHMARKS.md's tables regenerated

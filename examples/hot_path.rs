@@ -86,7 +86,11 @@ fn update(sim: &KubeSim, pods: &[(String, String)], i: u64) {
         0 => json!({"metadata": {"labels": {"bench/revision": i.to_string()}}}),
         1 => json!({"metadata": {"annotations": {"bench.lookout.dev/touched": format!("{i}")}}}),
         _ => {
-            let ready = if (i / 3) % 2 == 0 { "False" } else { "True" };
+            let ready = if (i / 3).is_multiple_of(2) {
+                "False"
+            } else {
+                "True"
+            };
             let t = format!("2026-01-01T00:{:02}:{:02}Z", (i / 60) % 60, i % 60);
             json!({"status": {"conditions": [
                 {"type": "PodReadyToStartContainers", "status": "True", "lastProbeTime": null, "lastTransitionTime": "2026-01-01T00:00:00Z"},

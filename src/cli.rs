@@ -114,7 +114,8 @@ pub async fn run_pipeline(
             crate::pipeline::RunOutcome::Stopped => Ok(ExitCode::SUCCESS),
             // Like client-go controllers: exit, and come back (restarted by Kubernetes) as a
             // fresh standby.
-            crate::pipeline::RunOutcome::LostLeadership => Ok(ExitCode::FAILURE),
+            crate::pipeline::RunOutcome::LostLeadership
+            | crate::pipeline::RunOutcome::TakeoverFailed => Ok(ExitCode::FAILURE),
         },
         Err(e) => {
             eprintln!("lookout: {e}");

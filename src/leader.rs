@@ -3,7 +3,9 @@
 //! (how long the record has gone unchanged), never by comparing timestamps across machines.
 //!
 //! Only the leader forwards. Standbys keep their informers warm. A leader that cannot renew
-//! within `renewDeadline` has lost the lease and must stop forwarding at once.
+//! within `renewDeadline` has lost the lease and must stop forwarding at once: the deadline is
+//! a timer, and every lease request is bounded by [`call_timeout`]. Retries after a failed
+//! request follow [`BackoffPolicy::LEASE`], never slower than `retryPeriod`.
 
 use std::time::{Duration, Instant};
 
@@ -13,8 +15,11 @@ use kube::Api;
 use kube::api::PostParams;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+use crate::backoff::BackoffPolicy;
 
 /// `leaderElection:` in the config.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -126,68 +131,142 @@ pub enum Role {
     Lost,
 }
 
-/// Runs the election until `cancel`; the role is published on the returned channel.
-/// On shutdown a leader releases the lease so a standby takes over without waiting.
+/// How long each lease request (get, create, replace) may take: half the renew deadline, so
+/// a renewal (a get and a replace) fits in it. A request that takes longer is abandoned.
+pub fn call_timeout(config: &LeaderElectionConfig) -> Duration {
+    config.renew_deadline / 2
+}
+
+/// Runs the election until `cancel`; the role is published on the returned channel, and the
+/// task is returned for joining. On shutdown a leader releases the lease so a standby takes
+/// over without waiting.
+///
+/// A leader's renew deadline is a timer, not a check made after a request returns: when the
+/// API server stops answering, [`Role::Lost`] is published `renewDeadline` after the last
+/// successful renewal even while a request hangs — before any standby can take over (they wait
+/// for `leaseDuration`, which is longer).
 pub fn spawn(
     client: kube::Client,
     config: LeaderElectionConfig,
     cancel: CancellationToken,
-) -> watch::Receiver<Role> {
+) -> (watch::Receiver<Role>, JoinHandle<()>) {
     let (tx, rx) = watch::channel(Role::Standby);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let api: Api<Lease> = Api::namespaced(client, &config.namespace());
         let mut elector = Elector {
             api,
             identity: config.identity(),
+            timeout: call_timeout(&config),
             config,
             observed: None,
-            last_renew: None,
         };
         info!(identity = %elector.identity, lease = %elector.config.lease_name, "leader election: standing by");
+        let mut backoff = BackoffPolicy::LEASE.start();
+        // While leading: when the lease counts as lost unless renewed before.
+        let mut deadline: Option<tokio::time::Instant> = None;
+        let lost = |tx: &watch::Sender<Role>, identity: &str| {
+            warn!(identity = %identity, "leader election: could not renew the lease in time; stopping");
+            let _ = tx.send(Role::Lost);
+        };
         loop {
-            let leading = *tx.borrow() == Role::Leader;
-            match elector.try_acquire_or_renew().await {
-                Ok(true) => {
-                    elector.last_renew = Some(Instant::now());
-                    if !leading {
-                        info!(identity = %elector.identity, "leader election: acquired the lease; forwarding");
-                        let _ = tx.send(Role::Leader);
-                    }
+            let expiry = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
                 }
-                Ok(false) => {}
-                Err(e) => warn!(error = %e, "leader election: lease request failed"),
-            }
-            if leading
-                && elector
-                    .last_renew
-                    .is_none_or(|t| t.elapsed() > elector.config.renew_deadline)
-            {
-                warn!(identity = %elector.identity, "leader election: could not renew the lease in time; stopping");
-                let _ = tx.send(Role::Lost);
-                return;
-            }
-            tokio::select! {
+            };
+            let attempt = tokio::select! {
                 _ = cancel.cancelled() => {
-                    if *tx.borrow() == Role::Leader {
+                    if deadline.is_some() {
                         elector.release().await;
                     }
                     return;
                 }
-                _ = tokio::time::sleep(elector.config.retry_period) => {}
+                _ = expiry => return lost(&tx, &elector.identity),
+                a = elector.try_acquire_or_renew() => a,
+            };
+            let wait = match attempt {
+                Ok(Attempt::Holding) => {
+                    backoff.reset();
+                    if deadline.is_none() {
+                        info!(identity = %elector.identity, "leader election: acquired the lease; forwarding");
+                        let _ = tx.send(Role::Leader);
+                    }
+                    deadline = Some(tokio::time::Instant::now() + elector.config.renew_deadline);
+                    elector.config.retry_period
+                }
+                Ok(Attempt::HeldByOther(holder)) => {
+                    if deadline.is_some() {
+                        warn!(holder = ?holder, "leader election: another replica holds the lease now");
+                        return lost(&tx, &elector.identity);
+                    }
+                    elector.config.retry_period
+                }
+                // Someone wrote the lease between our read and our write: try again soon.
+                Ok(Attempt::Conflict) => backoff.next_delay().min(elector.config.retry_period),
+                Err(e) => {
+                    warn!(error = %e, "leader election: lease request failed");
+                    backoff.next_delay().min(elector.config.retry_period)
+                }
+            };
+            let expiry = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    if deadline.is_some() {
+                        elector.release().await;
+                    }
+                    return;
+                }
+                _ = expiry => return lost(&tx, &elector.identity),
+                _ = tokio::time::sleep(wait) => {}
             }
         }
     });
-    rx
+    (rx, task)
+}
+
+/// What one acquire-or-renew round found.
+#[derive(Debug)]
+enum Attempt {
+    /// This replica holds the lease (acquired or renewed).
+    Holding,
+    /// Another replica holds it and it has not expired.
+    HeldByOther(Option<String>),
+    /// The lease changed between read and write (409): another round decides.
+    Conflict,
+}
+
+/// Why a lease request failed.
+#[derive(Debug, thiserror::Error)]
+enum LeaseError {
+    /// The API server answered with an error.
+    #[error("{0}")]
+    Api(#[from] kube::Error),
+    /// The API server did not answer in time.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
 }
 
 struct Elector {
+    /// Leases in the configured namespace.
     api: Api<Lease>,
+    /// Who this replica is in the Lease.
     identity: String,
+    /// The settings.
     config: LeaderElectionConfig,
-    /// The last lease record seen (holder, renewTime) and when this replica first saw it.
-    observed: Option<((Option<String>, Option<String>), Instant)>,
-    last_renew: Option<Instant>,
+    /// Each request's bound ([`call_timeout`]).
+    timeout: Duration,
+    /// The last lease record seen and when this replica first saw it.
+    observed: Option<(LeaseRecord, Instant)>,
 }
+
+/// What identifies one write of the lease: (holder, renewTime).
+type LeaseRecord = (Option<String>, Option<String>);
 
 impl Elector {
     fn spec(&self, transitions: i32, acquire: Option<MicroTime>) -> LeaseSpec {
@@ -202,10 +281,21 @@ impl Elector {
         }
     }
 
-    /// Ok(true) when this replica holds the lease after the call.
-    async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
+    /// One request, abandoned after [`call_timeout`].
+    async fn bounded<T>(
+        &self,
+        request: impl std::future::Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, LeaseError> {
+        match tokio::time::timeout(self.timeout, request).await {
+            Ok(r) => r.map_err(LeaseError::Api),
+            Err(_) => Err(LeaseError::Timeout(self.timeout)),
+        }
+    }
+
+    /// One acquire-or-renew round.
+    async fn try_acquire_or_renew(&mut self) -> Result<Attempt, LeaseError> {
         let name = self.config.lease_name.clone();
-        let current = match self.api.get_opt(&name).await? {
+        let current = match self.bounded(self.api.get_opt(&name)).await? {
             Some(l) => l,
             None => {
                 let lease = Lease {
@@ -215,9 +305,14 @@ impl Elector {
                     },
                     spec: Some(self.spec(0, None)),
                 };
-                return match self.api.create(&PostParams::default(), &lease).await {
-                    Ok(_) => Ok(true),
-                    Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+                return match self
+                    .bounded(self.api.create(&PostParams::default(), &lease))
+                    .await
+                {
+                    Ok(_) => Ok(Attempt::Holding),
+                    Err(LeaseError::Api(kube::Error::Api(s))) if s.code == 409 => {
+                        Ok(Attempt::Conflict)
+                    }
                     Err(e) => Err(e),
                 };
             }
@@ -244,7 +339,7 @@ impl Elector {
         let expired = holder.is_none() || now.duration_since(first_seen) > duration;
         if !ours && !expired {
             debug!(holder = ?holder, "leader election: lease held by another replica");
-            return Ok(false);
+            return Ok(Attempt::HeldByOther(holder));
         }
         let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!ours);
         let acquire = if ours {
@@ -257,20 +352,20 @@ impl Elector {
         // `replace` carries the resourceVersion we read: if another replica wrote in
         // between, the API server answers 409 and we lost this round.
         match self
-            .api
-            .replace(&name, &PostParams::default(), &lease)
+            .bounded(self.api.replace(&name, &PostParams::default(), &lease))
             .await
         {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Ok(_) => Ok(Attempt::Holding),
+            Err(LeaseError::Api(kube::Error::Api(s))) if s.code == 409 => Ok(Attempt::Conflict),
             Err(e) => Err(e),
         }
     }
 
-    /// Gives the lease up (holder cleared) so a standby need not wait for expiry.
+    /// Gives the lease up (holder cleared) so a standby need not wait for expiry. Each
+    /// request is bounded: shutdown never waits on an API server that does not answer.
     async fn release(&self) {
         let name = &self.config.lease_name;
-        if let Ok(Some(mut lease)) = self.api.get_opt(name).await
+        if let Ok(Some(mut lease)) = self.bounded(self.api.get_opt(name)).await
             && lease
                 .spec
                 .as_ref()
@@ -281,7 +376,10 @@ impl Elector {
                 spec.holder_identity = None;
                 spec.renew_time = None;
             }
-            match self.api.replace(name, &PostParams::default(), &lease).await {
+            match self
+                .bounded(self.api.replace(name, &PostParams::default(), &lease))
+                .await
+            {
                 Ok(_) => info!("leader election: released the lease"),
                 Err(e) => warn!(error = %e, "leader election: could not release the lease"),
             }

@@ -2,11 +2,12 @@
 //!
 //! Data flows one way: [`informer`] (list+watch, cache, diff) → [`pipeline`] handlers build
 //! [`event::Envelope`]s → [`router`] → sink queues ([`sinks::util`]) → [`sinks`] →
-//! acknowledgement.
+//! acknowledgement ([`delivery`]) → delivered state ([`state`]).
 
 pub mod backoff;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 #[cfg(feature = "sim")]
 pub mod demo;
 pub mod event;

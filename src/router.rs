@@ -4,6 +4,9 @@
 //! matching forward route sends the event to its sinks; a sink gets an event once, shaped by
 //! the first matching route that names it. With no routes configured every event goes to
 //! every sink; with routes, an event no route matches goes nowhere.
+//!
+//! The router only decides (which sinks, shaped how); it holds no queue and no lock, so
+//! deciding never waits. Delivering the decision is [`crate::pipeline`]'s job.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,7 +20,6 @@ use crate::event::pointer::{PointerGlob, segment_matches};
 use crate::event::transform::{Shape, ShapeConfig, globs};
 use crate::event::{Envelope, Op, diff};
 use crate::informer::SharedInformer;
-use crate::sinks::{AckObserver, SinkHandle};
 
 /// One entry of `routes:`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -287,7 +289,8 @@ impl Route {
         self.ns_selector.is_some()
     }
 
-    fn matches(&self, e: &Envelope, namespaces: Option<&SharedInformer>) -> bool {
+    /// Everything but the state- and diff-dependent tests: apiVersion, kind, namespace, op.
+    fn matches_static(&self, e: &Envelope, namespaces: Option<&SharedInformer>) -> bool {
         let any = |globs: &[String], s: &str| globs.iter().any(|g| segment_matches(g, s));
         if !self.api_versions.is_empty() && !any(&self.api_versions, &e.api_version) {
             return false;
@@ -319,9 +322,11 @@ impl Route {
                 }
             }
         }
-        if !self.ops.is_empty() && !self.ops.iter().any(|o| o.matches(e.op)) {
-            return false;
-        }
+        self.ops.is_empty() || self.ops.iter().any(|o| o.matches(e.op))
+    }
+
+    /// The tests on the object's state (`when`) and on the change (`changed`, ignore paths).
+    fn matches_content(&self, e: &Envelope) -> bool {
         for (path, test) in &self.when {
             let at = e.object.pointer(path);
             let ok = match test {
@@ -356,9 +361,18 @@ impl Route {
         true
     }
 
+    fn matches(&self, e: &Envelope, namespaces: Option<&SharedInformer>, forced: bool) -> bool {
+        self.matches_static(e, namespaces) && (forced || self.matches_content(e))
+    }
+
     /// The event as this route's sinks get it; `None` when the reshaped update changes
-    /// nothing but ignored paths (`ignore`: the global ignore paths).
-    fn reshape(&self, e: &Arc<Envelope>, ignore: &[PointerGlob]) -> Option<Arc<Envelope>> {
+    /// nothing but ignored paths (`ignore`: the global ignore paths), unless `forced`.
+    fn reshape(
+        &self,
+        e: &Arc<Envelope>,
+        ignore: &[PointerGlob],
+        forced: bool,
+    ) -> Option<Arc<Envelope>> {
         if self.shape.is_identity() {
             return Some(e.clone());
         }
@@ -371,8 +385,10 @@ impl Route {
         let patch = match (&old, e.op) {
             (Some(o), Op::Update) => {
                 let p = diff::diff(o, &object);
-                if diff::only_ignored_changes(&p, ignore)
-                    || (!self.ignore.is_empty() && diff::only_ignored_changes(&p, &self.ignore))
+                if !forced
+                    && (diff::only_ignored_changes(&p, ignore)
+                        || (!self.ignore.is_empty()
+                            && diff::only_ignored_changes(&p, &self.ignore)))
                 {
                     return None;
                 }
@@ -387,86 +403,89 @@ impl Route {
     }
 }
 
-/// Fans events out to sink queues.
+/// Decides which sinks get an event, and in which shape.
 pub struct Router {
-    sinks: Vec<SinkHandle>,
+    /// How many sinks there are (routes name them by index).
+    sinks: usize,
     routes: Vec<Route>,
     /// The global `transforms.ignorePaths`, applied to reshaped updates too.
     ignore: Vec<PointerGlob>,
     namespaces: Option<Arc<SharedInformer>>,
-    observer: Arc<dyn AckObserver>,
 }
 
 impl Router {
-    /// A router over the given sink queues and compiled routes.
+    /// A router over `sinks` sinks and the compiled routes.
     pub fn new(
-        sinks: Vec<SinkHandle>,
+        sinks: usize,
         routes: Vec<Route>,
         ignore: Vec<PointerGlob>,
         namespaces: Option<Arc<SharedInformer>>,
-        observer: Arc<dyn AckObserver>,
     ) -> Self {
         Self {
             sinks,
             routes,
             ignore,
             namespaces,
-            observer,
         }
     }
 
-    /// Queues `event` on every sink it is routed to, waiting for room (backpressure).
-    pub async fn dispatch(&self, event: Envelope) {
-        let event = Arc::new(event);
-        let targets = self.targets(&event);
-        event.expect_acks(targets.len());
-        if targets.is_empty() {
-            // Routed nowhere: nothing to wait for; downstream is as up to date as it wants.
-            self.observer.delivered(&event);
-            return;
-        }
-        for (sink, deliver) in targets {
-            let sink = &self.sinks[sink];
-            if !sink.send_as(deliver, event.clone()).await {
-                // The sink is shutting down; the event stays unacknowledged and the next run
-                // re-emits it.
-                tracing::debug!(sink = %sink.name, "sink queue closed; event not queued");
-            }
-        }
+    /// How many sinks the router routes to.
+    pub fn sinks(&self) -> usize {
+        self.sinks
     }
 
-    fn targets(&self, event: &Arc<Envelope>) -> Vec<(usize, Arc<Envelope>)> {
+    /// The global `transforms.ignorePaths`: a change touching only these is no change.
+    pub fn ignore(&self) -> &[PointerGlob] {
+        &self.ignore
+    }
+
+    /// The sinks `event` goes to (ascending), each with the event as that sink gets it.
+    pub fn route(&self, event: &Arc<Envelope>) -> Vec<(usize, Arc<Envelope>)> {
+        self.route_to(event, &|_| true, false)
+    }
+
+    /// As [`Router::route`], among the sinks `only` accepts. `forced`: the event re-sends an
+    /// object's current state to sinks that may have missed a change of it (a crash with the
+    /// change in flight), so only what a route says about the object and the op counts —
+    /// apiVersion, kind, namespace, op — not what it says about the change or the state
+    /// (`changed`, `when`, ignore paths), which were judged against a state the sink may not have.
+    pub fn route_to(
+        &self,
+        event: &Arc<Envelope>,
+        only: &dyn Fn(usize) -> bool,
+        forced: bool,
+    ) -> Vec<(usize, Arc<Envelope>)> {
         if self.routes.is_empty() {
-            return (0..self.sinks.len()).map(|i| (i, event.clone())).collect();
+            return (0..self.sinks)
+                .filter(|&s| only(s))
+                .map(|s| (s, event.clone()))
+                .collect();
         }
         let ns = self.namespaces.as_deref();
-        if let Some(r) = self.routes.iter().find(|r| r.drop && r.matches(event, ns)) {
+        // Drop routes are judged whole even for a forced event: they say what must never go.
+        if let Some(r) = self
+            .routes
+            .iter()
+            .find(|r| r.drop && r.matches(event, ns, false))
+        {
             tracing::trace!(route = %r.name, uid = %event.uid, "dropped by route");
             return Vec::new();
         }
         let mut chosen: BTreeMap<usize, Arc<Envelope>> = BTreeMap::new();
         for route in self.routes.iter().filter(|r| !r.drop) {
-            if route.sinks.iter().all(|s| chosen.contains_key(s)) || !route.matches(event, ns) {
+            let wanted = |s: &usize| only(*s) && !chosen.contains_key(s);
+            if !route.sinks.iter().any(wanted) || !route.matches(event, ns, forced) {
                 continue;
             }
-            let Some(shaped) = route.reshape(event, &self.ignore) else {
+            let Some(shaped) = route.reshape(event, &self.ignore, forced) else {
                 continue;
             };
             for &s in &route.sinks {
-                chosen.entry(s).or_insert_with(|| shaped.clone());
+                if only(s) {
+                    chosen.entry(s).or_insert_with(|| shaped.clone());
+                }
             }
         }
         chosen.into_iter().collect()
-    }
-
-    /// Closes every queue and waits for the drivers to deliver what was queued.
-    pub async fn close_and_drain(self) {
-        let sinks = self.sinks;
-        for s in &sinks {
-            s.close();
-        }
-        for s in sinks {
-            s.join().await;
-        }
     }
 }

@@ -10,7 +10,7 @@ fn check(config: &str) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.yaml");
     std::fs::write(&path, config).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_lookout"))
+    let out = Command::new(lookout_bin())
         .args(["check", "--config"])
         .arg(&path)
         .env_remove("LOOKOUT_CLUSTER")
@@ -129,7 +129,7 @@ fn environment_overrides_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.yaml");
     std::fs::write(&path, GOOD).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_lookout"))
+    let out = Command::new(lookout_bin())
         .args(["check", "--config"])
         .arg(&path)
         .env("LOOKOUT_CLUSTER", "from-env")
@@ -164,7 +164,7 @@ async fn a_kind_the_server_does_not_serve_exits_2() {
         vec!["run", "--config"],
         vec!["check", "--server", "--config"],
     ] {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lookout"))
+        let out = tokio::process::Command::new(lookout_bin())
             .args(&args)
             .arg(&path)
             .env("KUBECONFIG", &kubeconfig)
@@ -420,7 +420,7 @@ async fn an_api_server_that_cannot_be_reached_is_not_a_config_error() {
     std::fs::write(&path, GOOD).unwrap();
     let out = tokio::time::timeout(
         std::time::Duration::from_secs(120),
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_lookout"))
+        tokio::process::Command::new(lookout_bin())
             .args(["check", "--server", "--config"])
             .arg(&path)
             .env("KUBECONFIG", &kubeconfig)

@@ -1,10 +1,12 @@
 //! `lookout demo` as a newcomer runs it: the story it tells, and how it ends in a pipe.
 
+mod common;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn demo(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lookout"));
+    let mut cmd = Command::new(common::lookout_bin());
     cmd.arg("demo")
         .args(args)
         .env("NO_COLOR", "1")
@@ -92,7 +94,7 @@ fn demo_piped_into_head_prints_five_lines_and_exits_0_at_once() {
     let out = Command::new("bash")
         .arg("-c")
         .arg(r#"set -o pipefail; "$0" demo --duration 60s | head -5"#)
-        .arg(env!("CARGO_BIN_EXE_lookout"))
+        .arg(common::lookout_bin())
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -290,7 +290,7 @@ async fn a_corrupt_state_directory_exits_2_until_reset() {
     sim.write_kubeconfig(&kubeconfig).unwrap();
     let config = dir.path().join("c.yaml");
     std::fs::write(&config, stdout_config_with_state(CM, state.path())).unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lookout"))
+    let out = tokio::process::Command::new(lookout_bin())
         .args(["run", "--config"])
         .arg(&config)
         .env("KUBECONFIG", &kubeconfig)
@@ -310,7 +310,7 @@ async fn a_corrupt_state_directory_exits_2_until_reset() {
 
     sim.create("v1", "ConfigMap", configmap("default", "x", json!({})))
         .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lookout"))
+    let mut child = tokio::process::Command::new(lookout_bin())
         .args(["run", "--reset-state", "--config"])
         .arg(&config)
         .env("KUBECONFIG", &kubeconfig)

@@ -46,6 +46,25 @@ fn create_configmaps(sim: &KubeSim, n: usize, each: impl Fn(usize) -> (String, V
     }
 }
 
+/// Every object the cache API has for `api_version/kind`, page after page.
+async fn cache_list(agent: &Agent, kind_path: &str) -> Vec<Value> {
+    let base = format!("http://{}/cache/{kind_path}", agent.ops_addr().await);
+    let mut out = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let url = match &next {
+            Some(c) => format!("{base}?continue={c}"),
+            None => base.clone(),
+        };
+        let page: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+        out.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["metadata"]["continue"].as_str() {
+            Some(c) => next = Some(c.to_string()),
+            None => return out,
+        }
+    }
+}
+
 /// Merges `patch` into ConfigMap `default/<name>`.
 fn patch_data(sim: &KubeSim, name: &str, patch: Value) {
     sim.merge_patch("v1", "ConfigMap", Some("default"), name, patch)
@@ -183,10 +202,17 @@ async fn a_half_open_watch_heals_within_the_idle_timeout_without_a_relist_or_a_d
 async fn a_relist_under_churn_never_shows_the_cache_api_a_half_filled_cache() {
     // Three pages of 500, each answered after 300 ms: the re-list takes about a second.
     const STABLE: usize = 1200;
+    // Every third stable object is probed: spread over all pages of the re-list, and few
+    // enough to come back in one page of the cache API.
+    const PROBED: usize = STABLE / 3;
     let sim = sim().await;
-    create_configmaps(&sim, STABLE, |i| {
-        (format!("stable-{i}"), json!({"gen": "1"}))
-    });
+    for i in 0..STABLE {
+        let mut o = configmap("default", &format!("stable-{i}"), json!({"gen": "1"}));
+        if i % 3 == 0 {
+            o["metadata"]["labels"]["probe"] = json!("yes");
+        }
+        sim.create("v1", "ConfigMap", o).unwrap();
+    }
     let config = format!(
         "{}  cache:\n    enabled: true\n",
         with_initial_list(&stdout_config(&[("v1", "ConfigMap")]), "paginate")
@@ -195,7 +221,10 @@ async fn a_relist_under_churn_never_shows_the_cache_api_a_half_filled_cache() {
     agent.take(STABLE).await;
     agent.wait_ready(200, SOON).await;
 
-    let url = format!("http://{}/cache/v1/ConfigMap", agent.ops_addr().await);
+    let url = format!(
+        "http://{}/cache/v1/ConfigMap?labelSelector=probe%3Dyes",
+        agent.ops_addr().await
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let poller = tokio::spawn({
         let stop = stop.clone();
@@ -203,47 +232,18 @@ async fn a_relist_under_churn_never_shows_the_cache_api_a_half_filled_cache() {
             let client = reqwest::Client::new();
             let mut answers = Vec::new();
             while !stop.load(Ordering::Relaxed) {
-                // The cache API pages like the API server (at most 500 objects a page):
-                // follow `continue`; the pages together must hold every stable object. (Pages
-                // are not pinned to one cache: a swap between or during pages may mix
-                // generations, which is why only the count is asserted here.)
-                let mut stable_total = 0;
-                let mut second = 0;
-                let mut token: Option<String> = None;
-                loop {
-                    let mut req = client.get(&url);
-                    if let Some(t) = &token {
-                        req = req.query(&[("continue", t.as_str())]);
-                    }
-                    let list: Value = req
-                        .send()
-                        .await
-                        .expect("the cache API answers")
-                        .json()
-                        .await
-                        .unwrap();
-                    let stable: Vec<&Value> = list["items"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .filter(|o| {
-                            o["metadata"]["name"]
-                                .as_str()
-                                .is_some_and(|n| n.starts_with("stable-"))
-                        })
-                        .collect();
-                    let page_second = stable.iter().filter(|o| o["data"]["gen"] == "2").count();
-                    stable_total += stable.len();
-                    second += page_second;
-                    token = list["metadata"]["continue"]
-                        .as_str()
-                        .filter(|c| !c.is_empty())
-                        .map(str::to_string);
-                    if token.is_none() {
-                        break;
-                    }
-                }
-                answers.push((SystemTime::now(), stable_total, second));
+                let list: Value = client
+                    .get(&url)
+                    .send()
+                    .await
+                    .expect("the cache API answers")
+                    .json()
+                    .await
+                    .unwrap();
+                assert!(list["metadata"].get("continue").is_none(), "one page");
+                let probed = list["items"].as_array().unwrap();
+                let second = probed.iter().filter(|o| o["data"]["gen"] == "2").count();
+                answers.push((SystemTime::now(), probed.len(), second));
             }
             answers
         }
@@ -309,16 +309,19 @@ async fn a_relist_under_churn_never_shows_the_cache_api_a_half_filled_cache() {
         answers.len()
     );
     assert!(during >= 1, "the poller overlapped the re-list");
-    for (t, stable, second) in &answers {
+    for (t, probed, second) in &answers {
         assert_eq!(
-            *stable, STABLE,
-            "an answer at {t:?} had {stable} of the {STABLE} stable objects"
+            *probed, PROBED,
+            "an answer at {t:?} had {probed} of the {PROBED} probed objects"
         );
-        assert!(*second <= STABLE, "an answer at {t:?}: {second} re-listed");
+        assert!(
+            *second == 0 || *second == PROBED,
+            "an answer at {t:?} mixed generations: {second} of {PROBED} re-listed"
+        );
     }
     assert_eq!(
         answers.last().unwrap().2,
-        STABLE,
+        PROBED,
         "the re-list was swapped in"
     );
     // And the cache ends equal to the cluster.
@@ -326,29 +329,11 @@ async fn a_relist_under_churn_never_shows_the_cache_api_a_half_filled_cache() {
     let deadline = tokio::time::Instant::now() + SOON;
     loop {
         while agent.try_next(Duration::from_millis(100)).await.is_some() {}
-        let url = format!("http://{}/cache/v1/ConfigMap", agent.ops_addr().await);
-        let mut got: HashMap<String, Value> = HashMap::new();
-        let mut token: Option<String> = None;
-        loop {
-            let mut req = reqwest::Client::new().get(&url);
-            if let Some(t) = &token {
-                req = req.query(&[("continue", t.as_str())]);
-            }
-            let list: Value = req.send().await.unwrap().json().await.unwrap();
-            for o in list["items"].as_array().unwrap() {
-                got.insert(
-                    o["metadata"]["uid"].as_str().unwrap().to_string(),
-                    o.clone(),
-                );
-            }
-            token = list["metadata"]["continue"]
-                .as_str()
-                .filter(|c| !c.is_empty())
-                .map(str::to_string);
-            if token.is_none() {
-                break;
-            }
-        }
+        let got: HashMap<String, Value> = cache_list(&agent, "v1/ConfigMap")
+            .await
+            .into_iter()
+            .map(|o| (o["metadata"]["uid"].as_str().unwrap().to_string(), o))
+            .collect();
         if got == want {
             break;
         }

@@ -34,18 +34,6 @@ server:
     )
 }
 
-async fn wait_log(agent: &Agent, needle: &str) {
-    let deadline = tokio::time::Instant::now() + SOON;
-    while !agent.stderr().contains(needle) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no `{needle}` in:\n{}",
-            agent.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Waits until the agent's state writer logged at least `n` acknowledgements recorded.
 async fn wait_recorded(agent: &Agent, n: u64) {
     let deadline = tokio::time::Instant::now() + SOON;
@@ -106,7 +94,7 @@ async fn the_standby_takes_over_within_the_lease_duration_and_loses_nothing() {
         ],
     )
     .await;
-    wait_log(&a, "acquired the lease").await;
+    a.wait_log("acquired the lease").await;
     let b = Agent::start_with_env(
         &sim,
         &cfg,
@@ -116,7 +104,7 @@ async fn the_standby_takes_over_within_the_lease_duration_and_loses_nothing() {
         ],
     )
     .await;
-    wait_log(&b, "standing by").await;
+    b.wait_log("standing by").await;
 
     for i in 0..3 {
         sim.create(

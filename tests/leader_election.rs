@@ -61,7 +61,7 @@ struct Elector {
 async fn elector(sim: &KubeSim, config: LeaderElectionConfig) -> Elector {
     config.validate().expect("valid timings");
     let cancel = CancellationToken::new();
-    let role = lookout::leader::spawn(client(sim).await, config, cancel.clone());
+    let (role, _task) = lookout::leader::spawn(client(sim).await, config, cancel.clone());
     Elector { role, cancel }
 }
 

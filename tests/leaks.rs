@@ -70,7 +70,10 @@ fn forbidden() -> Vec<String> {
 /// Every request the webhook receiver got: its path, and the raw request (request line,
 /// headers, body).
 #[derive(Clone, Default)]
-struct Recorded(Arc<Mutex<Vec<(String, Vec<u8>)>>>);
+struct Recorded(Arc<Mutex<Vec<RawRequest>>>);
+
+/// One request: its path, and the raw bytes.
+type RawRequest = (String, Vec<u8>);
 
 impl Recorded {
     fn text(&self) -> String {
@@ -156,7 +159,7 @@ impl Run {
         std::fs::write(&config_path, config).unwrap();
         let stdout = dir.join(format!("{name}.stdout"));
         let stderr = dir.join(format!("{name}.stderr"));
-        let child = Command::new(env!("CARGO_BIN_EXE_lookout"))
+        let child = Command::new(lookout_bin())
             .arg("run")
             .arg("--config")
             .arg(&config_path)

@@ -119,7 +119,7 @@ async fn an_empty_cache_token_is_a_config_error_and_no_token_a_warning_at_start(
         cache_config(Some("'${LOOKOUT_TEST_UNSET_CACHE_TOKEN:-}'")),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lookout"))
+    let out = std::process::Command::new(lookout_bin())
         .args(["check", "--config"])
         .arg(&file)
         .output()

@@ -1,15 +1,16 @@
-//! Route evaluation through the public API: routes compiled from config, a `Router` over
-//! recording sinks, events dispatched, and what each sink received. No cluster involved.
+//! Route evaluation through the public API: routes compiled from config, a `Router` deciding,
+//! the acknowledgement tracker registering each change, recording sinks behind the real
+//! queues and drivers, and what each sink received. No cluster involved.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_trait::async_trait;
+use lookout::delivery::{ObjectId, Tracker};
 use lookout::event::{Envelope, EnvelopeBuilder, Op, diff};
 use lookout::router::{Route, RouteConfig, Router};
-use lookout::sinks::util::spawn_driver;
-use lookout::sinks::{AckObserver, Sink, SinkError};
+use lookout::sinks::{DeadLetter, Sink, SinkError, SinkLane};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -27,21 +28,6 @@ impl Sink for Recording {
     }
 }
 
-/// Counts acknowledgements per event id.
-#[derive(Default)]
-struct Acks(Mutex<HashMap<String, usize>>);
-
-impl AckObserver for Acks {
-    fn delivered(&self, event: &Arc<Envelope>) {
-        *self
-            .0
-            .lock()
-            .unwrap()
-            .entry(event.id.to_string())
-            .or_default() += 1;
-    }
-}
-
 fn compile(routes: &str) -> Result<Vec<Route>, String> {
     let configs: Vec<RouteConfig> = serde_yaml_ng::from_str(routes).expect("routes YAML");
     let names: Vec<String> = SINKS.iter().map(|s| s.to_string()).collect();
@@ -52,30 +38,49 @@ fn compile(routes: &str) -> Result<Vec<Route>, String> {
         .collect()
 }
 
-/// Dispatches `events` through `routes`; what each sink got, as `op kind ns/name` lines,
-/// and the acknowledgement count per event id.
-async fn route(routes: &str, events: Vec<Envelope>) -> (HashMap<&'static str, Vec<String>>, Acks) {
+/// Routes `events` through `routes` into the sinks' queues, each change registered with the
+/// tracker; what each sink got, as `op kind ns/name` lines, and how many objects still have
+/// a change some sink owes once every queue is drained (0: all acknowledged).
+async fn route(routes: &str, events: Vec<Envelope>) -> (HashMap<&'static str, Vec<String>>, usize) {
     let routes = compile(routes).expect("routes compile");
-    let acks = Arc::new(Acks::default());
+    let tracker = Arc::new(Tracker::new(SINKS.len(), None));
     let recorders: Vec<Arc<Recording>> = SINKS.iter().map(|_| Arc::default()).collect();
-    let handles = SINKS
+    let lanes: Vec<SinkLane> = SINKS
         .iter()
         .zip(&recorders)
-        .map(|(name, r)| {
-            spawn_driver(
-                name.to_string(),
-                r.clone() as Arc<dyn Sink>,
-                100,
-                acks.clone(),
+        .map(|(name, r)| SinkLane::new(name.to_string(), r.clone() as Arc<dyn Sink>, 100))
+        .collect();
+    let drivers: Vec<_> = lanes
+        .iter()
+        .map(|l| {
+            l.spawn_driver(
+                tracker.clone(),
                 CancellationToken::new(),
+                DeadLetter::log_only(&l.name),
             )
         })
         .collect();
-    let router = Router::new(handles, routes, Vec::new(), None, acks.clone());
+    let router = Router::new(SINKS.len(), routes, Vec::new(), None);
     for e in events {
-        router.dispatch(e).await;
+        let e = Arc::new(e);
+        let targets = router.route(&e);
+        let sinks: Vec<usize> = targets.iter().map(|(s, _)| *s).collect();
+        let state = (e.op != Op::Delete).then(|| e.object.clone());
+        let tokens = tracker.register(&ObjectId::of(&e), state, &e.uid, || json!({}), &sinks);
+        for ((s, deliver), token) in targets.into_iter().zip(tokens) {
+            lanes[s]
+                .queue
+                .push_with(deliver, Some(token))
+                .await
+                .unwrap();
+        }
     }
-    router.close_and_drain().await;
+    for l in &lanes {
+        l.queue.close();
+    }
+    for d in drivers {
+        d.await.unwrap();
+    }
     let got = SINKS
         .iter()
         .zip(&recorders)
@@ -89,8 +94,7 @@ async fn route(routes: &str, events: Vec<Envelope>) -> (HashMap<&'static str, Ve
             (*name, lines)
         })
         .collect();
-    let acks = Arc::try_unwrap(acks).ok().expect("router dropped");
-    (got, acks)
+    (got, tracker.pending())
 }
 
 fn builder(api_version: &str, kind: &str) -> EnvelopeBuilder {
@@ -166,10 +170,7 @@ async fn without_routes_every_sink_gets_every_event() {
     let want = vec!["add ConfigMap a/x", "delete ConfigMap a/x"];
     assert_eq!(got["lake"], want);
     assert_eq!(got["oncall"], want);
-    assert!(
-        acks.0.lock().unwrap().values().all(|n| *n == 1),
-        "acknowledged once, after both sinks"
-    );
+    assert_eq!(acks, 0, "acknowledged by both sinks");
 }
 
 #[tokio::test]
@@ -204,11 +205,7 @@ async fn an_event_no_route_matches_goes_nowhere_and_is_acknowledged() {
         got["lake"].is_empty() && got["oncall"].is_empty(),
         "{got:?}"
     );
-    assert_eq!(
-        acks.0.lock().unwrap().values().copied().collect::<Vec<_>>(),
-        vec![1],
-        "routed nowhere is delivered: nothing to wait for"
-    );
+    assert_eq!(acks, 0, "routed nowhere: nothing owed");
 }
 
 #[tokio::test]
@@ -426,10 +423,7 @@ async fn a_sink_named_by_two_matching_routes_gets_the_event_once() {
     .await;
     assert_eq!(got["lake"], vec!["add ConfigMap a/x"]);
     assert_eq!(got["oncall"], vec!["add ConfigMap a/x"]);
-    assert_eq!(
-        acks.0.lock().unwrap().values().copied().collect::<Vec<_>>(),
-        vec![1]
-    );
+    assert_eq!(acks, 0, "owed once per sink, acknowledged once");
 }
 
 #[test]

@@ -30,7 +30,7 @@ impl TextAgent {
              server:\n  listen: 127.0.0.1:0\n",
         )
         .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lookout"))
+        let mut child = Command::new(lookout_bin())
             .args(["run", "--config"])
             .arg(&config)
             .env("KUBECONFIG", &kubeconfig)

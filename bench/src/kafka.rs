@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use lookout::event::{Envelope, EnvelopeBuilder, Op, diff};
 use lookout::sinks::kafka::KafkaSinkConfig;
 use lookout::sinks::util::spawn_driver;
-use lookout::sinks::{AckObserver, Common, SinkContext};
+use lookout::sinks::{AckObserver, Common, SinkContext, Slot};
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -351,7 +351,7 @@ fn raw_producer(bootstrap: &str, envelopes: &[Arc<Envelope>]) -> Result<f64, Str
 struct NoState;
 
 impl AckObserver for NoState {
-    fn delivered(&self, _event: &Arc<Envelope>) {}
+    fn delivered(&self, _slot: Slot) {}
 }
 
 /// lookout's Kafka sink behind its real driver (queue, batching, acknowledgement), fed

@@ -8,19 +8,19 @@ use super::{Envelope, Op, SnapshotMark, changed_by, diff};
 #[derive(Debug)]
 pub enum Merged {
     /// One new envelope replaces both.
-    Into(Envelope),
+    Into(Arc<Envelope>),
     /// The newer envelope replaces the older as it is.
     Keep,
-    /// Both cancel out: an add and a delete of an object the sink never saw.
-    Cancelled,
 }
 
-/// Merges `next` into `prev` (the queued change of the same uid; `None` when an earlier merge
-/// cancelled it). The result describes the change from what the sink last received to `next`.
-pub fn merge(prev: Option<&Arc<Envelope>>, next: &Arc<Envelope>) -> Merged {
-    let Some(prev) = prev else {
-        return Merged::Keep;
-    };
+/// Merges `next` into `prev` (the queued change of the same uid). The result describes the
+/// change from what the sink last received to `next`.
+///
+/// An add then a delete is the delete, not nothing: the add may re-send an object the sink
+/// already holds (a restart after a crash re-sends what was in flight, a snapshot reads what
+/// the sink has), and only the delete tells it the object is gone. A sink may therefore get
+/// the delete of an object it never saw.
+pub fn merge(prev: &Arc<Envelope>, next: &Arc<Envelope>) -> Merged {
     // A snapshot's first and last reads bound it for consumers: a merge keeps them.
     let bound = prev
         .snapshot
@@ -37,24 +37,28 @@ pub fn merge(prev: Option<&Arc<Envelope>>, next: &Arc<Envelope>) -> Merged {
             } else {
                 merged_changed_by(prev, next)
             };
-            Merged::Into(e)
+            Merged::Into(Arc::new(e))
         }
         (Op::Add, Op::Delete) if bound.is_some() => {
             let mut e = next.rederive(Op::Delete, None, None);
             e.snapshot = bound;
-            Merged::Into(e)
+            Merged::Into(Arc::new(e))
         }
-        // A read of an object the sink already has (an on-demand snapshot): the delete must
-        // reach it.
-        (Op::Add, Op::Delete) if prev.snapshot.is_some() && !prev.initial_list => Merged::Keep,
-        (Op::Add, Op::Delete) => Merged::Cancelled,
+        // A later snapshot's read in the middle of it replaces an earlier snapshot's first or
+        // last read, and keeps that bound.
+        (Op::Add, Op::Add) if bound.is_some() && next.snapshot == Some(SnapshotMark::True) => {
+            let mut e = next.rederive(Op::Add, None, None);
+            e.initial_list = next.initial_list;
+            e.snapshot = bound;
+            Merged::Into(Arc::new(e))
+        }
         // One update from the state before `prev` to the newest.
         (Op::Update, Op::Update) => {
             let base = prev.old.clone().expect("updates keep their old object");
             let patch = diff::diff(&base, &next.object);
             let mut e = next.rederive(Op::Update, Some(base), Some(patch));
             e.changed_by = merged_changed_by(prev, next);
-            Merged::Into(e)
+            Merged::Into(Arc::new(e))
         }
         _ => Merged::Keep,
     }
@@ -81,14 +85,7 @@ mod tests {
     use crate::event::EnvelopeBuilder;
 
     fn builder() -> EnvelopeBuilder {
-        EnvelopeBuilder {
-            cluster: "c".into(),
-            api_version: "v1".into(),
-            kind: "ConfigMap".into(),
-            plural: "configmaps".into(),
-            source: "v1/ConfigMap".into(),
-            include_old: false,
-        }
+        EnvelopeBuilder::test_configmaps()
     }
 
     fn obj(v: u32) -> Arc<Value> {
@@ -111,7 +108,7 @@ mod tests {
 
     #[test]
     fn two_updates_become_one_patch_from_the_first_base() {
-        let merged = match merge(Some(&update(1, 2)), &update(2, 3)) {
+        let merged = match merge(&update(1, 2), &update(2, 3)) {
             Merged::Into(e) => e,
             other => panic!("{other:?}"),
         };
@@ -125,7 +122,7 @@ mod tests {
     #[test]
     fn add_then_update_is_an_add_of_the_newest_state() {
         let add = Arc::new(builder().build(Op::Add, obj(1), None, None, Instant::now()));
-        match merge(Some(&add), &update(1, 2)) {
+        match merge(&add, &update(1, 2)) {
             Merged::Into(e) => {
                 assert_eq!(e.op, Op::Add);
                 assert_eq!(*e.object, *obj(2));
@@ -144,7 +141,7 @@ mod tests {
 
     #[test]
     fn a_read_merged_with_an_update_is_a_read_of_the_newest_state_with_its_mark() {
-        match merge(Some(&read(1, SnapshotMark::Last, false)), &update(1, 2)) {
+        match merge(&read(1, SnapshotMark::Last, false), &update(1, 2)) {
             Merged::Into(e) => {
                 assert!(e.is_read());
                 assert_eq!(e.snapshot, Some(SnapshotMark::Last));
@@ -158,13 +155,13 @@ mod tests {
     #[test]
     fn a_delete_after_a_snapshot_read_reaches_the_sink_and_keeps_the_snapshot_bound() {
         let del = Arc::new(builder().build(Op::Delete, obj(2), None, None, Instant::now()));
-        // The sink has the object: the delete must not cancel out with the read.
+        // The sink has the object: the delete replaces the read.
         assert!(matches!(
-            merge(Some(&read(1, SnapshotMark::True, false)), &del),
+            merge(&read(1, SnapshotMark::True, false), &del),
             Merged::Keep
         ));
         for initial in [true, false] {
-            match merge(Some(&read(1, SnapshotMark::Last, initial)), &del) {
+            match merge(&read(1, SnapshotMark::Last, initial), &del) {
                 Merged::Into(e) => {
                     assert_eq!(e.op, Op::Delete);
                     assert_eq!(e.snapshot, Some(SnapshotMark::Last));
@@ -172,10 +169,26 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        // A plain initial-list add the sink never saw still cancels out.
+    }
+
+    #[test]
+    fn a_later_snapshot_read_keeps_the_bound_of_the_earlier_read_it_replaces() {
+        match merge(
+            &read(1, SnapshotMark::Last, false),
+            &read(2, SnapshotMark::True, false),
+        ) {
+            Merged::Into(e) => {
+                assert_eq!(e.snapshot, Some(SnapshotMark::Last));
+                assert_eq!(*e.object, *obj(2));
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(
-            merge(Some(&read(1, SnapshotMark::True, true)), &del),
-            Merged::Cancelled
+            merge(
+                &read(1, SnapshotMark::True, false),
+                &read(2, SnapshotMark::True, false)
+            ),
+            Merged::Keep
         ));
     }
 
@@ -191,7 +204,7 @@ mod tests {
         a.changed_by = Some(by("kubectl-edit", "2024-05-01T10:00:00Z"));
         let mut b = (*update(2, 3)).rederive(Op::Update, Some(obj(2)), None);
         b.changed_by = Some(by("kubelet", "2024-05-01T10:00:01Z"));
-        match merge(Some(&Arc::new(a)), &Arc::new(b)) {
+        match merge(&Arc::new(a), &Arc::new(b)) {
             Merged::Into(e) => {
                 let names: Vec<&str> = e
                     .changed_by
@@ -207,10 +220,10 @@ mod tests {
     }
 
     #[test]
-    fn add_then_delete_cancels_and_update_then_delete_keeps_the_delete() {
+    fn a_delete_after_an_add_or_an_update_keeps_the_delete() {
         let add = Arc::new(builder().build(Op::Add, obj(1), None, None, Instant::now()));
         let del = Arc::new(builder().build(Op::Delete, obj(2), None, None, Instant::now()));
-        assert!(matches!(merge(Some(&add), &del), Merged::Cancelled));
-        assert!(matches!(merge(Some(&update(1, 2)), &del), Merged::Keep));
+        assert!(matches!(merge(&add, &del), Merged::Keep));
+        assert!(matches!(merge(&update(1, 2), &del), Merged::Keep));
     }
 }

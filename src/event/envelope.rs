@@ -1,7 +1,6 @@
 //! The change-event envelope: one JSON object per change. A public contract — see the README
 //! section "Event envelope" before changing anything here.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
@@ -51,6 +50,15 @@ pub enum SnapshotMark {
 }
 
 impl SnapshotMark {
+    /// The mark of read `index` of a snapshot whose last read is `last`.
+    pub fn at(index: usize, last: usize) -> Self {
+        match index {
+            i if i == last => SnapshotMark::Last,
+            0 => SnapshotMark::First,
+            _ => SnapshotMark::True,
+        }
+    }
+
     /// `first`, `true` or `last`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -112,8 +120,6 @@ pub struct Envelope {
     pub changed_by: Option<Arc<[ManagerEntry]>>,
     /// When the change arrived from the API server (end-to-end latency starts here).
     pub observed: Instant,
-    /// How many sinks still have to acknowledge this event.
-    pending_acks: AtomicUsize,
     encoded: OnceLock<Bytes>,
 }
 
@@ -230,19 +236,8 @@ impl Envelope {
             snapshot: self.snapshot,
             changed_by: self.changed_by.clone(),
             observed: self.observed,
-            pending_acks: AtomicUsize::new(0),
             encoded: OnceLock::new(),
         }
-    }
-
-    /// Records that `n` sinks must acknowledge this event before it counts as delivered.
-    pub fn expect_acks(&self, n: usize) {
-        self.pending_acks.store(n, Ordering::Release);
-    }
-
-    /// One sink acknowledged; true when it was the last one.
-    pub fn ack_one(&self) -> bool {
-        self.pending_acks.fetch_sub(1, Ordering::AcqRel) == 1
     }
 }
 
@@ -299,7 +294,6 @@ impl EnvelopeBuilder {
             snapshot: None,
             changed_by: None,
             observed,
-            pending_acks: AtomicUsize::new(0),
             encoded: OnceLock::new(),
         }
     }
@@ -317,6 +311,11 @@ impl EnvelopeBuilder {
             source: format!("{api_version}/{kind}").as_str().into(),
             include_old: false,
         }
+    }
+
+    /// ConfigMaps of cluster `c` from informer `v1/ConfigMap`: the unit tests' builder.
+    pub(crate) fn test_configmaps() -> Self {
+        Self::for_test("v1", "ConfigMap")
     }
 }
 

@@ -305,63 +305,6 @@ impl SharedInformer {
         self.processing.clone().lock_owned().await
     }
 
-    /// Brings the handlers from `delivered` (what downstream last acknowledged) to the
-    /// cache's current state: updates for what changed, adds for what is new, deletes
-    /// (`finalStateUnknown`) for what is gone — the restart comparison, for a warm cache.
-    /// Call with the guard from [`SharedInformer::hold`].
-    pub async fn resync(
-        &self,
-        _held: &tokio::sync::OwnedMutexGuard<()>,
-        delivered: Vec<(String, Value)>,
-    ) {
-        let snapshot = delivered.is_empty();
-        let mut delivered: HashMap<String, Value> = delivered.into_iter().collect();
-        let keys = self.store.keys();
-        let last = keys.len().saturating_sub(1);
-        for (index, key) in keys.into_iter().enumerate() {
-            let Some(current) = self.store.current(&key) else {
-                continue;
-            };
-            match delivered.remove(&key) {
-                // No delivered state at all: every object is read again, a snapshot.
-                None if snapshot => {
-                    let mark = match index {
-                        i if i == last => SnapshotMark::Last,
-                        0 => SnapshotMark::First,
-                        _ => SnapshotMark::True,
-                    };
-                    self.attribute(&key, true);
-                    self.emit_read(&current, mark, true).await;
-                }
-                Some(old) if object::uid(&old) == object::uid(&current) => {
-                    if let Some(patch) = self.diff(&old, &current) {
-                        let by = self.attribute(&key, false);
-                        self.emit_update(&Arc::new(old), &current, patch, by).await;
-                    }
-                }
-                Some(old) => {
-                    self.emit_delete(&Arc::new(old), true).await;
-                    let by = self.attribute(&key, true);
-                    self.emit_add(&current, false, by).await;
-                }
-                None => {
-                    let by = self.attribute(&key, true);
-                    self.emit_add(&current, false, by).await;
-                }
-            }
-            self.store.insert(
-                key,
-                Entry {
-                    current,
-                    emitted: None,
-                },
-            );
-        }
-        for (_, gone) in delivered {
-            self.emit_delete(&Arc::new(gone), true).await;
-        }
-    }
-
     /// Registers a handler. Register before `start` to see the initial list.
     pub fn add_handler(&self, handler: Arc<dyn Handler>) {
         self.handlers.lock().expect("handlers lock").push(handler);
@@ -502,6 +445,13 @@ impl SharedInformer {
         changed
     }
 
+    /// Every writer of `key`'s cached state (what an add of it names), without changing
+    /// what its next change is attributed against; `None` when not attributed.
+    pub fn writers(&self, key: &str) -> ChangedBy {
+        let known = self.managers.lock().expect("managers lock");
+        known.get(key).map(|a| a.observed.changed_since(None))
+    }
+
     fn forget(&self, key: &str) {
         self.managers.lock().expect("managers lock").remove(key);
     }
@@ -566,12 +516,7 @@ impl SharedInformer {
         }
         let last = reads.len().saturating_sub(1);
         for (i, obj) in reads.iter().enumerate() {
-            let mark = match i {
-                i if i == last => SnapshotMark::Last,
-                0 => SnapshotMark::First,
-                _ => SnapshotMark::True,
-            };
-            self.emit_read(obj, mark, true).await;
+            self.emit_read(obj, SnapshotMark::at(i, last), true).await;
         }
         for gone in swapped.vanished() {
             self.forget(&object::cache_key(&gone));

@@ -12,6 +12,7 @@
 //! and the router's namespace lookups read the old cache until then, never a half-filled one.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::Value;
@@ -55,6 +56,8 @@ pub struct Store {
     map: RwLock<HashMap<Box<str>, Stored>>,
     /// Shared with stagings: a staged object is packed once, the way the cache keeps it.
     codec: Arc<Codec>,
+    /// Lists swapped in so far ([`Store::generation`]).
+    generation: AtomicU64,
 }
 
 impl Store {
@@ -167,12 +170,19 @@ impl Store {
                 }
             }
         }
+        self.generation.fetch_add(1, Ordering::Release);
         drop(map);
         Swapped {
             codec: self.codec.clone(),
             changed,
             old,
         }
+    }
+
+    /// How many lists were swapped in so far: a reader that reads object by object and
+    /// sees it change knows a whole new list came in meanwhile (and can read again).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Makes `base` (from [`Swapped::take_old`]) the state the next patch of `key` starts
@@ -466,16 +476,45 @@ mod tests {
         );
     }
 
-    #[test]
-    fn update_keeps_the_base_until_a_change_is_emitted() {
+    /// A store holding `k`.
+    fn with_k(o: Value) -> Store {
         let store = Store::default();
         store.insert(
             "k".into(),
             Entry {
-                current: Arc::new(obj(1)),
+                current: Arc::new(o),
                 emitted: None,
             },
         );
+        store
+    }
+
+    #[test]
+    fn a_staged_list_is_invisible_until_swapped_in_and_the_swap_counts_a_generation() {
+        let store = with_k(obj(1));
+        let mut staged = store.staging();
+        staged.insert("k".into(), &obj(2));
+        staged.insert("new".into(), &obj(3));
+        assert_eq!(
+            *store.current("k").unwrap(),
+            obj(1),
+            "readers see the old list"
+        );
+        assert!(store.current("new").is_none());
+        assert_eq!(store.generation(), 0);
+        let mut swapped = store.swap_in(staged);
+        assert_eq!(store.generation(), 1);
+        assert_eq!(*store.current("k").unwrap(), obj(2));
+        let changed: Vec<String> = swapped.changed().iter().map(|k| k.to_string()).collect();
+        assert_eq!(changed, ["k", "new"]);
+        assert_eq!(*swapped.take_old("k").unwrap().current, obj(1));
+        assert!(swapped.take_old("new").is_none());
+        assert_eq!(swapped.vanished().count(), 0);
+    }
+
+    #[test]
+    fn update_keeps_the_base_until_a_change_is_emitted() {
+        let store = with_k(obj(1));
         store.update("k".into(), &obj(2), true);
         store.update("k".into(), &obj(3), true);
         assert_eq!(*store.base("k").unwrap(), obj(1));

@@ -308,9 +308,25 @@ impl ListRequest {
             && self.fields.as_ref().is_none_or(|s| s.matches(o, kind))
     }
 
+    /// One page, read again (up to twice) when a re-list was swapped into a cache while the
+    /// page was being read: read object by object, it would mix the old list with the new.
+    fn run(&self, informers: &[Arc<SharedInformer>], kind: &str) -> Response {
+        let generations =
+            || -> Vec<u64> { informers.iter().map(|i| i.store().generation()).collect() };
+        let mut attempts = 0;
+        loop {
+            let before = generations();
+            let page = self.read_page(informers, kind);
+            attempts += 1;
+            if attempts == 3 || generations() == before {
+                return page;
+            }
+        }
+    }
+
     /// One page: keys in order after the `continue` point, each object decoded, tested and
     /// encoded on its own, so memory holds the keys and the page, never the whole kind.
-    fn run(&self, informers: &[Arc<SharedInformer>], kind: &str) -> Response {
+    fn read_page(&self, informers: &[Arc<SharedInformer>], kind: &str) -> Response {
         // Several informers (different selectors) may cache the same kind: merged by key,
         // the last informer's copy winning like a map insert.
         let mut keys: BTreeMap<String, usize> = BTreeMap::new();

@@ -38,15 +38,20 @@ impl Health {
     }
 
     /// Runs every sink's health check periodically until `cancel`; results feed `/readyz`.
-    pub fn spawn_sink_checks(&self, cancel: CancellationToken) {
+    /// Returns the tasks, for joining.
+    pub fn spawn_sink_checks(&self, cancel: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
         for (monitor, slot) in &self.sinks {
             let sink = monitor.sink.clone();
             let name = monitor.name.clone();
             let slot = slot.clone();
             let cancel = cancel.clone();
-            tokio::spawn(async move {
+            tasks.push(tokio::spawn(async move {
                 loop {
-                    let result = tokio::time::timeout(SINK_CHECK_EVERY, sink.healthcheck()).await;
+                    let result = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        r = tokio::time::timeout(SINK_CHECK_EVERY, sink.healthcheck()) => r,
+                    };
                     let problem = match result {
                         Ok(Ok(())) => None,
                         Ok(Err(e)) => Some(e.to_string()),
@@ -61,8 +66,9 @@ impl Health {
                         _ = tokio::time::sleep(SINK_CHECK_EVERY) => {}
                     }
                 }
-            });
+            }));
         }
+        tasks
     }
 
     /// Why the agent is not ready; empty when it is.

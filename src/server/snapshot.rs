@@ -11,6 +11,7 @@
 //! ```
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
@@ -79,6 +80,16 @@ pub struct Snapshots {
     running: Mutex<HashSet<String>>,
     /// Ends running snapshots (shutdown).
     pub cancel: CancellationToken,
+    /// This replica forwards (a standby, or a replica still comparing its caches with the
+    /// delivered state, would read into nothing).
+    forwarding: AtomicBool,
+}
+
+impl Snapshots {
+    /// Set by the pipeline when it starts and stops forwarding.
+    pub fn set_forwarding(&self, on: bool) {
+        self.forwarding.store(on, Ordering::Release);
+    }
 }
 
 /// Releases an informer's slot when its snapshot ends.
@@ -104,6 +115,13 @@ pub async fn handle(State(ops): State<Arc<Ops>>, headers: HeaderMap, body: Bytes
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
             "bearer token required".into(),
+        );
+    }
+    if !ops.snapshots.forwarding.load(Ordering::Acquire) {
+        return status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "this replica does not forward changes now (a standby, starting, or stopping)".into(),
         );
     }
     let req: SnapshotRequest = match serde_json::from_slice(&body) {

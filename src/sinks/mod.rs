@@ -19,17 +19,26 @@ use crate::config::{Error, ErrorKind, Errors, join};
 use crate::event::Envelope;
 
 pub use options::{Accepts, Common, Format, Payload, SinkOptions, default_queue_capacity};
-pub use util::{AckObserver, Batching, DeadLetter, SinkHandle, SinkMonitor, SinkStats};
+pub use util::{
+    AckObserver, Batching, DeadLetter, SinkHandle, SinkLane, SinkMonitor, SinkStats, Slot,
+};
 
 /// A destination for change events.
 ///
 /// Implementations only deliver and classify their failures; queueing, batching, retries
-/// with backoff and acknowledgement are done once, by the driver in [`util`].
+/// with backoff (including resending only what failed of a batch) and acknowledgement are done
+/// once, by the driver in [`util`]. A sink keeps no memory of earlier attempts.
 #[async_trait]
 pub trait Sink: Send + Sync + 'static {
     /// Delivers a batch. `Ok` means every event is durably accepted downstream (flushed,
-    /// delivery-reported, answered 2xx), never merely buffered.
+    /// delivery-reported, answered 2xx), never merely buffered. When only part of the batch
+    /// got through, say which part did not with [`SinkError::Partial`]: the driver sends
+    /// only that again.
     async fn send(&self, batch: &[Arc<Envelope>]) -> Result<(), SinkError>;
+
+    /// The driver gave up on the sink (shutdown's grace period is over, or this replica lost
+    /// the lease): drop whatever the sink still buffers so nothing is delivered after this.
+    fn abandon(&self) {}
 
     /// How the driver should group events for this sink.
     fn batching(&self) -> Batching {
@@ -61,6 +70,20 @@ pub enum SinkError {
         message: String,
         /// Indices into the batch of the rejected events; `None` = the whole batch.
         indices: Option<Vec<usize>>,
+    },
+    /// Part of the batch was delivered: `retry` failed transiently (the driver sends them
+    /// again, with every later change of the same objects, so order per object holds),
+    /// `rejected` will never be accepted (dead-lettered); every other event was delivered.
+    #[error("{message}")]
+    Partial {
+        /// What happened.
+        message: String,
+        /// Indices into the batch to send again.
+        retry: Vec<usize>,
+        /// Indices into the batch rejected for good.
+        rejected: Vec<usize>,
+        /// The receiver asked to wait this long before the retry.
+        retry_after: Option<Duration>,
     },
 }
 

@@ -69,6 +69,13 @@ impl Agent {
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))
             .kill_on_drop(true);
+        // `LOOKOUT_*` variables of the test run (LOOKOUT_SOAK_SECS, LOOKOUT_FAULT_SEEDS, ...)
+        // steer the tests, not the agent, whose config would refuse them as unknown keys.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("LOOKOUT_") {
+                cmd.env_remove(k);
+            }
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -382,6 +389,19 @@ impl Agent {
                 "no ops server line:\n{log}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the agent's log contains `needle`.
+    pub async fn wait_log(&self, needle: &str) {
+        let deadline = tokio::time::Instant::now() + SOON;
+        while !self.stderr().contains(needle) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no `{needle}` in:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -1,17 +1,16 @@
 //! Produces batches to Kafka and reports success only on delivery reports.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::future::join_all;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
 use tracing::{error, info, warn};
-use uuid::Uuid;
 
 use super::client::{ClientError, KafkaContext, client_config};
 use super::config::KafkaSinkConfig;
@@ -50,10 +49,6 @@ pub struct KafkaSink {
     client_config: ClientConfig,
     /// Replaced after a fatal (idempotence) error; cloning is cheap (an `Arc`).
     producer: RwLock<KafkaProducer>,
-    /// Events delivered by an attempt whose batch failed as a whole. The driver sends the
-    /// same batch again; these are skipped (as long as no earlier change of the same object
-    /// needs resending) so a retry repeats as few messages as possible.
-    delivered: Mutex<HashSet<Uuid>>,
     /// Consecutive attempts that timed out while the brokers answered metadata requests.
     stalled: AtomicU32,
 }
@@ -98,7 +93,6 @@ impl KafkaSink {
             },
             client_config,
             producer: RwLock::new(producer),
-            delivered: Mutex::new(HashSet::new()),
             stalled: AtomicU32::new(0),
         })
     }
@@ -260,35 +254,20 @@ impl Sink for KafkaSink {
         let producer = self.producer();
         let mut fates: Vec<Fate> = batch.iter().map(|_| Fate::Pending).collect();
         let mut in_flight: VecDeque<(usize, DeliveryFuture)> = VecDeque::with_capacity(batch.len());
-        {
-            let already = self
-                .delivered
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            // Objects with a change being (re)sent in this attempt: their later changes
-            // must be resent too, or they would arrive before the earlier one.
-            let mut resending: HashSet<&str> = HashSet::new();
-            for (i, e) in batch.iter().enumerate() {
-                if already.contains(&e.id) && !resending.contains(e.uid.as_str()) {
-                    fates[i] = Fate::Delivered;
-                    continue;
+        for (i, e) in batch.iter().enumerate() {
+            let (message, tombstone) = self.encoder.encode(e);
+            let enqueued = self
+                .enqueue(&producer, message, i, &mut in_flight, &mut fates)
+                .await;
+            let enqueued = match (enqueued, tombstone) {
+                (Ok(()), Some(t)) => {
+                    self.enqueue(&producer, t, i, &mut in_flight, &mut fates)
+                        .await
                 }
-                resending.insert(e.uid.as_str());
-                let (message, tombstone) = self.encoder.encode(e);
-                let enqueued = self
-                    .enqueue(&producer, message, i, &mut in_flight, &mut fates)
-                    .await;
-                let enqueued = match (enqueued, tombstone) {
-                    (Ok(()), Some(t)) => {
-                        self.enqueue(&producer, t, i, &mut in_flight, &mut fates)
-                            .await
-                    }
-                    (r, _) => r,
-                };
-                if let Err(error) = enqueued {
-                    fates[i] = Fate::Failed(error);
-                }
+                (r, _) => r,
+            };
+            if let Err(error) = enqueued {
+                fates[i] = Fate::Failed(error);
             }
         }
         // Every message is enqueued: now wait for all delivery reports together.
@@ -320,29 +299,25 @@ impl Sink for KafkaSink {
                     if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut))
             });
             self.recover_from_stall(&producer, all_timed_out).await;
-            let mut delivered = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
-            for (e, fate) in batch.iter().zip(&fates) {
-                if matches!(fate, Fate::Delivered) {
-                    delivered.insert(e.id);
-                }
-            }
             let e = &batch[first];
-            return Err(SinkError::retriable(format!(
-                "{} of {} events not delivered to Kafka ({}), e.g. {} {} uid={}: {}",
-                retriable.len(),
-                batch.len(),
-                self.brokers,
-                e.kind,
-                e.display_name(),
-                e.uid,
-                fate_error(first)
-            )));
+            // The driver sends only these again (and later changes of their objects).
+            return Err(SinkError::Partial {
+                message: format!(
+                    "{} of {} events not delivered to Kafka ({}), e.g. {} {} uid={}: {}",
+                    retriable.len(),
+                    batch.len(),
+                    self.brokers,
+                    e.kind,
+                    e.display_name(),
+                    e.uid,
+                    fate_error(first)
+                ),
+                retry: retriable,
+                rejected,
+                retry_after: None,
+            });
         }
         self.stalled.store(0, Ordering::Relaxed);
-        self.delivered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
         if rejected.is_empty() {
             return Ok(());
         }
@@ -363,6 +338,13 @@ impl Sink for KafkaSink {
             ),
             indices: Some(rejected),
         })
+    }
+
+    /// Nothing this replica queued may reach the brokers after it gave up (lost lease,
+    /// grace period over): purge what librdkafka still holds.
+    fn abandon(&self) {
+        self.producer()
+            .purge(PurgeConfig::default().queue().inflight().non_blocking());
     }
 
     fn batching(&self) -> Batching {

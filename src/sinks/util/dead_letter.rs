@@ -267,26 +267,16 @@ mod tests {
     use crate::event::{EnvelopeBuilder, Op};
 
     fn event(name: &str) -> Arc<Envelope> {
-        Arc::new(
-            EnvelopeBuilder {
-                cluster: "c".into(),
-                api_version: "v1".into(),
-                kind: "ConfigMap".into(),
-                plural: "configmaps".into(),
-                source: "v1/ConfigMap".into(),
-                include_old: false,
-            }
-            .build(
-                Op::Add,
-                Arc::new(
-                    json!({"metadata": {"name": name, "namespace": "ns", "uid": name,
+        Arc::new(EnvelopeBuilder::test_configmaps().build(
+            Op::Add,
+            Arc::new(
+                json!({"metadata": {"name": name, "namespace": "ns", "uid": name,
                     "resourceVersion": "1"}}),
-                ),
-                None,
-                None,
-                Instant::now(),
             ),
-        )
+            None,
+            None,
+            Instant::now(),
+        ))
     }
 
     #[tokio::test]

@@ -1,24 +1,35 @@
-//! The driver: one task per sink that drains the sink's bounded queue batch by batch, sends
-//! with retries, and acknowledges. Acknowledgement happens here and only here.
+//! The driver: one task per sink that drains the sink's bounded queue batch by batch, waits
+//! until the batch may be sent (its in-flight markers are on disk), sends with retries, and
+//! hands every finished slot to its [`AckObserver`] — the acknowledgement tracker. This is the
+//! only place slots are finished.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use futures::future::BoxFuture;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
 
 use super::dead_letter::DeadLetter;
-use super::queue::SinkQueue;
-use super::retry::{Outcome, RetryPolicy, send_with_retry};
+use super::queue::{SinkQueue, Slot};
+use super::retry::{Fate, send_with_retry};
 use crate::event::Envelope;
 use crate::sinks::Sink;
 
-/// Told when an event has been accepted (or dead-lettered) by every sink it was routed to.
+/// Where a driver hands its finished slots: in the agent, the acknowledgement tracker
+/// ([`crate::delivery::Tracker`]); in tests, whatever counts deliveries.
 pub trait AckObserver: Send + Sync + 'static {
-    /// `event` is delivered everywhere it had to go.
-    fn delivered(&self, event: &Arc<Envelope>);
+    /// Resolves once the sink may receive these slots (the tracker: once their in-flight
+    /// markers are on disk). Immediate by default.
+    fn recorded<'a>(&'a self, slots: &'a [Slot]) -> BoxFuture<'a, ()> {
+        let _ = slots;
+        Box::pin(async {})
+    }
+
+    /// `slot` is done for its sink: delivered, or dead-lettered. Called in queue order. A slot the driver gave up on is never passed here.
+    fn delivered(&self, slot: Slot);
 }
 
 /// Per-sink counters, read by metrics and readiness.
@@ -72,37 +83,28 @@ pub struct SinkMonitor {
     pub sink: Arc<dyn Sink>,
 }
 
-/// A sink's queue plus its driver task.
-pub struct SinkHandle {
+/// One sink with its queue and counters: what the router pushes into and a driver drains.
+#[derive(Clone)]
+pub struct SinkLane {
     /// The sink's configured name.
     pub name: String,
-    sink: Arc<dyn Sink>,
-    queue: Arc<SinkQueue>,
-    /// Counters.
+    /// The sink.
+    pub sink: Arc<dyn Sink>,
+    /// Its queue.
+    pub queue: Arc<SinkQueue>,
+    /// Its counters.
     pub stats: Arc<SinkStats>,
-    task: JoinHandle<()>,
 }
 
-impl SinkHandle {
-    /// Queues an event (waiting for room, or coalescing when full; see [`SinkQueue`]).
-    /// Returns false when the sink has shut down.
-    pub async fn send(&self, event: Arc<Envelope>) -> bool {
-        self.queue.push(event).await.is_ok()
-    }
-
-    /// Queues `deliver` for this sink, acknowledging the original change `ack` when done.
-    pub async fn send_as(&self, deliver: Arc<Envelope>, ack: Arc<Envelope>) -> bool {
-        self.queue.push_as(deliver, ack).await.is_ok()
-    }
-
-    /// Entries waiting in the queue.
-    pub fn queue_depth(&self) -> usize {
-        self.queue.len()
-    }
-
-    /// Changes merged into earlier queued changes of the same object.
-    pub fn coalesced(&self) -> u64 {
-        self.queue.coalesced()
+impl SinkLane {
+    /// A lane for `sink` with a queue of `capacity` entries; nothing drains it yet.
+    pub fn new(name: String, sink: Arc<dyn Sink>, capacity: usize) -> Self {
+        Self {
+            name,
+            sink,
+            queue: Arc::new(SinkQueue::new(capacity)),
+            stats: Arc::new(SinkStats::default()),
+        }
     }
 
     /// What the ops server reads about this sink.
@@ -115,9 +117,55 @@ impl SinkHandle {
         }
     }
 
+    /// Starts the driver: it drains the queue until the queue is closed and empty, or until
+    /// `abandon` fires (slots then left unfinished are re-sent by the next run).
+    pub fn spawn_driver(
+        &self,
+        observer: Arc<dyn AckObserver>,
+        abandon: CancellationToken,
+        dead_letter: DeadLetter,
+    ) -> JoinHandle<()> {
+        tokio::spawn(drive(self.clone(), observer, abandon, dead_letter))
+    }
+}
+
+/// A sink's queue plus its driver task, for using one sink on its own (tests, benchmarks).
+pub struct SinkHandle {
+    /// The sink, its queue and counters.
+    lane: SinkLane,
+    /// The sink's configured name.
+    pub name: String,
+    /// Counters.
+    pub stats: Arc<SinkStats>,
+    /// The driver.
+    task: JoinHandle<()>,
+}
+
+impl SinkHandle {
+    /// Queues an event (waiting for room, or coalescing when full; see [`SinkQueue`]).
+    /// Returns false when the sink has shut down.
+    pub async fn send(&self, event: Arc<Envelope>) -> bool {
+        self.lane.queue.push(event).await.is_ok()
+    }
+
+    /// Entries waiting in the queue.
+    pub fn queue_depth(&self) -> usize {
+        self.lane.queue.len()
+    }
+
+    /// Changes merged into earlier queued changes of the same object.
+    pub fn coalesced(&self) -> u64 {
+        self.lane.queue.coalesced()
+    }
+
+    /// What the ops server reads about this sink.
+    pub fn monitor(&self) -> SinkMonitor {
+        self.lane.monitor()
+    }
+
     /// Closes the queue: the driver delivers what is queued, then ends.
     pub fn close(&self) {
-        self.queue.close();
+        self.lane.queue.close();
     }
 
     /// Waits for the driver to end (after `close`, or after `abandon` fired).
@@ -126,9 +174,8 @@ impl SinkHandle {
     }
 }
 
-/// Starts the driver for `sink` with a queue of `capacity` entries. `abandon` makes it give up
-/// (shutdown grace period over); unacknowledged events are then re-emitted by the next run
-/// from the delivered state. Rejected events are only logged; see
+/// Starts a queue of `capacity` entries and its driver for `sink`. `abandon` makes it give up
+/// (shutdown grace period over). Rejected events are only logged; see
 /// [`spawn_driver_with_dead_letter`].
 pub fn spawn_driver(
     name: String,
@@ -150,36 +197,28 @@ pub fn spawn_driver_with_dead_letter(
     abandon: CancellationToken,
     dead_letter: DeadLetter,
 ) -> SinkHandle {
-    let queue = Arc::new(SinkQueue::new(capacity));
-    let stats = Arc::new(SinkStats::default());
-    let task = tokio::spawn(drive(
-        name.clone(),
-        sink.clone(),
-        queue.clone(),
-        stats.clone(),
-        observer,
-        abandon,
-        dead_letter,
-    ));
+    let lane = SinkLane::new(name.clone(), sink, capacity);
+    let task = lane.spawn_driver(observer, abandon, dead_letter);
     SinkHandle {
+        stats: lane.stats.clone(),
+        lane,
         name,
-        sink,
-        queue,
-        stats,
         task,
     }
 }
 
 async fn drive(
-    name: String,
-    sink: Arc<dyn Sink>,
-    queue: Arc<SinkQueue>,
-    stats: Arc<SinkStats>,
+    lane: SinkLane,
     observer: Arc<dyn AckObserver>,
     abandon: CancellationToken,
     dead_letter: DeadLetter,
 ) {
-    let policy = RetryPolicy::default();
+    let SinkLane {
+        name,
+        sink,
+        queue,
+        stats,
+    } = lane;
     let batching = sink.batching();
     loop {
         let slots = tokio::select! {
@@ -187,47 +226,76 @@ async fn drive(
             b = queue.pop_batch(batching.max_events, batching.max_bytes, batching.max_wait) => b,
         };
         let Some(slots) = slots else { break };
-        let batch: Vec<Arc<Envelope>> = slots.iter().filter_map(|s| s.deliver.clone()).collect();
-        if !batch.is_empty() {
-            let outcome =
-                send_with_retry(sink.as_ref(), &name, &batch, policy, &stats, &abandon).await;
-            match outcome {
-                Outcome::Accepted => {
-                    stats.sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    for e in &batch {
-                        stats.latency.observe(e.observed.elapsed().as_secs_f64());
-                    }
-                }
-                Outcome::Rejected { indices, reason } => {
-                    let rejected: Vec<&Arc<Envelope>> =
-                        indices.iter().filter_map(|&i| batch.get(i)).collect();
-                    // Dead-lettered, then acknowledged below like accepted events: a poison
-                    // event must not hold up the queue behind it.
-                    match dead_letter.write(&rejected, &reason).await {
-                        Ok(written) => {
-                            stats
-                                .dead_lettered
-                                .fetch_add(written as u64, Ordering::Relaxed);
-                        }
-                        Err(e) => error!(sink = %name, error = %e, events = rejected.len(),
-                            "dead letters lost to the log only"),
-                    }
-                    stats
-                        .rejected
-                        .fetch_add(indices.len() as u64, Ordering::Relaxed);
-                    stats
-                        .sent
-                        .fetch_add((batch.len() - indices.len()) as u64, Ordering::Relaxed);
-                }
-                Outcome::Abandoned => break,
-            }
-            stats.batches.fetch_add(1, Ordering::Relaxed);
+        // A crash after the sink got a change must find the change marked in flight.
+        tokio::select! {
+            _ = abandon.cancelled() => break,
+            _ = observer.recorded(&slots) => {}
         }
-        for slot in &slots {
-            if slot.ack.ack_one() {
-                observer.delivered(&slot.ack);
+        let batch: Vec<Arc<Envelope>> = slots.iter().map(|s| s.deliver.clone()).collect();
+        let report = send_with_retry(sink.as_ref(), &name, &batch, &stats, &abandon).await;
+        let (fates, abandoned) = (report.fates, report.abandoned);
+        record(&name, &stats, &dead_letter, &slots, &fates).await;
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        for (slot, fate) in slots.into_iter().zip(&fates) {
+            // A poison event (rejected, dead-lettered) is finished like a delivered one: it
+            // must not hold up the queue behind it.
+            if *fate != Fate::Unsent {
+                observer.delivered(slot);
             }
+        }
+        if abandoned {
+            break;
         }
     }
+    if abandon.is_cancelled() {
+        sink.abandon();
+    }
     debug!(sink = %name, left = queue.len(), "sink driver stopped");
+}
+
+/// Counts a finished batch and dead-letters what was rejected.
+async fn record(
+    name: &str,
+    stats: &SinkStats,
+    dead_letter: &DeadLetter,
+    slots: &[Slot],
+    fates: &[Fate],
+) {
+    let mut rejected: Vec<(&Arc<Envelope>, &str)> = Vec::new();
+    for (slot, fate) in slots.iter().zip(fates) {
+        let e = &slot.deliver;
+        match fate {
+            Fate::Delivered => {
+                stats.sent.fetch_add(1, Ordering::Relaxed);
+                stats.latency.observe(e.observed.elapsed().as_secs_f64());
+            }
+            Fate::Rejected(reason) => rejected.push((e, reason)),
+            Fate::Unsent => {}
+        }
+    }
+    if rejected.is_empty() {
+        return;
+    }
+    stats
+        .rejected
+        .fetch_add(rejected.len() as u64, Ordering::Relaxed);
+    // One reason per dead-letter write: group by reason, keeping queue order within a group.
+    let mut groups: Vec<(&str, Vec<&Arc<Envelope>>)> = Vec::new();
+    for (e, reason) in rejected {
+        match groups.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, es)) => es.push(e),
+            None => groups.push((reason, vec![e])),
+        }
+    }
+    for (reason, events) in groups {
+        match dead_letter.write(&events, reason).await {
+            Ok(written) => {
+                stats
+                    .dead_lettered
+                    .fetch_add(written as u64, Ordering::Relaxed);
+            }
+            Err(e) => error!(sink = %name, error = %e, events = events.len(),
+                "dead letters lost to the log only"),
+        }
+    }
 }

@@ -1,5 +1,6 @@
-//! Plumbing shared by every sink: the bounded queue, batching, retries with backoff and
-//! acknowledgement. Sinks never retry or acknowledge on their own.
+//! Plumbing shared by every sink: the bounded queue, batching, retries with backoff (partial
+//! retries included) and the hand-over of finished slots to the acknowledgement tracker.
+//! Sinks never retry or acknowledge on their own.
 
 mod batch;
 mod dead_letter;
@@ -10,7 +11,7 @@ mod retry;
 pub use batch::Batching;
 pub use dead_letter::{DeadLetter, DeadLetterConfig, DeadLetterError};
 pub use driver::{
-    AckObserver, SinkHandle, SinkMonitor, SinkStats, spawn_driver, spawn_driver_with_dead_letter,
+    AckObserver, SinkHandle, SinkLane, SinkMonitor, SinkStats, spawn_driver,
+    spawn_driver_with_dead_letter,
 };
 pub use queue::{Closed, SinkQueue, Slot};
-pub use retry::RetryPolicy;

@@ -6,6 +6,9 @@
 //! event whose patch goes from the state it last received to the newest one. Memory then stays
 //! bounded by the number of objects, not the number of changes, and the informers keep
 //! running. A change of an object with nothing queued waits for room (backpressure).
+//!
+//! Each entry carries the acknowledgement tokens of every change it stands for (merged entries
+//! keep all of theirs), so the tracker hears about each change once the entry is done.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,26 +17,32 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use crate::delivery::AckToken;
 use crate::event::Envelope;
 use crate::event::coalesce::{Merged, merge};
 
 /// One queued entry.
 #[derive(Debug)]
 pub struct Slot {
-    /// What the sink delivers; `None` when coalescing cancelled the change out (an add and a
-    /// delete of an object the sink never saw).
-    pub deliver: Option<Arc<Envelope>>,
-    /// The original event this entry acknowledges when delivered (the newest one merged in).
-    pub ack: Arc<Envelope>,
+    /// What the sink delivers (possibly several changes merged into one).
+    pub deliver: Arc<Envelope>,
+    /// The acknowledgement tokens of every change this entry stands for (none for events
+    /// queued outside a pipeline, e.g. by tests).
+    pub tokens: Vec<AckToken>,
 }
+
+/// Which queued entries may merge: changes of one object from one informer.
+type ObjectKey = (Arc<str>, String);
 
 #[derive(Debug, Default)]
 struct State {
-    slots: VecDeque<(u64, Slot)>,
+    /// The entries, oldest first, each with its sequence number and object.
+    slots: VecDeque<(u64, ObjectKey, Slot)>,
     /// Sequence number of the first slot in `slots`.
     next_seq: u64,
-    /// Per object uid: the sequence number of its newest queued slot.
-    newest: HashMap<String, u64>,
+    /// Per object: the sequence number of its newest queued slot.
+    newest: HashMap<ObjectKey, u64>,
+    /// No more pushes.
     closed: bool,
 }
 
@@ -79,16 +88,23 @@ impl SinkQueue {
         self.coalesced.load(Ordering::Relaxed)
     }
 
-    /// Queues `event`: appended when there is room, merged into the object's queued entry
-    /// when full, else waits for room.
+    /// Queues `event` without an acknowledgement token: appended when there is room, merged
+    /// into the object's queued entry when full, else waits for room.
     pub async fn push(&self, event: Arc<Envelope>) -> Result<(), Closed> {
-        self.push_as(event.clone(), event).await
+        self.push_with(event, None).await
     }
 
-    /// Queues `deliver` (what this sink gets, possibly reshaped by a route) acknowledging
-    /// `ack` (the original change) once delivered.
-    pub async fn push_as(&self, deliver: Arc<Envelope>, ack: Arc<Envelope>) -> Result<(), Closed> {
+    /// Queues `deliver` (what this sink gets, possibly reshaped by a route) with the token
+    /// that acknowledges the change once the entry is done. Fails at once when the queue is
+    /// closed, also while waiting for room; the token is then dropped unacknowledged.
+    pub async fn push_with(
+        &self,
+        deliver: Arc<Envelope>,
+        token: Option<AckToken>,
+    ) -> Result<(), Closed> {
         let event = deliver;
+        let key: ObjectKey = (event.source.clone(), event.uid.clone());
+        let mut token = token;
         loop {
             let writable = self.writable.notified();
             {
@@ -98,27 +114,27 @@ impl SinkQueue {
                 }
                 if st.slots.len() < self.capacity {
                     let seq = st.next_seq + st.slots.len() as u64;
-                    st.newest.insert(event.uid.clone(), seq);
+                    st.newest.insert(key.clone(), seq);
                     st.slots.push_back((
                         seq,
+                        key,
                         Slot {
-                            deliver: Some(event.clone()),
-                            ack: ack.clone(),
+                            deliver: event,
+                            tokens: token.take().into_iter().collect(),
                         },
                     ));
                     drop(st);
                     self.readable.notify_one();
                     return Ok(());
                 }
-                if let Some(&seq) = st.newest.get(&event.uid) {
+                if let Some(&seq) = st.newest.get(&key) {
                     let index = (seq - st.next_seq) as usize;
-                    let (_, slot) = &mut st.slots[index];
-                    slot.deliver = match merge(slot.deliver.as_ref(), &event) {
-                        Merged::Into(e) => Some(Arc::new(e)),
-                        Merged::Keep => Some(event.clone()),
-                        Merged::Cancelled => None,
+                    let (_, _, slot) = &mut st.slots[index];
+                    slot.deliver = match merge(&slot.deliver, &event) {
+                        Merged::Into(e) => e,
+                        Merged::Keep => event,
                     };
-                    slot.ack = ack.clone();
+                    slot.tokens.extend(token.take());
                     self.coalesced.fetch_add(1, Ordering::Relaxed);
                     return Ok(());
                 }
@@ -144,16 +160,16 @@ impl SinkQueue {
                 let mut st = self.state.lock().expect("queue lock");
                 while batch.len() < max.max(1) {
                     let size = match st.slots.front() {
-                        Some((_, s)) => s.deliver.as_ref().map_or(0, |e| e.to_json().len()),
+                        Some((_, _, s)) => s.deliver.to_json().len(),
                         None => break,
                     };
                     if !batch.is_empty() && bytes + size > max_bytes {
                         return Some(finish(st, batch, &self.writable));
                     }
-                    let (seq, slot) = st.slots.pop_front().expect("front exists");
+                    let (seq, key, slot) = st.slots.pop_front().expect("front exists");
                     st.next_seq = seq + 1;
-                    if st.newest.get(&slot.ack.uid) == Some(&seq) {
-                        st.newest.remove(&slot.ack.uid);
+                    if st.newest.get(&key) == Some(&seq) {
+                        st.newest.remove(&key);
                     }
                     bytes += size;
                     batch.push(slot);
@@ -179,7 +195,13 @@ impl SinkQueue {
         }
     }
 
-    /// No more pushes; the driver drains what is queued.
+    /// True once [`SinkQueue::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().expect("queue lock").closed
+    }
+
+    /// No more pushes (waiting pushers return [`Closed`] at once); the driver drains what is
+    /// queued.
     pub fn close(&self) {
         self.state.lock().expect("queue lock").closed = true;
         self.readable.notify_waiters();
@@ -204,14 +226,7 @@ mod tests {
     use crate::event::{EnvelopeBuilder, Op, diff};
 
     fn builder() -> EnvelopeBuilder {
-        EnvelopeBuilder {
-            cluster: "c".into(),
-            api_version: "v1".into(),
-            kind: "ConfigMap".into(),
-            plural: "configmaps".into(),
-            source: "v1/ConfigMap".into(),
-            include_old: false,
-        }
+        EnvelopeBuilder::test_configmaps()
     }
 
     fn obj(uid: &str, v: u32) -> Arc<Value> {
@@ -243,7 +258,7 @@ mod tests {
         assert_eq!(q.len(), 2, "memory bounded by objects, not changes");
         assert_eq!(q.coalesced(), 47);
         let batch = q.pop_batch(10, usize::MAX, Duration::ZERO).await.unwrap();
-        let a = batch[0].deliver.as_ref().unwrap();
+        let a = &batch[0].deliver;
         let mut doc = (*obj("a", 1)).clone();
         json_patch::patch(&mut doc, a.patch.as_ref().unwrap()).unwrap();
         assert_eq!(
@@ -251,8 +266,8 @@ mod tests {
             *obj("a", 49),
             "one patch from the last delivered state to the newest"
         );
-        assert_eq!(batch[0].ack.resource_version, "49");
-        assert_eq!(batch[1].ack.uid, "b");
+        assert_eq!(a.resource_version, "49");
+        assert_eq!(batch[1].deliver.uid, "b");
     }
 
     #[tokio::test]
@@ -269,10 +284,10 @@ mod tests {
             "b waits: nothing of b is queued to merge into"
         );
         let first = q.pop_batch(1, usize::MAX, Duration::ZERO).await.unwrap();
-        assert_eq!(first[0].ack.uid, "a");
+        assert_eq!(first[0].deliver.uid, "a");
         pusher.await.unwrap().unwrap();
         let second = q.pop_batch(1, usize::MAX, Duration::ZERO).await.unwrap();
-        assert_eq!(second[0].ack.uid, "b");
+        assert_eq!(second[0].deliver.uid, "b");
     }
 
     #[tokio::test]
@@ -281,13 +296,7 @@ mod tests {
         for i in 0..5 {
             q.push(update(&format!("o{i}"), 1, 2)).await.unwrap();
         }
-        let size = q.state.lock().unwrap().slots[0]
-            .1
-            .deliver
-            .as_ref()
-            .unwrap()
-            .to_json()
-            .len();
+        let size = q.state.lock().unwrap().slots[0].2.deliver.to_json().len();
         assert_eq!(
             q.pop_batch(2, usize::MAX, Duration::ZERO)
                 .await
@@ -314,7 +323,7 @@ mod tests {
             .await
             .unwrap();
         late.await.unwrap();
-        assert!(waited.len() >= 1);
+        assert!(!waited.is_empty());
         q.close();
         let mut rest = waited.len();
         while let Some(b) = q.pop_batch(10, usize::MAX, Duration::ZERO).await {
@@ -322,5 +331,70 @@ mod tests {
         }
         assert_eq!(rest, 2, "close drains what is queued, then ends");
         assert!(q.push(update("x", 1, 2)).await.is_err());
+    }
+
+    fn tokens(t: &crate::delivery::Tracker, e: &Envelope) -> Option<AckToken> {
+        let id = crate::delivery::ObjectId::of(e);
+        t.register(&id, Some(e.object.clone()), &e.uid, || json!({}), &[0])
+            .pop()
+    }
+
+    #[tokio::test]
+    async fn a_merged_entry_keeps_the_tokens_of_every_change_it_stands_for() {
+        let tracker = crate::delivery::Tracker::new(1, None);
+        let q = SinkQueue::new(1);
+        for v in 2..6 {
+            let e = update("a", v - 1, v);
+            let token = tokens(&tracker, &e);
+            q.push_with(e, token).await.unwrap();
+        }
+        let batch = q.pop_batch(10, usize::MAX, Duration::ZERO).await.unwrap();
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch[0].tokens.len(), 4, "one token per merged change");
+        let id = crate::delivery::ObjectId::of(&batch[0].deliver);
+        assert_eq!(tracker.owed(&id, 0), 4);
+        for t in batch.into_iter().flat_map(|s| s.tokens) {
+            tracker.ack(t);
+        }
+        assert_eq!(tracker.pending(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_add_then_a_delete_is_the_delete_with_both_tokens() {
+        let tracker = crate::delivery::Tracker::new(1, None);
+        let q = SinkQueue::new(1);
+        let add = Arc::new(builder().build(Op::Add, obj("a", 1), None, None, Instant::now()));
+        let del = Arc::new(builder().build(Op::Delete, obj("a", 1), None, None, Instant::now()));
+        for e in [add, del] {
+            let token = tokens(&tracker, &e);
+            q.push_with(e, token).await.unwrap();
+        }
+        let batch = q.pop_batch(10, usize::MAX, Duration::ZERO).await.unwrap();
+        assert_eq!(
+            batch[0].deliver.op,
+            Op::Delete,
+            "the sink may hold the object from before a crash: it must hear it is gone"
+        );
+        assert_eq!(batch[0].tokens.len(), 2, "two changes to acknowledge");
+    }
+
+    #[tokio::test]
+    async fn closing_the_queue_releases_a_pusher_waiting_for_room() {
+        let q = Arc::new(SinkQueue::new(1));
+        q.push(update("a", 1, 2)).await.unwrap();
+        let pusher = {
+            let q = q.clone();
+            tokio::spawn(async move { q.push(update("b", 1, 2)).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!pusher.is_finished(), "waits for room");
+        q.close();
+        let result = tokio::time::timeout(Duration::from_secs(5), pusher)
+            .await
+            .expect("released at once")
+            .unwrap();
+        assert!(result.is_err(), "closed: not queued");
+        assert!(q.is_closed());
+        assert_eq!(q.len(), 1, "what was queued stays for the driver to drain");
     }
 }

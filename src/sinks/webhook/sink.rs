@@ -111,13 +111,29 @@ impl Sink for WebhookSink {
     async fn send(&self, batch: &[Arc<Envelope>]) -> Result<(), SinkError> {
         let mut rejected = Vec::new();
         let mut reason = String::new();
-        for request in self.encoding.requests(batch) {
+        let mut requests = self.encoding.requests(batch).into_iter();
+        let mut delivered_any = false;
+        while let Some(request) = requests.next() {
             let indices = request.indices.clone();
             match self.post(request).await {
-                Ok(()) => {}
+                Ok(()) => delivered_any = true,
                 Err(SinkError::Rejected { message, .. }) => {
                     rejected.extend(indices);
                     reason = message;
+                }
+                Err(SinkError::Retriable {
+                    message,
+                    retry_after,
+                }) if delivered_any || !rejected.is_empty() => {
+                    // Earlier requests got through: only this one and the rest go again.
+                    let mut retry = indices;
+                    retry.extend(requests.flat_map(|r| r.indices));
+                    return Err(SinkError::Partial {
+                        message,
+                        retry,
+                        rejected,
+                        retry_after,
+                    });
                 }
                 Err(retriable) => return Err(retriable),
             }
