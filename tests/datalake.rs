@@ -19,6 +19,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Patch, PatchParams};
 use kubesim::KubeSim;
 use serde_json::{Value, json};
 
@@ -414,7 +416,7 @@ fn writers(changed_by: &Value) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn changed_by_names_kubectl_a_server_side_apply_manager_and_the_status_writer() {
+async fn changed_by_names_kubectl_a_kube_rs_server_side_apply_manager_and_the_status_writer() {
     let sim = sim().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("debezium.jsonl");
@@ -427,8 +429,6 @@ async fn changed_by_names_kubectl_a_server_side_apply_manager_and_the_status_wri
     );
     let mut agent = Agent::start(&sim, &config).await;
     let kubectl = Kubectl::new(&sim);
-    let http = reqwest::Client::new();
-    let base = format!("{}/apis/apps/v1/namespaces/default/deployments", sim.url());
 
     // 1. kubectl creates it by server-side apply (field manager `kubectl`).
     let manifest = dir.path().join("web.yaml");
@@ -451,28 +451,38 @@ async fn changed_by_names_kubectl_a_server_side_apply_manager_and_the_status_wri
     assert_eq!(created["op"], "add");
     assert_eq!(writers(&created["changedBy"]), vec!["kubectl/Apply"]);
 
-    // 2. A deployer scales it by server-side apply with its own field manager.
-    let resp = http
-        .patch(format!("{base}/web?fieldManager=deployer&force=true"))
-        .header("content-type", "application/apply-patch+yaml")
-        .body("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec: {replicas: 3}\n")
-        .send()
+    // 2. A deployer (a kube-rs client) scales it by server-side apply with its own field
+    // manager.
+    let deployments: kube::Api<Deployment> = kube::Api::namespaced(
+        kube::Client::try_from(kube::Config::new(sim.url().parse().unwrap())).unwrap(),
+        "default",
+    );
+    deployments
+        .patch(
+            "web",
+            &PatchParams::apply("deployer").force(),
+            &Patch::Apply(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "web"}, "spec": {"replicas": 3}})),
+        )
         .await
-        .unwrap();
-    assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
+        .expect("kube-rs applies");
     let scaled = agent.next().await;
     assert_eq!(scaled["op"], "update");
     assert_eq!(writers(&scaled["changedBy"]), vec!["deployer/Apply"]);
 
-    // 3. A controller writes the status subresource (an Update of `status`).
-    let resp = http
-        .patch(format!("{base}/web/status?fieldManager=status-writer"))
-        .header("content-type", "application/merge-patch+json")
-        .body(r#"{"status": {"replicas": 3, "readyReplicas": 3}}"#)
-        .send()
+    // 3. A controller (kube-rs) writes the status subresource (an Update of `status`).
+    let status_writer = PatchParams {
+        field_manager: Some("status-writer".into()),
+        ..PatchParams::default()
+    };
+    deployments
+        .patch_status(
+            "web",
+            &status_writer,
+            &Patch::Merge(json!({"status": {"replicas": 3, "readyReplicas": 3}})),
+        )
         .await
-        .unwrap();
-    assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
+        .expect("kube-rs patches the status");
     let status = agent.next().await;
     assert_eq!(status["op"], "update");
     assert_eq!(
