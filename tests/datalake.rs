@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use common::*;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams};
 use kubesim::KubeSim;
 use serde_json::{Value, json};
@@ -345,6 +346,80 @@ async fn tansu_and_webhook_consumers_rebuild_the_cluster_from_debezium_events_th
 
     let (status, _, log) = agent.terminate().await;
     assert!(status.success(), "lookout exits cleanly; log:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_state_directory_the_first_start_is_a_marked_snapshot_and_a_restart_sends_only_c_and_u()
+ {
+    let sim = sim().await;
+    for n in ["a", "b", "c"] {
+        sim.create("v1", "ConfigMap", cm(n, "0")).unwrap();
+    }
+    let state = tempfile::tempdir().unwrap();
+    let config = format!(
+        "cluster: test\nresources:\n  - apiVersion: v1\n    kind: ConfigMap\n\
+         sinks:\n  - name: out\n    type: stdout\n    format: debezium\n\
+         state:\n  dir: {}\nserver:\n  listen: 127.0.0.1:0\n",
+        state.path().display()
+    );
+
+    // The first start compares the caches with an empty store: every object is read, and the
+    // reads of the resource are bounded by first and last.
+    let mut agent = Agent::start(&sim, &config).await;
+    let mut reads = Vec::new();
+    for _ in 0..3 {
+        reads.push(agent.next().await);
+    }
+    let seen: Vec<(&str, &str)> = reads
+        .iter()
+        .map(|e| {
+            (
+                e["op"].as_str().unwrap(),
+                e["source"]["snapshot"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(seen, vec![("r", "first"), ("r", "true"), ("r", "last")]);
+    let (status, rest, log) = agent.terminate().await;
+    assert!(status.success(), "log:\n{log}");
+    assert!(rest.is_empty(), "only the three reads: {rest:#?}");
+
+    // While the agent is away: a kube-rs client creates one, another one changes.
+    let configmaps: kube::Api<ConfigMap> = kube::Api::namespaced(
+        kube::Client::try_from(kube::Config::new(sim.url().parse().unwrap())).unwrap(),
+        "default",
+    );
+    let created = serde_json::from_value(cm("d", "0")).unwrap();
+    let creator = kube::api::PostParams {
+        field_manager: Some("creator".into()),
+        ..Default::default()
+    };
+    configmaps
+        .create(&creator, &created)
+        .await
+        .expect("kube-rs creates");
+    patch(&sim, "a", "1");
+
+    // The restart sends only what changed, as changes: no snapshot.
+    let mut agent = Agent::start(&sim, &config).await;
+    let mut changes = vec![agent.next().await, agent.next().await];
+    changes.sort_by_key(|e| e["op"].as_str().unwrap().to_string());
+    let (status, rest, log) = agent.terminate().await;
+    assert!(status.success(), "log:\n{log}");
+    assert!(rest.is_empty(), "nothing but the two changes: {rest:#?}");
+    let (add, update) = (&changes[0], &changes[1]);
+    assert_eq!(add["op"], "c", "{add}");
+    assert_eq!(add["after"]["metadata"]["name"], "d");
+    assert_eq!(add["source"]["snapshot"], "false");
+    assert_eq!(
+        writers(&add["source"]["changedBy"]),
+        vec!["creator/Update"],
+        "an object created while the agent was away names its writer"
+    );
+    assert_eq!(update["op"], "u", "{update}");
+    assert_eq!(update["before"]["data"]["v"], "0");
+    assert_eq!(update["after"]["data"]["v"], "1");
+    assert_eq!(update["source"]["snapshot"], "false");
 }
 
 // ---------------------------------------------------------------- who changed it
