@@ -422,6 +422,56 @@ async fn with_a_state_directory_the_first_start_is_a_marked_snapshot_and_a_resta
     assert_eq!(update["source"]["snapshot"], "false");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_refuses_a_snapshot_with_503_and_the_leader_reads_it_to_its_sinks() {
+    let sim = sim().await;
+    sim.create("v1", "ConfigMap", cm("a", "0")).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let (a_out, b_out) = (out.path().join("a.jsonl"), out.path().join("b.jsonl"));
+    let config = format!(
+        "cluster: test\nresources:\n  - apiVersion: v1\n    kind: ConfigMap\n\
+         sinks:\n  - name: lake\n    type: file\n    path: ${{SINK_PATH}}\n\
+         state:\n  dir: {}\n\
+         leaderElection:\n  enabled: true\n  leaseName: lookout-test\n  leaseNamespace: default\n\
+         \x20 leaseDuration: 3s\n  renewDeadline: 2s\n  retryPeriod: 500ms\n\
+         server:\n  listen: 127.0.0.1:0\n  snapshot: {{enabled: true, token: snap-token}}\n",
+        state.path().display()
+    );
+    let start = |name: &'static str, path: &Path| {
+        let path = path.to_str().unwrap().to_string();
+        let (sim, config) = (&sim, &config);
+        async move {
+            Agent::start_with_env(sim, config, &[("POD_NAME", name), ("SINK_PATH", &path)]).await
+        }
+    };
+    let leader = start("agent-a", &a_out).await;
+    leader.wait_log("acquired the lease").await;
+    let standby = start("agent-b", &b_out).await;
+    standby.wait_log("standing by").await;
+    wait_jsonl(&a_out, 1).await;
+
+    let ask = json!({"resources": [{"apiVersion": "v1", "kind": "ConfigMap"}]});
+    let (status, answer) = post_snapshot(&standby, ask.clone()).await;
+    assert_eq!(status, 503, "a standby forwards nothing: {answer}");
+    let (status, answer) = post_snapshot(&leader, ask).await;
+    assert_eq!(status, 202, "{answer}");
+    let lines = wait_jsonl(&a_out, 2).await;
+    assert_eq!(lines[0]["initialList"], true);
+    assert_eq!(
+        (lines[1]["op"].as_str(), lines[1]["snapshot"].as_str()),
+        (Some("add"), Some("last")),
+        "the snapshot's one read: {:#?}",
+        lines[1]
+    );
+    assert!(lines[1].get("initialList").is_none());
+    assert!(read_jsonl(&b_out).is_empty(), "the standby wrote nothing");
+    for agent in [standby, leader] {
+        let (status, _, log) = agent.terminate().await;
+        assert!(status.success(), "log:\n{log}");
+    }
+}
+
 // ---------------------------------------------------------------- who changed it
 
 /// kubectl against the simulator, with its own HOME and discovery cache.
