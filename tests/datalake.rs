@@ -402,7 +402,7 @@ async fn with_a_state_directory_the_first_start_is_a_marked_snapshot_and_a_resta
 
     // The restart sends only what changed, as changes: no snapshot.
     let mut agent = Agent::start(&sim, &config).await;
-    let mut changes = vec![agent.next().await, agent.next().await];
+    let mut changes = [agent.next().await, agent.next().await];
     changes.sort_by_key(|e| e["op"].as_str().unwrap().to_string());
     let (status, rest, log) = agent.terminate().await;
     assert!(status.success(), "log:\n{log}");
