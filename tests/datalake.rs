@@ -489,17 +489,7 @@ impl Kubectl {
     }
 
     fn run(&self, args: &[&str]) {
-        let bin = std::env::var_os("KUBECTL")
-            .map(std::path::PathBuf::from)
-            .or_else(|| {
-                std::env::var_os("HOME").map(|h| {
-                    Path::new(&h).join(".cache/lookout/tools/kubectl-deb/root/usr/bin/kubectl")
-                })
-            })
-            .filter(|p| p.is_file())
-            .expect(
-                "no kubectl ($KUBECTL or ~/.cache/lookout/tools/kubectl-deb): run `make tools`",
-            );
+        let bin = kubesim::tools::KUBECTL.require();
         let out = std::process::Command::new(bin)
             .env("HOME", self.dir.path())
             .env_remove("KUBECONFIG")

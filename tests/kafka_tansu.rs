@@ -5,11 +5,10 @@
 //! builds it. Without it the tests fail and say so.
 
 mod common;
+#[path = "common/tansu.rs"]
+mod tansu;
 
 use std::collections::{HashMap, HashSet};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,14 +22,10 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
+use tansu::{Tansu, free_port};
 use tokio_util::sync::CancellationToken;
 
 // ---------------------------------------------------------------- the broker
-
-/// The tansu binary: `$TANSU`, else PATH; a missing one fails the test with how to build it.
-fn tansu_binary() -> PathBuf {
-    kubesim::tools::TANSU.require()
-}
 
 /// Sink and librdkafka logs on the test's output (`RUST_LOG` overrides).
 fn init_logs() {
@@ -40,82 +35,6 @@ fn init_logs() {
         .with_env_filter(filter)
         .with_test_writer()
         .try_init();
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A tansu broker process with in-memory storage; SIGKILLed when dropped.
-struct Tansu {
-    bin: PathBuf,
-    port: u16,
-    child: Child,
-}
-
-impl Tansu {
-    fn start(bin: &PathBuf, port: u16) -> Tansu {
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tansu");
-        let broker = Tansu {
-            bin: bin.clone(),
-            port,
-            child,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        broker
-    }
-
-    fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Creates a topic (an existing one is fine: a client may have auto-created it).
-    fn create_topic(&self, name: &str, partitions: u32) {
-        let out = Command::new(&self.bin)
-            .args(["topic", "create", "--broker"])
-            .arg(format!("tcp://127.0.0.1:{}", self.port))
-            .args(["--partitions", &partitions.to_string(), name])
-            .output()
-            .expect("tansu topic create");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success() || stderr.to_lowercase().contains("exist"),
-            "topic create {name}: {stderr}"
-        );
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
 }
 
 // ---------------------------------------------------------------- events and consumers
@@ -260,8 +179,7 @@ fn rv_of(m: &Received) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tansu_receives_every_change_keyed_by_uid_in_order_with_headers_and_tombstones() {
     init_logs();
-    let bin = tansu_binary();
-    let broker = Tansu::start(&bin, free_port());
+    let broker = Tansu::start();
     let topics = [
         ("k8s.deployment", 3),
         ("k8s.configmap", 3),
@@ -373,9 +291,8 @@ async fn tansu_receives_every_change_keyed_by_uid_in_order_with_headers_and_tomb
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tansu_killed_for_20s_mid_stream_loses_nothing_and_duplicates_are_counted() {
     init_logs();
-    let bin = tansu_binary();
     let port = free_port();
-    let broker = Tansu::start(&bin, port);
+    let broker = Tansu::start_on(port);
     let topic = "k8s.deployment";
     let topics = [(topic, 2)];
     broker.create_topic(topic, 2);
@@ -465,7 +382,7 @@ async fn tansu_killed_for_20s_mid_stream_loses_nothing_and_duplicates_are_counte
     let errors_while_down = stats.errors.load(Ordering::SeqCst);
     let acked_while_down = acks.count.load(Ordering::SeqCst) - acked_before_kill.len();
     // Same port, empty memory storage: consumer B reads the new log from its start.
-    let broker = Tansu::start(&bin, port);
+    let broker = Tansu::start_on(port);
     broker.create_topic(topic, 2);
     let restarted_at = Instant::now();
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -596,8 +513,7 @@ async fn tansu_killed_for_20s_mid_stream_loses_nothing_and_duplicates_are_counte
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubesim_changes_reach_tansu_through_lookout_run_keyed_ordered_and_replayable() {
     init_logs();
-    let bin = tansu_binary();
-    let broker = Tansu::start(&bin, free_port());
+    let broker = Tansu::start();
     let topic = "test.core.configmap";
     let topics = [(topic, 3)];
     broker.create_topic(topic, 3);

@@ -636,7 +636,7 @@ mod tests {
     use super::*;
     use crate::event::transform::TransformConfig;
     use crate::informer::api::{RawEvent, RequestError};
-    use crate::informer::testing::{Script, Then, cm, page};
+    use crate::informer::testing::{Script, Then, cm, configmaps, page};
 
     /// Records every call as a line: `add a (initial)`, `update a 1→6`, `delete b (unknown)`.
     struct Collect(mpsc::UnboundedSender<String>);
@@ -666,24 +666,6 @@ mod tests {
             };
             let _ = self.0.send(format!("delete {}{tag}", object::name(last)));
         }
-    }
-
-    fn configmaps() -> (InformerKey, ApiResource) {
-        let key = InformerKey {
-            api_version: "v1".into(),
-            kind: "ConfigMap".into(),
-            namespace: None,
-            label_selector: None,
-            field_selector: None,
-        };
-        let resource = ApiResource {
-            group: String::new(),
-            version: "v1".into(),
-            api_version: "v1".into(),
-            kind: "ConfigMap".into(),
-            plural: "configmaps".into(),
-        };
-        (key, resource)
     }
 
     fn informer(script: Script) -> (Arc<SharedInformer>, mpsc::UnboundedReceiver<String>) {

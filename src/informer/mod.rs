@@ -128,20 +128,7 @@ pub trait Handler: Send + Sync + 'static {
 #[cfg(test)]
 pub(crate) fn testing_informer() -> Arc<SharedInformer> {
     use crate::event::transform::{ObjectTransform, TransformConfig};
-    let resource = kube::core::ApiResource {
-        group: String::new(),
-        version: "v1".into(),
-        api_version: "v1".into(),
-        kind: "ConfigMap".into(),
-        plural: "configmaps".into(),
-    };
-    let key = InformerKey {
-        api_version: "v1".into(),
-        kind: "ConfigMap".into(),
-        namespace: None,
-        label_selector: None,
-        field_selector: None,
-    };
+    let (key, resource) = testing::configmaps();
     let transform = ObjectTransform::new(&TransformConfig::default(), "test").expect("defaults");
     Arc::new(SharedInformer::with_api(
         key,

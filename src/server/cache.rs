@@ -110,6 +110,18 @@ pub(super) fn status(code: StatusCode, reason: &str, message: String) -> Respons
         .into_response()
 }
 
+/// The 401 answer when a token is configured and `headers` do not carry it.
+pub(super) fn refuse_unauthorized(token: Option<&str>, headers: &HeaderMap) -> Option<Response> {
+    let token = token?;
+    (!authorized(token, headers)).then(|| {
+        status(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "bearer token required".into(),
+        )
+    })
+}
+
 /// True when `headers` carry `Bearer <expected>`. Both sides are hashed first, so the
 /// comparison takes the same time whatever the length or content of the guess.
 pub(super) fn authorized(expected: &str, headers: &HeaderMap) -> bool {
@@ -135,14 +147,8 @@ pub async fn handle(
     Query(query): Query<ListQuery>,
 ) -> Response {
     let ops = &state.ops;
-    if let Some(token) = &ops.cache.token
-        && !authorized(token, &headers)
-    {
-        return status(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "bearer token required".into(),
-        );
+    if let Some(refused) = refuse_unauthorized(ops.cache.token.as_deref(), &headers) {
+        return refused;
     }
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     // Core versions have no group: /cache/v1/Pod; others do: /cache/apps/v1/Deployment.

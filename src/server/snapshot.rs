@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::Ops;
-use super::cache::{authorized, status};
+use super::cache::{refuse_unauthorized, status};
 use crate::informer::{SharedInformer, SnapshotFilter};
 
 /// `server.snapshot:`.
@@ -108,14 +108,8 @@ impl Drop for Running {
 
 /// `POST /snapshot`.
 pub async fn handle(State(ops): State<Arc<Ops>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(token) = &ops.snapshot.token
-        && !authorized(token, &headers)
-    {
-        return status(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "bearer token required".into(),
-        );
+    if let Some(refused) = refuse_unauthorized(ops.snapshot.token.as_deref(), &headers) {
+        return refused;
     }
     if !ops.snapshots.forwarding.load(Ordering::Acquire) {
         return status(

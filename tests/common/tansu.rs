@@ -1,6 +1,6 @@
-//! A real Kafka-protocol broker for tests: tansu (`$TANSU`, or `~/.cache/lookout/tools/bin/tansu`,
-//! built by `make tools`), with in-memory storage, on a free loopback port; and a consumer that
-//! reads everything from the beginning in the background.
+//! A real Kafka-protocol broker for tests: tansu (`$TANSU`, else `PATH`; see
+//! `kubesim::tools`), with in-memory storage, on a loopback port; and a consumer that reads
+//! everything from the beginning in the background.
 #![allow(dead_code)]
 
 use std::net::{TcpListener, TcpStream};
@@ -16,14 +16,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 /// The tansu binary; a test that needs Kafka fails loudly without it.
 pub fn binary() -> PathBuf {
-    let path = std::env::var_os("TANSU")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .map(|h| PathBuf::from(h).join(".cache/lookout/tools/bin/tansu"))
-        })
-        .filter(|p| p.is_file());
-    path.expect("no tansu broker ($TANSU or ~/.cache/lookout/tools/bin/tansu): run `make tools`")
+    kubesim::tools::TANSU.require()
 }
 
 /// A free loopback port.
@@ -43,9 +36,14 @@ pub struct Tansu {
 }
 
 impl Tansu {
-    /// Starts a broker and waits until it listens.
+    /// Starts a broker on a free port and waits until it listens.
     pub fn start() -> Tansu {
-        let (bin, port) = (binary(), free_port());
+        Tansu::start_on(free_port())
+    }
+
+    /// Starts a broker on `port` (again, after [`Tansu::kill`]) and waits until it listens.
+    pub fn start_on(port: u16) -> Tansu {
+        let bin = binary();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(&bin)
             .args(["broker", "--listener-url", &url])
@@ -69,7 +67,13 @@ impl Tansu {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Creates a topic (an existing one is fine).
+    /// SIGKILLs the broker (its in-memory topics are gone with it).
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Creates a topic (an existing one is fine: a client may have auto-created it).
     pub fn create_topic(&self, name: &str, partitions: u32) {
         let out = Command::new(&self.bin)
             .args(["topic", "create", "--broker"])
