@@ -17,12 +17,15 @@ use lookout::event::{Envelope, EnvelopeBuilder, Op};
 use lookout::sinks::util::spawn_driver;
 use lookout::sinks::{AckObserver, SinkConfig, SinkContext, Slot};
 use rdkafka::Message as _;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::Headers;
-use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 use tansu::{Tansu, free_port};
+
+/// A consumer of this suite's topics from the beginning.
+fn consumer(bootstrap: &str, topics: &[(&str, i32)]) -> StreamConsumer {
+    tansu::consumer(bootstrap, "lookout-e2e", topics)
+}
 use tokio_util::sync::CancellationToken;
 
 // ---------------------------------------------------------------- the broker
@@ -100,27 +103,6 @@ struct Received {
     key: String,
     value: Option<Value>,
     headers: HashMap<String, String>,
-}
-
-fn consumer(bootstrap: &str, topics: &[(&str, i32)]) -> StreamConsumer {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "lookout-e2e")
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "10")
-        .create()
-        .expect("consumer");
-    let mut assignment = TopicPartitionList::new();
-    for (topic, partitions) in topics {
-        for p in 0..*partitions {
-            assignment
-                .add_partition_offset(topic, p, Offset::Beginning)
-                .unwrap();
-        }
-    }
-    consumer.assign(&assignment).expect("assign");
-    consumer
 }
 
 fn decode(m: &rdkafka::message::BorrowedMessage<'_>) -> Received {

@@ -117,24 +117,33 @@ pub struct Collector {
     task: tokio::task::JoinHandle<()>,
 }
 
-impl Collector {
-    /// Starts reading.
-    pub fn start(bootstrap: &str, topic: &str, partitions: i32) -> Collector {
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("group.id", "lookout-collector")
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "10")
-            .create()
-            .expect("consumer");
-        let mut assignment = TopicPartitionList::new();
-        for p in 0..partitions {
+/// A consumer (of group `group`, committing nothing) assigned every partition of `topics`
+/// (name, partition count) from the beginning.
+pub fn consumer(bootstrap: &str, group: &str, topics: &[(&str, i32)]) -> StreamConsumer {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    for (topic, partitions) in topics {
+        for p in 0..*partitions {
             assignment
                 .add_partition_offset(topic, p, Offset::Beginning)
                 .unwrap();
         }
-        consumer.assign(&assignment).expect("assign");
+    }
+    consumer.assign(&assignment).expect("assign");
+    consumer
+}
+
+impl Collector {
+    /// Starts reading.
+    pub fn start(bootstrap: &str, topic: &str, partitions: i32) -> Collector {
+        let consumer = consumer(bootstrap, "lookout-collector", &[(topic, partitions)]);
         let records: Arc<Mutex<Vec<Record>>> = Arc::default();
         let out = records.clone();
         let task = tokio::spawn(async move {
