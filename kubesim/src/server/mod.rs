@@ -308,6 +308,7 @@ async fn handle(sh: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body
             .to_string()
     };
     let (accept, content_type) = (header("accept"), header("content-type"));
+    let user_agent = header("user-agent");
 
     if !matches!(route, Route::Admin(_)) {
         loop {
@@ -366,6 +367,7 @@ async fn handle(sh: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body
         body,
         accept,
         content_type,
+        user_agent,
         watch,
     )
     .await
@@ -400,6 +402,7 @@ async fn dispatch(
     body: Bytes,
     accept: String,
     content_type: String,
+    user_agent: String,
     watch: bool,
 ) -> Result<Response<Body>, ApiError> {
     let get_only = |v: serde_json::Value| {
@@ -444,6 +447,7 @@ async fn dispatch(
                 body,
                 content_type,
                 accept,
+                user_agent,
                 watch,
             };
             resources::handle(ctx, r).await

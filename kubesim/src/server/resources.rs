@@ -49,7 +49,37 @@ pub(crate) struct Ctx<'a> {
     pub body: Bytes,
     pub content_type: String,
     pub accept: String,
+    /// `User-Agent`: names the field manager of writes without `fieldManager`.
+    pub user_agent: String,
     pub watch: bool,
+}
+
+impl Ctx<'_> {
+    /// The field manager of a write, as the API server picks it: `fieldManager`, else the
+    /// User-Agent up to its first `/` (`kubectl/v1.30.0 (linux/amd64) …` → `kubectl`).
+    fn field_manager(&self) -> Option<&str> {
+        self.query.nonempty("fieldManager").or_else(|| {
+            self.user_agent
+                .split('/')
+                .next()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+        })
+    }
+
+    /// Records an `Update` operation's ownership on `new` (see [`patch::record_update`]).
+    fn record_update(
+        &self,
+        info: &KindInfo,
+        current: Option<&Value>,
+        new: &mut Value,
+        status: bool,
+    ) {
+        if let Some(manager) = self.field_manager() {
+            let sub = status.then_some("status");
+            patch::record_update(current, new, manager, sub, &info.api_version);
+        }
+    }
 }
 
 pub(crate) async fn handle(ctx: Ctx<'_>, r: ResourceRoute) -> Result<Response<Body>, ApiError> {
@@ -66,7 +96,8 @@ pub(crate) async fn handle(ctx: Ctx<'_>, r: ResourceRoute) -> Result<Response<Bo
             Ok(object_response(&ctx, StatusCode::OK, &obj))
         }
         (&Method::POST, None) => {
-            let body = parse_json(&ctx.body)?;
+            let mut body = parse_json(&ctx.body)?;
+            ctx.record_update(&info, None, &mut body, false);
             let obj = ctx.store.create(r.kind, r.ns.as_deref(), body)?;
             Ok(object_response(&ctx, StatusCode::CREATED, &obj))
         }
@@ -76,11 +107,13 @@ pub(crate) async fn handle(ctx: Ctx<'_>, r: ResourceRoute) -> Result<Response<Bo
             let (group, plural) = (info.spec.group.clone(), info.spec.plural.clone());
             let (obj, _) = ctx.store.upsert(r.kind, &ns, name, |cur| {
                 let cur = cur.ok_or_else(|| ApiError::not_found(&group, &plural, name))?;
-                Ok(if status_only {
+                let mut new = if status_only {
                     with_status_of(cur, &body)
                 } else {
                     body
-                })
+                };
+                ctx.record_update(&info, Some(cur), &mut new, status_only);
+                Ok(new)
             })?;
             Ok(object_response(&ctx, StatusCode::OK, &obj))
         }
@@ -180,9 +213,15 @@ fn patch(
                     }
                     cfg["metadata"]["name"] = json!(name);
                 }
-                let out = patch::server_side_apply(cur, &cfg, manager, force, &api_version)?;
+                let sub = status_only.then_some("status");
+                let out =
+                    patch::server_side_apply_to(cur, &cfg, manager, force, &api_version, sub)?;
                 Ok(match (status_only, cur) {
-                    (true, Some(c)) => with_status_of(c, &out),
+                    (true, Some(c)) => {
+                        let mut o = with_status_of(c, &out);
+                        o["metadata"]["managedFields"] = out["metadata"]["managedFields"].clone();
+                        o
+                    }
                     _ => out,
                 })
             })?
@@ -200,11 +239,13 @@ fn patch(
                     PatchKind::Strategic => patch::strategic_merge_patch(&mut v, &p),
                     _ => patch::json_patch(&mut v, &p)?,
                 }
-                Ok(if status_only {
+                let mut new = if status_only {
                     with_status_of(cur, &v)
                 } else {
                     v
-                })
+                };
+                ctx.record_update(info, Some(cur), &mut new, status_only);
+                Ok(new)
             })?
         }
     };
