@@ -485,16 +485,20 @@ impl SharedInformer {
         let _held = self.processing.lock().await;
         let mut swapped = self.store.swap_in(staged);
         // The initial list is a snapshot: its adds are reads, marked once all are known.
-        let mut reads: Vec<Arc<Value>> = Vec::new();
+        // Only their keys are collected: each object is decoded when its read is emitted,
+        // so a list of a million objects never exists as decoded trees at once.
+        let mut reads: Vec<_> = Vec::new();
         for key in swapped.changed() {
+            let old = swapped.take_old(&key);
+            if old.is_none() && initial {
+                self.attribute(&key, true);
+                reads.push(key);
+                continue;
+            }
             let Some(new) = self.store.current(&key) else {
                 continue;
             };
-            match swapped.take_old(&key) {
-                None if initial => {
-                    self.attribute(&key, true);
-                    reads.push(new);
-                }
+            match old {
                 None => {
                     let by = self.attribute(&key, true);
                     self.emit_add(&new, false, by).await;
@@ -514,8 +518,10 @@ impl SharedInformer {
             }
         }
         let last = reads.len().saturating_sub(1);
-        for (i, obj) in reads.iter().enumerate() {
-            self.emit_read(obj, SnapshotMark::at(i, last), true).await;
+        for (i, key) in reads.iter().enumerate() {
+            if let Some(obj) = self.store.current(key) {
+                self.emit_read(&obj, SnapshotMark::at(i, last), true).await;
+            }
         }
         for gone in swapped.vanished() {
             self.forget(&object::cache_key(&gone));
