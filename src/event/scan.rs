@@ -46,12 +46,15 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 fn string_end(b: &[u8], i: usize) -> Result<usize, Malformed> {
     let mut j = i + 1;
     loop {
-        match b.get(j) {
-            Some(b'"') => return Ok(j + 1),
-            Some(b'\\') => j += 2,
-            Some(_) => j += 1,
-            None => return Err(Malformed(i)),
+        let Some(at) = b.get(j..).and_then(|rest| memchr::memchr2(b'"', b'\\', rest)) else {
+            return Err(Malformed(i));
+        };
+        j += at;
+        if b[j] == b'"' {
+            return Ok(j + 1);
         }
+        // An escape: the next byte is escaped (`\"` does not close the string).
+        j += 2;
     }
 }
 
@@ -59,24 +62,30 @@ fn string_end(b: &[u8], i: usize) -> Result<usize, Malformed> {
 fn value_end(b: &[u8], i: usize) -> Result<usize, Malformed> {
     match b.get(i) {
         Some(b'"') => string_end(b, i),
-        Some(b'{' | b'[') => {
+        Some(&open @ (b'{' | b'[')) => {
+            // Outside strings, the brackets of the other kind nest inside this one's, so
+            // only this kind is counted (and strings skipped).
+            let close = if open == b'{' { b'}' } else { b']' };
             let mut depth = 0usize;
             let mut j = i;
             loop {
-                match b.get(j) {
-                    Some(b'"') => {
+                let Some(at) = b.get(j..).and_then(|rest| memchr::memchr3(b'"', open, close, rest))
+                else {
+                    return Err(Malformed(i));
+                };
+                j += at;
+                match b[j] {
+                    b'"' => {
                         j = string_end(b, j)?;
                         continue;
                     }
-                    Some(b'{' | b'[') => depth += 1,
-                    Some(b'}' | b']') => {
+                    c if c == open => depth += 1,
+                    _ => {
                         depth -= 1;
                         if depth == 0 {
                             return Ok(j + 1);
                         }
                     }
-                    Some(_) => {}
-                    None => return Err(Malformed(i)),
                 }
                 j += 1;
             }
@@ -107,11 +116,12 @@ pub fn value(b: &[u8]) -> Result<&[u8], Malformed> {
 
 /// Calls `f` for each item of the container `v` (`{` or `[` at `v[0]`, no surrounding
 /// whitespace): with the member's key (the bytes between its quotes, still escaped) for an
-/// object, `None` for an array, and the item's value.
+/// object, `None` for an array, and the item's value; until `f` answers `true` (found: the
+/// rest is not read).
 fn items<'a>(
     v: &'a [u8],
     object: bool,
-    mut f: impl FnMut(Option<&'a [u8]>, &'a [u8]),
+    mut f: impl FnMut(Option<&'a [u8]>, &'a [u8]) -> bool,
 ) -> Result<(), Malformed> {
     let close = if object { b'}' } else { b']' };
     let mut i = skip_ws(v, 1);
@@ -135,7 +145,9 @@ fn items<'a>(
             None
         };
         let end = value_end(v, i)?;
-        f(key, &v[i..end]);
+        if f(key, &v[i..end]) {
+            return Ok(());
+        }
         i = skip_ws(v, end);
         match v.get(i) {
             Some(b',') => i = skip_ws(v, i + 1),
@@ -148,14 +160,20 @@ fn items<'a>(
 /// The members of the object `v`, in order: (key as written between its quotes, value).
 pub fn members(v: &[u8]) -> Result<Vec<(&[u8], &[u8])>, Malformed> {
     let mut out = Vec::new();
-    items(v, true, |k, val| out.push((k.unwrap_or_default(), val)))?;
+    items(v, true, |k, val| {
+        out.push((k.unwrap_or_default(), val));
+        false
+    })?;
     Ok(out)
 }
 
 /// The elements of the array `v`, in order.
 pub fn elements(v: &[u8]) -> Result<Vec<&[u8]>, Malformed> {
     let mut out = Vec::new();
-    items(v, false, |_, val| out.push(val))?;
+    items(v, false, |_, val| {
+        out.push(val);
+        false
+    })?;
     Ok(out)
 }
 
@@ -175,8 +193,9 @@ pub fn key(raw: &[u8]) -> Result<Cow<'_, str>, Malformed> {
         .map_err(|e| Malformed(e.column()))
 }
 
-/// The value at `path` (object keys, unescaped form without escapes) in the object `v`,
-/// e.g. `["metadata", "uid"]`; `None` when a step is missing or not an object.
+/// The value at `path` (object keys that need no escape) in the object `v`, e.g.
+/// `["metadata", "uid"]`; `None` when a step is missing or not an object. Reads each level
+/// only up to the member it looks for.
 pub fn get<'a>(v: &'a [u8], path: &[&str]) -> Result<Option<&'a [u8]>, Malformed> {
     let mut at = v;
     for step in path {
@@ -185,9 +204,11 @@ pub fn get<'a>(v: &'a [u8], path: &[&str]) -> Result<Option<&'a [u8]>, Malformed
         }
         let mut found = None;
         items(at, true, |k, val| {
-            if found.is_none() && k == Some(step.as_bytes()) {
+            let hit = k == Some(step.as_bytes());
+            if hit {
                 found = Some(val);
             }
+            hit
         })?;
         match found {
             Some(val) => at = val,

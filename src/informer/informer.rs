@@ -469,7 +469,7 @@ impl SharedInformer {
             self.emit_add(&Arc::new(obj), false).await;
             return;
         };
-        if cached_uid(&base) != cached_uid(&json) {
+        if cached_uid(&base).as_deref() != Some(object::uid(&obj)) {
             // Deleted and re-created under the same name while we were not watching.
             if let Some(entry) = self.store.remove(&key) {
                 self.emit_delete(&entry.current, true).await;
@@ -513,9 +513,14 @@ impl SharedInformer {
     }
 }
 
-/// `metadata.uid` of a serialized state, as written (one serializer: equal bytes, equal uid).
-fn cached_uid(json: &[u8]) -> Option<&[u8]> {
-    scan::get(json, &["metadata", "uid"]).ok().flatten()
+/// `metadata.uid` of a serialized state (`""` when it has none, as [`object::uid`]).
+fn cached_uid(json: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
+    match scan::get(json, &["metadata", "uid"]).ok()? {
+        Some(uid) if scan::kind(uid) == scan::Kind::Scalar && uid.first() == Some(&b'"') => {
+            scan::key(&uid[1..uid.len() - 1]).ok()
+        }
+        _ => Some("".into()),
+    }
 }
 
 /// A state from the cache, parsed: the cache holds only what `serde_json` serialized.
