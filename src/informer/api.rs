@@ -68,7 +68,11 @@ pub(super) enum RawEvent {
 }
 
 /// A watch: events until the server ends it (`None`), or an error.
-pub(super) type EventStream = BoxStream<'static, Result<RawEvent, RequestError>>;
+///
+/// Each item comes with the instant its line arrived, before it was parsed (where delivery
+/// latency starts).
+pub(super) type EventStream =
+    BoxStream<'static, (std::time::Instant, Result<RawEvent, RequestError>)>;
 
 /// Why a request (or an open watch) failed, by what the informer does about it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -290,25 +294,32 @@ fn events<P: ParsePolicy>(
     super::ahead::read_ahead(s.map(event).boxed())
 }
 
-/// One decoded watch line.
+/// One decoded watch line, and when it arrived (objects: before they were parsed).
 fn event<P: ParsePolicy>(
     r: Result<WatchEvent<RawObject<P>>, kube::Error>,
-) -> Result<RawEvent, RequestError> {
+) -> (std::time::Instant, Result<RawEvent, RequestError>) {
+    let now = std::time::Instant::now;
     match r {
-        Ok(WatchEvent::Added(o)) => Ok(RawEvent::Added(o.value)),
-        Ok(WatchEvent::Modified(o)) => Ok(RawEvent::Modified(o.value)),
-        Ok(WatchEvent::Deleted(o)) => Ok(RawEvent::Deleted(o.value)),
-        Ok(WatchEvent::Bookmark(b)) => Ok(RawEvent::Bookmark {
-            initial_events_end: b.metadata.annotations.contains_key(INITIAL_EVENTS_END),
-            resource_version: b.metadata.resource_version,
-        }),
-        Ok(WatchEvent::Error(s)) => Err(RequestError::from_status(
-            s.code,
-            &s.message,
-            s.details.as_ref().map_or(0, |d| d.retry_after_seconds),
-        )),
-        Err(kube::Error::SerdeError(e)) => Ok(RawEvent::Undecodable(e.to_string())),
-        Err(e) => Err(e.into()),
+        Ok(WatchEvent::Added(o)) => (o.arrived, Ok(RawEvent::Added(o.value))),
+        Ok(WatchEvent::Modified(o)) => (o.arrived, Ok(RawEvent::Modified(o.value))),
+        Ok(WatchEvent::Deleted(o)) => (o.arrived, Ok(RawEvent::Deleted(o.value))),
+        Ok(WatchEvent::Bookmark(b)) => (
+            now(),
+            Ok(RawEvent::Bookmark {
+                initial_events_end: b.metadata.annotations.contains_key(INITIAL_EVENTS_END),
+                resource_version: b.metadata.resource_version,
+            }),
+        ),
+        Ok(WatchEvent::Error(s)) => (
+            now(),
+            Err(RequestError::from_status(
+                s.code,
+                &s.message,
+                s.details.as_ref().map_or(0, |d| d.retry_after_seconds),
+            )),
+        ),
+        Err(kube::Error::SerdeError(e)) => (now(), Ok(RawEvent::Undecodable(e.to_string()))),
+        Err(e) => (now(), Err(e.into())),
     }
 }
 
@@ -349,7 +360,7 @@ mod tests {
     #[test]
     fn a_watch_line_that_does_not_decode_is_an_item_not_the_end_of_the_stream() {
         let bad = serde_json::from_str::<Value>("{").unwrap_err();
-        let item = event::<super::super::KeepAll>(Err(kube::Error::SerdeError(bad)));
+        let (_, item) = event::<super::super::KeepAll>(Err(kube::Error::SerdeError(bad)));
         assert!(matches!(item, Ok(RawEvent::Undecodable(_))), "{item:?}");
     }
 }

@@ -360,9 +360,8 @@ impl SharedInformer {
                     self.stats.synced.store(true, Ordering::Release);
                 }
                 Some(Output::Changed(change)) => {
-                    // Delivery latency starts when the event leaves the watch stream (after
-                    // its line is parsed; before the transform, the cache and the diff).
-                    let arrived = std::time::Instant::now();
+                    // Delivery latency starts when the event's line arrived, before parsing.
+                    let arrived = machine.arrival();
                     tokio::select! {
                         _ = cancel.cancelled() => return,
                         () = super::arrived_at(arrived, self.apply(change)) => {}

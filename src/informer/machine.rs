@@ -303,6 +303,8 @@ pub(super) struct Machine<'a> {
     /// The open watch delivered something (a watch closed without delivering anything is
     /// re-opened after a backoff, not at once).
     delivered: bool,
+    /// When the last watch item read arrived, before it was parsed ([`Machine::arrival`]).
+    arrived: std::time::Instant,
 }
 
 impl<'a> Machine<'a> {
@@ -328,6 +330,7 @@ impl<'a> Machine<'a> {
             heard_at: Instant::now(),
             idle: Box::pin(tokio::time::sleep(settings.idle_timeout)),
             delivered: false,
+            arrived: std::time::Instant::now(),
         }
     }
 
@@ -655,7 +658,8 @@ impl<'a> Machine<'a> {
                 biased;
                 item = stream.next() => {
                     return match item {
-                        Some(item) => {
+                        Some((arrived, item)) => {
+                            self.arrived = arrived;
                             self.heard();
                             self.stats.events_received.fetch_add(1, Ordering::Relaxed);
                             Next::Item(item)
@@ -672,6 +676,12 @@ impl<'a> Machine<'a> {
                 }
             }
         }
+    }
+
+    /// When the watch event behind the last [`Output::Changed`] arrived: its line was read,
+    /// not yet parsed.
+    pub(super) fn arrival(&self) -> std::time::Instant {
+        self.arrived
     }
 
     /// The server answered.

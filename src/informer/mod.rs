@@ -68,9 +68,9 @@ tokio::task_local! {
     static ARRIVAL: std::time::Instant;
 }
 
-/// When the watch event being handled left the watch stream (just after its line was
-/// parsed, before transform, cache and diff); `None` outside
-/// a watch event (list pages, re-syncs). Handlers call it; delivery latency starts there.
+/// When the watch event being handled arrived: its line was read, not yet parsed (then come
+/// transform, cache and diff); `None` outside a watch event (list pages, re-syncs). Handlers
+/// call it; delivery latency starts there.
 pub fn arrival() -> Option<std::time::Instant> {
     ARRIVAL.try_with(|a| *a).ok()
 }

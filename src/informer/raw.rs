@@ -52,12 +52,20 @@ pub struct RawObject<P: ParsePolicy = KeepAll> {
     pub value: Value,
     /// name / namespace / uid / resourceVersion only; the JSON is the source of truth.
     meta: ObjectMeta,
+    /// When decoding began: the line's bytes were in hand, nothing of them parsed yet (a
+    /// watch event's arrival, where delivery latency starts).
+    pub arrived: std::time::Instant,
     policy: PhantomData<P>,
 }
 
 impl<P: ParsePolicy> RawObject<P> {
-    /// Wraps a JSON object.
+    /// Wraps a JSON object that arrived now.
     pub fn new(value: Value) -> Self {
+        Self::arrived_at(value, std::time::Instant::now())
+    }
+
+    /// Wraps a JSON object whose bytes arrived at `arrived`.
+    fn arrived_at(value: Value, arrived: std::time::Instant) -> Self {
         let meta = ObjectMeta {
             name: object::meta_str(&value, "name").map(str::to_string),
             namespace: object::namespace(&value).map(str::to_string),
@@ -68,6 +76,7 @@ impl<P: ParsePolicy> RawObject<P> {
         Self {
             value,
             meta,
+            arrived,
             policy: PhantomData,
         }
     }
@@ -75,13 +84,16 @@ impl<P: ParsePolicy> RawObject<P> {
 
 impl<'de, P: ParsePolicy> Deserialize<'de> for RawObject<P> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // kube has read the whole watch line and parsed only its `type` so far.
+        let arrived = std::time::Instant::now();
+        let wrap = |value| RawObject::arrived_at(value, arrived);
         if P::DROP_MANAGED_FIELDS {
             // `any`, not `map`: a non-object then reaches the visitor, whose error does not
             // quote it (serde's default would put a Secret list's bad item into the log).
             d.deserialize_any(ObjectVisitor { metadata: false })
-                .map(RawObject::new)
+                .map(wrap)
         } else {
-            Value::deserialize(d).map(RawObject::new)
+            Value::deserialize(d).map(wrap)
         }
     }
 }

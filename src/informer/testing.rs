@@ -96,19 +96,26 @@ impl ListWatch for Script {
         });
         let next = self.watches.lock().unwrap().pop_front();
         let (events, then) = next.unwrap_or_else(|| Err(exhausted()))?;
-        let head = futures::stream::iter(events);
+        let head = futures::stream::iter(events).map(arrived_now);
         Ok(match then {
             Then::End => head.boxed(),
             Then::Hang => head.chain(futures::stream::pending()).boxed(),
             Then::LateEvent(after) => head
                 .chain(futures::stream::once(async move {
                     tokio::time::sleep(after).await;
-                    Ok(RawEvent::Modified(cm("late", "99")))
+                    arrived_now(Ok(RawEvent::Modified(cm("late", "99"))))
                 }))
                 .chain(futures::stream::pending())
                 .boxed(),
         })
     }
+}
+
+/// A scripted watch item, arriving as it is read.
+fn arrived_now(
+    item: Result<RawEvent, RequestError>,
+) -> (std::time::Instant, Result<RawEvent, RequestError>) {
+    (std::time::Instant::now(), item)
 }
 
 /// A script the test keeps a handle on (to read [`Script::calls`]).
