@@ -6,7 +6,6 @@ pub mod diff;
 pub mod envelope;
 pub mod object;
 pub mod pointer;
-pub mod scan;
 pub mod transform;
 
 pub use envelope::{Envelope, EnvelopeBuilder, Op};

@@ -30,7 +30,6 @@ use super::store::{Entry, Staging, Store};
 use super::{Handler, InformerKey, RawObject};
 use crate::event::diff;
 use crate::event::object;
-use crate::event::scan;
 use crate::event::transform::ObjectTransform;
 
 /// Page size of paginated lists (a 100k-object list never arrives in one answer).
@@ -460,32 +459,32 @@ impl SharedInformer {
     /// An ADDED or MODIFIED object: cache it, emit the add or the update.
     async fn upsert(&self, obj: Value) {
         let key = object::cache_key(&obj);
-        // Serialized once: the cache keeps these bytes and the patch is computed from them
-        // and the base's, so the base is unpacked but parsed only for the handlers.
-        let json = serde_json::to_vec(&obj).expect("a JSON value always serializes");
-        let Some(base) = self.store.base_json(&key) else {
-            self.store.insert_json(key, &json);
-            self.emit_add(&Arc::new(obj), false).await;
+        // Only the state the patch starts from is decoded from the compact cache.
+        let Some(base) = self.store.base(&key) else {
+            let obj = Arc::new(obj);
+            self.store.insert(
+                key,
+                Entry {
+                    current: obj.clone(),
+                    emitted: None,
+                },
+            );
+            self.emit_add(&obj, false).await;
             return;
         };
-        if cached_uid(&base).as_deref() != Some(object::uid(&obj)) {
+        if object::uid(&base) != object::uid(&obj) {
             // Deleted and re-created under the same name while we were not watching.
             if let Some(entry) = self.store.remove(&key) {
                 self.emit_delete(&entry.current, true).await;
             }
             return Box::pin(self.upsert(obj)).await;
         }
-        // The cache holds serde_json's serialization, which the scan reads; anything else
-        // is diffed as trees.
-        let patch = diff::diff_json(&base, &json)
-            .unwrap_or_else(|_| diff::diff(&parse_cached(&base), &obj));
-        if diff::only_ignored_changes(&patch, &self.transform.ignore) {
-            self.store.update_json(key, &json, true);
+        let Some(patch) = self.diff(&base, &obj) else {
+            self.store.update(key, &obj, true);
             return;
-        }
-        self.store.update_json(key, &json, false);
-        self.emit_update(&Arc::new(parse_cached(&base)), &Arc::new(obj), patch)
-            .await;
+        };
+        self.store.update(key, &obj, false);
+        self.emit_update(&base, &Arc::new(obj), patch).await;
     }
 
     async fn emit_add(&self, obj: &Arc<Value>, initial_list: bool) {
@@ -510,21 +509,6 @@ impl SharedInformer {
             h.on_delete(last_known, final_state_unknown).await;
         }
     }
-}
-
-/// `metadata.uid` of a serialized state (`""` when it has none, as [`object::uid`]).
-fn cached_uid(json: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
-    match scan::get(json, &["metadata", "uid"]).ok()? {
-        Some(uid) if scan::kind(uid) == scan::Kind::Scalar && uid.first() == Some(&b'"') => {
-            scan::key(&uid[1..uid.len() - 1]).ok()
-        }
-        _ => Some("".into()),
-    }
-}
-
-/// A state from the cache, parsed: the cache holds only what `serde_json` serialized.
-fn parse_cached(json: &[u8]) -> Value {
-    serde_json::from_slice(json).expect("the cache holds serialized JSON values")
 }
 
 /// `configmaps in all namespaces`, `deployments.apps in namespace shop`, `nodes`: what

@@ -97,31 +97,6 @@ impl Store {
         Some(Arc::new(self.codec.unpack(&packed)))
     }
 
-    /// The serialized JSON of [`Store::base`] (what the cache keeps, unpacked, not parsed):
-    /// the next patch is computed from it without building its tree
-    /// ([`crate::event::diff::diff_json`]).
-    pub fn base_json(&self, key: &str) -> Option<Vec<u8>> {
-        let packed = {
-            let map = self.map.read().expect("store lock");
-            let s = map.get(key)?;
-            s.emitted.as_ref().unwrap_or(&s.current).clone()
-        };
-        Some(self.codec.unpack_json(&packed))
-    }
-
-    /// Inserts or replaces `key` with the object serialized as `json` (`serde_json`'s compact
-    /// form of a `Value`), no emitted state.
-    pub fn insert_json(&self, key: String, json: &[u8]) {
-        let stored = Stored {
-            current: self.codec.pack_json(json),
-            emitted: None,
-        };
-        self.map
-            .write()
-            .expect("store lock")
-            .insert(key.into_boxed_str(), stored);
-    }
-
     /// Inserts or replaces.
     pub fn insert(&self, key: String, entry: Entry) {
         let stored = Stored {
@@ -138,14 +113,7 @@ impl Store {
     /// entry's base (its emitted state, or else its current state) stays the base, without
     /// being decoded or packed again.
     pub fn update(&self, key: String, current: &Value, keep_base: bool) {
-        let json = serde_json::to_vec(current).expect("a JSON value always serializes");
-        self.update_json(key, &json, keep_base);
-    }
-
-    /// [`Store::update`] with the new state serialized as `json` (`serde_json`'s compact form
-    /// of a `Value`, as [`Store::insert_json`]).
-    pub fn update_json(&self, key: String, json: &[u8], keep_base: bool) {
-        let current = self.codec.pack_json(json);
+        let current = self.codec.pack(current);
         let mut map = self.map.write().expect("store lock");
         let emitted = match map.remove(key.as_str()) {
             Some(old) if keep_base => Some(old.emitted.unwrap_or(old.current)),
@@ -434,20 +402,17 @@ impl CodecState {
 
 impl Codec {
     fn pack(&self, v: &Value) -> Packed {
-        self.pack_json(&serde_json::to_vec(v).expect("a JSON value always serializes"))
-    }
-
-    fn pack_json(&self, json: &[u8]) -> Packed {
+        let json = serde_json::to_vec(v).expect("a JSON value always serializes");
         let mut st = self.state.lock().expect("codec lock");
         if !st.trained {
-            st.samples.push(json.to_vec());
+            st.samples.push(json.clone());
             if st.samples.len() >= TRAIN_AFTER {
                 st.train();
             }
         }
         let (tag, frame) = match st.dict.as_mut() {
-            Some((c, _)) => (TAG_DICT, c.compress(json)),
-            None => (TAG_PLAIN, st.plain().0.compress(json)),
+            Some((c, _)) => (TAG_DICT, c.compress(&json)),
+            None => (TAG_PLAIN, st.plain().0.compress(&json)),
         };
         let frame = frame.expect("zstd compresses any input");
         let mut out = Vec::with_capacity(5 + frame.len());
@@ -458,17 +423,16 @@ impl Codec {
     }
 
     fn unpack(&self, p: &[u8]) -> Value {
-        serde_json::from_slice(&self.unpack_json(p)).expect("packed from a JSON value")
-    }
-
-    fn unpack_json(&self, p: &[u8]) -> Vec<u8> {
         let len = u32::from_le_bytes([p[1], p[2], p[3], p[4]]) as usize;
-        let mut st = self.state.lock().expect("codec lock");
-        let d = match p[0] {
-            TAG_DICT => &mut st.dict.as_mut().expect("packed with the dictionary").1,
-            _ => &mut st.plain().1,
+        let json = {
+            let mut st = self.state.lock().expect("codec lock");
+            let d = match p[0] {
+                TAG_DICT => &mut st.dict.as_mut().expect("packed with the dictionary").1,
+                _ => &mut st.plain().1,
+            };
+            d.decompress(&p[5..], len).expect("packed by this codec")
         };
-        d.decompress(&p[5..], len).expect("packed by this codec")
+        serde_json::from_slice(&json).expect("packed from a JSON value")
     }
 }
 
@@ -560,18 +524,5 @@ mod tests {
         assert!(store.get("k").unwrap().emitted.is_none());
         assert_eq!(*store.remove("k").unwrap().current, obj(4));
         assert!(store.base("k").is_none());
-    }
-
-    #[test]
-    fn serialized_states_go_in_and_come_out_as_the_same_bytes() {
-        let store = Store::default();
-        let json = |o: &Value| serde_json::to_vec(o).unwrap();
-        store.insert_json("k".into(), &json(&obj(1)));
-        assert_eq!(*store.current("k").unwrap(), obj(1));
-        store.update_json("k".into(), &json(&obj(2)), true);
-        assert_eq!(store.base_json("k").unwrap(), json(&obj(1)));
-        store.update_json("k".into(), &json(&obj(3)), false);
-        assert_eq!(store.base_json("k").unwrap(), json(&obj(3)));
-        assert!(store.base_json("other").is_none());
     }
 }
