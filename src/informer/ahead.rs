@@ -40,11 +40,15 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use super::*;
-    use crate::informer::api::RawEvent;
+    use std::time::Instant;
+
+    use crate::informer::api::{RawEvent, RequestError};
     use serde_json::json;
 
-    fn added(i: usize) -> Result<RawEvent, crate::informer::RequestError> {
-        Ok(RawEvent::Added(json!({"metadata": {"name": format!("o{i}")}})))
+    /// A watch item: object `o{i}` added, arrived now.
+    fn added(i: usize) -> (Instant, Result<RawEvent, RequestError>) {
+        let o = json!({"metadata": {"name": format!("o{i}")}});
+        (Instant::now(), Ok(RawEvent::Added(o)))
     }
 
     #[tokio::test]
@@ -53,7 +57,7 @@ mod tests {
         let mut s = read_ahead(futures::stream::iter(items).boxed());
         for i in 0..500 {
             match s.next().await {
-                Some(Ok(RawEvent::Added(o))) => {
+                Some((_, Ok(RawEvent::Added(o)))) => {
                     assert_eq!(o["metadata"]["name"], format!("o{i}"))
                 }
                 other => panic!("event {i}: {other:?}"),
@@ -84,7 +88,7 @@ mod tests {
             })
             .boxed();
         let mut s = read_ahead(inner);
-        assert!(matches!(s.next().await, Some(Ok(RawEvent::Added(_)))));
+        assert!(matches!(s.next().await, Some((_, Ok(RawEvent::Added(_))))));
         drop(s);
         tokio::time::timeout(std::time::Duration::from_secs(10), async {
             while !dropped.load(Ordering::SeqCst) {
