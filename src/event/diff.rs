@@ -26,34 +26,15 @@ fn pointer(path: &str) -> PointerBuf {
     PointerBuf::parse(path).expect("built from encoded tokens")
 }
 
-/// True when `a` and `b` are equal with their members in the same order: then they are equal
-/// (`==` ignores the order of members, and pays a hash lookup per member for it). Two states
-/// of one object keep their order, so an equal subtree is found equal in one ordered walk;
-/// a subtree that is not is descended, where reordered members yield no operation.
-fn same(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Object(a), Value::Object(b)) => {
-            a.len() == b.len()
-                && a.iter()
-                    .zip(b)
-                    .all(|((ka, va), (kb, vb))| ka == kb && same(va, vb))
-        }
-        (Value::Array(a), Value::Array(b)) => {
-            a.len() == b.len() && a.iter().zip(b).all(|(a, b)| same(a, b))
-        }
-        _ => a == b,
-    }
-}
-
 fn diff_value(old: &Value, new: &Value, path: &mut String, patch: &mut Patch) {
     match (old, new) {
         (Value::Object(o), Value::Object(n)) => {
-            if !same(old, new) {
+            if o != n {
                 diff_object(o, n, path, patch);
             }
         }
         (Value::Array(o), Value::Array(n)) => {
-            if !same(old, new) {
+            if o != n {
                 diff_array(o, n, path, patch);
             }
         }
@@ -96,17 +77,10 @@ fn diff_object(
     patch: &mut Patch,
 ) {
     let at = path.len();
-    // Members usually keep their order: the next old member is tried before a (hashed)
-    // lookup.
-    let mut next_old = old.iter().peekable();
     for (key, n) in new {
         path.push('/');
         path.push_str(Token::new(key.as_str()).encoded());
-        let o = match next_old.next_if(|(k, _)| *k == key) {
-            Some((_, o)) => Some(o),
-            None => old.get(key),
-        };
-        match o {
+        match old.get(key) {
             Some(o) => diff_value(o, n, path, patch),
             None => patch.0.push(PatchOperation::Add(AddOperation {
                 path: pointer(path),
@@ -115,9 +89,8 @@ fn diff_object(
         }
         path.truncate(at);
     }
-    let mut next_new = new.keys().peekable();
     for key in old.keys() {
-        if next_new.next_if(|k| *k == key).is_none() && !new.contains_key(key) {
+        if !new.contains_key(key) {
             path.push('/');
             path.push_str(Token::new(key.as_str()).encoded());
             patch.0.push(PatchOperation::Remove(RemoveOperation {
@@ -152,7 +125,6 @@ pub fn only_ignored_changes(patch: &Patch, ignored: &[PointerGlob]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
     use serde_json::json;
 
     #[test]
@@ -187,14 +159,6 @@ mod tests {
             (json!({"o": {"p": 1}}), json!({"o": [1]})),
             (json!("a"), json!({"a": 1})),
             (
-                json!({"a": 1, "b": {"c": 2, "d": 3}}),
-                json!({"b": {"d": 3, "c": 2}, "a": 1}),
-            ),
-            (
-                json!({"a": 1, "b": 2, "c": 3}),
-                json!({"c": 3, "a": 1, "d": 4}),
-            ),
-            (
                 json!({"meta": {"labels": {"a": "1", "b": "2"}}, "spec": {"big": [1, 2, 3]}}),
                 json!({"meta": {"labels": {"b": "2", "a": "1", "c": "3"}}, "spec": {"big": [1, 2, 3]}}),
             ),
@@ -213,50 +177,6 @@ mod tests {
             let mut doc = old.clone();
             json_patch::patch(&mut doc, &ours).unwrap();
             assert_eq!(doc, new);
-        }
-    }
-
-    /// JSON trees of a few levels with a small alphabet of keys and values, so that two
-    /// of them share members (also reordered), arrays grow and shrink, and numbers differ
-    /// only in type.
-    fn tree() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::from),
-            (-2i64..3).prop_map(Value::from),
-            prop_oneof![Just(1.0f64), Just(-0.0), Just(0.5)].prop_map(Value::from),
-            prop_oneof![Just("a"), Just("b"), Just("é~/\""), Just("")].prop_map(Value::from),
-        ];
-        leaf.prop_recursive(4, 48, 5, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::from),
-                prop::collection::vec(
-                    (
-                        prop_oneof![Just("a"), Just("b"), Just("c/d"), Just("e~f")],
-                        inner
-                    ),
-                    0..5
-                )
-                .prop_map(|kv| Value::Object(
-                    kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
-                )),
-            ]
-        })
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
-
-        #[test]
-        fn any_two_trees_diff_as_json_patch_diffs_them(old in tree(), new in tree()) {
-            prop_assert_eq!(diff(&old, &new), json_patch::diff(&old, &new));
-            // The same members in another order: still json_patch's answer (none).
-            let reversed = match &new {
-                Value::Object(m) => Value::Object(m.clone().into_iter().rev().collect()),
-                other => other.clone(),
-            };
-            prop_assert_eq!(diff(&new, &reversed), json_patch::diff(&new, &reversed));
-            prop_assert_eq!(diff(&old, &reversed), json_patch::diff(&old, &reversed));
         }
     }
 
