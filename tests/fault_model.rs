@@ -636,6 +636,7 @@ fn read_lake(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
         .filter_map(|l| serde_json::from_str(l).ok())
+        .map(common::checked)
         .collect()
 }
 

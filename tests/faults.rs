@@ -188,8 +188,8 @@ async fn a_sink_down_for_a_long_time_keeps_memory_bounded_and_delivers_every_fin
         while let Ok(r) = rx.requests.try_recv() {
             if r.status == hyper::StatusCode::OK {
                 match r.json() {
-                    Value::Array(items) => got.extend(items),
-                    one => got.push(one),
+                    Value::Array(items) => got.extend(items.into_iter().map(checked)),
+                    one => got.push(checked(one)),
                 }
             }
         }

@@ -5,11 +5,10 @@
 //! builds it. Without it the tests fail and say so.
 
 mod common;
+#[path = "common/tansu.rs"]
+mod tansu;
 
 use std::collections::{HashMap, HashSet};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,19 +17,18 @@ use lookout::event::{Envelope, EnvelopeBuilder, Op};
 use lookout::sinks::util::spawn_driver;
 use lookout::sinks::{AckObserver, SinkConfig, SinkContext, Slot};
 use rdkafka::Message as _;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::Headers;
-use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
+use tansu::{Tansu, free_port};
+
+/// A consumer of this suite's topics from the beginning.
+fn consumer(bootstrap: &str, topics: &[(&str, i32)]) -> StreamConsumer {
+    tansu::consumer(bootstrap, "lookout-e2e", topics)
+}
 use tokio_util::sync::CancellationToken;
 
 // ---------------------------------------------------------------- the broker
-
-/// The tansu binary: `$TANSU`, else PATH; a missing one fails the test with how to build it.
-fn tansu_binary() -> PathBuf {
-    kubesim::tools::TANSU.require()
-}
 
 /// Sink and librdkafka logs on the test's output (`RUST_LOG` overrides).
 fn init_logs() {
@@ -40,82 +38,6 @@ fn init_logs() {
         .with_env_filter(filter)
         .with_test_writer()
         .try_init();
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A tansu broker process with in-memory storage; SIGKILLed when dropped.
-struct Tansu {
-    bin: PathBuf,
-    port: u16,
-    child: Child,
-}
-
-impl Tansu {
-    fn start(bin: &PathBuf, port: u16) -> Tansu {
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tansu");
-        let broker = Tansu {
-            bin: bin.clone(),
-            port,
-            child,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        broker
-    }
-
-    fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Creates a topic (an existing one is fine: a client may have auto-created it).
-    fn create_topic(&self, name: &str, partitions: u32) {
-        let out = Command::new(&self.bin)
-            .args(["topic", "create", "--broker"])
-            .arg(format!("tcp://127.0.0.1:{}", self.port))
-            .args(["--partitions", &partitions.to_string(), name])
-            .output()
-            .expect("tansu topic create");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success() || stderr.to_lowercase().contains("exist"),
-            "topic create {name}: {stderr}"
-        );
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
 }
 
 // ---------------------------------------------------------------- events and consumers
@@ -183,27 +105,6 @@ struct Received {
     headers: HashMap<String, String>,
 }
 
-fn consumer(bootstrap: &str, topics: &[(&str, i32)]) -> StreamConsumer {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "lookout-e2e")
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "10")
-        .create()
-        .expect("consumer");
-    let mut assignment = TopicPartitionList::new();
-    for (topic, partitions) in topics {
-        for p in 0..*partitions {
-            assignment
-                .add_partition_offset(topic, p, Offset::Beginning)
-                .unwrap();
-        }
-    }
-    consumer.assign(&assignment).expect("assign");
-    consumer
-}
-
 fn decode(m: &rdkafka::message::BorrowedMessage<'_>) -> Received {
     let headers = m
         .headers()
@@ -222,7 +123,7 @@ fn decode(m: &rdkafka::message::BorrowedMessage<'_>) -> Received {
         key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
         value: m
             .payload()
-            .map(|p| serde_json::from_slice(p).expect("JSON value")),
+            .map(|p| common::checked(serde_json::from_slice(p).expect("JSON value"))),
         headers,
     }
 }
@@ -260,8 +161,7 @@ fn rv_of(m: &Received) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tansu_receives_every_change_keyed_by_uid_in_order_with_headers_and_tombstones() {
     init_logs();
-    let bin = tansu_binary();
-    let broker = Tansu::start(&bin, free_port());
+    let broker = Tansu::start();
     let topics = [
         ("k8s.deployment", 3),
         ("k8s.configmap", 3),
@@ -373,9 +273,8 @@ async fn tansu_receives_every_change_keyed_by_uid_in_order_with_headers_and_tomb
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tansu_killed_for_20s_mid_stream_loses_nothing_and_duplicates_are_counted() {
     init_logs();
-    let bin = tansu_binary();
     let port = free_port();
-    let broker = Tansu::start(&bin, port);
+    let broker = Tansu::start_on(port);
     let topic = "k8s.deployment";
     let topics = [(topic, 2)];
     broker.create_topic(topic, 2);
@@ -465,7 +364,7 @@ async fn tansu_killed_for_20s_mid_stream_loses_nothing_and_duplicates_are_counte
     let errors_while_down = stats.errors.load(Ordering::SeqCst);
     let acked_while_down = acks.count.load(Ordering::SeqCst) - acked_before_kill.len();
     // Same port, empty memory storage: consumer B reads the new log from its start.
-    let broker = Tansu::start(&bin, port);
+    let broker = Tansu::start_on(port);
     broker.create_topic(topic, 2);
     let restarted_at = Instant::now();
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -596,8 +495,7 @@ async fn tansu_killed_for_20s_mid_stream_loses_nothing_and_duplicates_are_counte
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubesim_changes_reach_tansu_through_lookout_run_keyed_ordered_and_replayable() {
     init_logs();
-    let bin = tansu_binary();
-    let broker = Tansu::start(&bin, free_port());
+    let broker = Tansu::start();
     let topic = "test.core.configmap";
     let topics = [(topic, 3)];
     broker.create_topic(topic, 3);

@@ -528,7 +528,7 @@ shutdown:
     // What was forwarded is still useful: every op, with old, the hashes changing.
     let events: Vec<Value> = stdout_json
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| common::checked(serde_json::from_str(l).unwrap()))
         .collect();
     let ops: Vec<&str> = events.iter().map(|e| e["op"].as_str().unwrap()).collect();
     assert!(

@@ -82,7 +82,8 @@ async fn receive(rx: &mut receiver::Receiver, agent: &Agent, n: usize) -> Vec<Va
         )
         .expect("the signature verifies");
         assert_eq!(r.header("content-type"), Some("application/json"));
-        events.extend(r.json().as_array().expect("batches are arrays").clone());
+        let batch = r.json().as_array().expect("batches are arrays").clone();
+        events.extend(batch.into_iter().map(checked));
     }
     events
 }

@@ -164,3 +164,75 @@ pub struct ListBytes {
     /// The first objects as served.
     pub sample: Vec<Vec<u8>>,
 }
+
+/// A cluster too large to store: kubesim serves `pods` Pods as a paginated list, generating
+/// each page when it is asked for (`KubeSim::synthesize`). Pod `i` is one of `templates`
+/// realistic seeded Pods (managedFields and all) under its own name (`pod-0000042`) and uid.
+pub struct Synthetic {
+    /// The simulator.
+    pub sim: KubeSim,
+    /// A kubeconfig pointing at it.
+    pub kubeconfig: PathBuf,
+    /// The list's sizes, computed exactly from the templates.
+    pub list: ListBytes,
+}
+
+impl Synthetic {
+    /// Starts kubesim (inside `rt`) serving `pods` generated Pods.
+    pub fn start(rt: &tokio::runtime::Runtime, pods: usize, templates: usize, dir: &Path) -> Self {
+        let sim = rt
+            .block_on(KubeSim::start(SimConfig::default()))
+            .expect("kubesim starts");
+        let _guard = rt.enter();
+        LoadGen::seed(&sim, templates, 42, 8, 20).expect("seed template pods");
+        const NAME: &str = "@@name@@";
+        const UID: &str = "@@uid@@";
+        let mut list = ListBytes::default();
+        let mut shapes: Vec<String> = Vec::new();
+        // Size of a template once its markers are replaced by a name and a uid (both fixed
+        // width), as served and without managedFields.
+        let fill = (name(0).len() + uid(0).len()) as isize - (NAME.len() + UID.len()) as isize;
+        let mut sizes = Vec::new();
+        for mut obj in sim.list("v1", "Pod") {
+            obj["metadata"]["name"] = json!(NAME);
+            obj["metadata"]["uid"] = json!(UID);
+            let wire = serde_json::to_string(&obj).expect("json");
+            if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+                meta.shift_remove("managedFields");
+            }
+            let trimmed = serde_json::to_vec(&obj).expect("json").len();
+            sizes.push((wire.len() as isize + fill, trimmed as isize + fill));
+            shapes.push(wire);
+        }
+        for i in 0..pods {
+            let (wire, trimmed) = sizes[i % sizes.len()];
+            list.objects += 1;
+            list.wire += wire as usize;
+            list.transformed += trimmed as usize;
+        }
+        sim.synthesize("v1", "Pod", pods, move |i| {
+            shapes[i % shapes.len()]
+                .replacen(NAME, &name(i), 1)
+                .replacen(UID, &uid(i), 1)
+                .into()
+        })
+        .expect("Pods are served");
+        let kubeconfig = dir.join(format!("kubeconfig-{}", sim.addr().port()));
+        sim.write_kubeconfig(&kubeconfig).expect("write kubeconfig");
+        Synthetic {
+            sim,
+            kubeconfig,
+            list,
+        }
+    }
+}
+
+/// The name of synthetic Pod `i`.
+fn name(i: usize) -> String {
+    format!("pod-{i:07}")
+}
+
+/// The uid of synthetic Pod `i`.
+fn uid(i: usize) -> String {
+    format!("00000000-0000-4000-8000-{i:012}")
+}

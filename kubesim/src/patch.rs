@@ -338,6 +338,86 @@ fn dotted(p: &FieldPath) -> String {
     p.iter().map(|s| format!(".{s}")).collect()
 }
 
+/// Ownership after an `Update` operation (create, update, or a non-apply patch) by
+/// `manager`, as the API server records it: the fields this write added or changed become
+/// `manager`'s (taken from whoever owned them: updates never conflict), fields it removed are
+/// nobody's, and the entry of (`manager`, `Update`, `subresource`) gets the current time.
+/// A write that adds or changes nothing leaves `managedFields` as they were, so its time does
+/// not advance. `new` is the object about to be stored; `current` the stored one (None: create).
+pub fn record_update(
+    current: Option<&Value>,
+    new: &mut Value,
+    manager: &str,
+    subresource: Option<&str>,
+    api_version: &str,
+) {
+    let empty = json!({});
+    let before = current.unwrap_or(&empty);
+    let server_owned = |p: &FieldPath| {
+        matches!(
+            p.iter().map(String::as_str).collect::<Vec<_>>().as_slice(),
+            [
+                "metadata",
+                "selfLink" | "deletionTimestamp" | "deletionGracePeriodSeconds"
+            ]
+        )
+    };
+    let changed: BTreeSet<FieldPath> = applied_fields(new)
+        .into_iter()
+        .filter(|p| !server_owned(p) && get_path(before, p) != get_path(new, p))
+        .collect();
+    let mut removed = applied_fields(before);
+    removed.retain(|p| !server_owned(p) && get_path(new, p).is_none());
+    let mut entries: Vec<Value> = before
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if !changed.is_empty() {
+        let touched = |p: &FieldPath| {
+            changed
+                .iter()
+                .chain(&removed)
+                .any(|c| c.starts_with(p) || p.starts_with(c))
+        };
+        let same_writer = |e: &Value| {
+            e.get("manager").and_then(Value::as_str) == Some(manager)
+                && e.get("operation").and_then(Value::as_str) == Some("Update")
+                && e.get("subresource").and_then(Value::as_str) == subresource
+        };
+        let mut mine = BTreeSet::new();
+        for e in entries.iter_mut() {
+            let owned = e.get("fieldsV1").map(from_fields_v1).unwrap_or_default();
+            if same_writer(e) {
+                mine = owned;
+                continue;
+            }
+            let kept: BTreeSet<FieldPath> = owned.into_iter().filter(|p| !touched(p)).collect();
+            if e.get("fieldsV1").is_some() {
+                e["fieldsV1"] = to_fields_v1(&kept);
+            }
+        }
+        mine.retain(|p| !removed.contains(p));
+        mine.extend(changed);
+        entries.retain(|e| !same_writer(e));
+        push_entry(
+            &mut entries,
+            manager,
+            "Update",
+            api_version,
+            &mine,
+            subresource,
+        );
+    }
+    if let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+        if entries.is_empty() {
+            meta.remove("managedFields");
+        } else {
+            meta.insert("managedFields".into(), Value::Array(entries));
+        }
+    }
+}
+
 /// Server-side apply of `cfg` by `manager` onto `current` (None: create).
 ///
 /// Conflicts: a leaf the config sets to a different value than the object holds, owned by another
@@ -350,6 +430,24 @@ pub fn server_side_apply(
     force: bool,
     api_version: &str,
 ) -> Result<Value, ApiError> {
+    server_side_apply_to(current, cfg, manager, force, api_version, None)
+}
+
+/// [`server_side_apply`] to a subresource (`status`): the manager's entry for it is its own
+/// (`subresource: status`), apart from its entry for the main resource.
+pub fn server_side_apply_to(
+    current: Option<&Value>,
+    cfg: &Value,
+    manager: &str,
+    force: bool,
+    api_version: &str,
+    subresource: Option<&str>,
+) -> Result<Value, ApiError> {
+    let is_mine = |e: &Value| {
+        e.get("manager").and_then(Value::as_str) == Some(manager)
+            && e.get("operation").and_then(Value::as_str) == Some("Apply")
+            && e.get("subresource").and_then(Value::as_str) == subresource
+    };
     if !cfg.is_object() {
         return Err(ApiError::bad_request("apply patch must be an object"));
     }
@@ -369,9 +467,8 @@ pub fn server_side_apply(
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        let op = e.get("operation").and_then(Value::as_str).unwrap_or("");
         let owned = e.get("fieldsV1").map(from_fields_v1).unwrap_or_default();
-        if who == manager && op == "Apply" {
+        if is_mine(e) {
             previously_mine = owned;
             continue;
         }
@@ -429,24 +526,45 @@ pub fn server_side_apply(
         m.remove("resourceVersion");
     }
     apply_merge(&mut obj, &cfg_clean);
-    entries.retain(|e| {
-        !(e.get("manager").and_then(Value::as_str) == Some(manager)
-            && e.get("operation").and_then(Value::as_str) == Some("Apply"))
-    });
+    entries.retain(|e| !is_mine(e));
+    push_entry(
+        &mut entries,
+        manager,
+        "Apply",
+        api_version,
+        &mine,
+        subresource,
+    );
+    obj["metadata"]["managedFields"] = Value::Array(entries);
+    Ok(obj)
+}
+
+/// Drops entries that own nothing any more, then adds `manager`'s entry for `operation`,
+/// owning `fields`, stamped now.
+fn push_entry(
+    entries: &mut Vec<Value>,
+    manager: &str,
+    operation: &str,
+    api_version: &str,
+    fields: &BTreeSet<FieldPath>,
+    subresource: Option<&str>,
+) {
     entries.retain(|e| {
         e.get("fieldsV1")
             .is_none_or(|f| f.as_object().is_none_or(|m| !m.is_empty()))
     });
-    entries.push(json!({
+    let mut entry = json!({
         "manager": manager,
-        "operation": "Apply",
+        "operation": operation,
         "apiVersion": api_version,
         "time": now_rfc3339(),
         "fieldsType": "FieldsV1",
-        "fieldsV1": to_fields_v1(&mine),
-    }));
-    obj["metadata"]["managedFields"] = Value::Array(entries);
-    Ok(obj)
+        "fieldsV1": to_fields_v1(fields),
+    });
+    if let Some(sub) = subresource {
+        entry["subresource"] = json!(sub);
+    }
+    entries.push(entry);
 }
 
 #[cfg(test)]
@@ -491,5 +609,88 @@ mod tests {
         let c2 = json!({"metadata": {"name": "l", "labels": {"x": "1"}}});
         let o = server_side_apply(Some(&o), &c2, "m", false, "v").unwrap();
         assert_eq!(o["metadata"]["labels"], json!({"x": "1"}));
+    }
+
+    fn entry<'a>(obj: &'a Value, manager: &str) -> Option<&'a Value> {
+        obj["metadata"]["managedFields"]
+            .as_array()?
+            .iter()
+            .find(|e| e["manager"] == manager)
+    }
+
+    #[test]
+    fn an_update_takes_the_fields_it_changed_and_records_its_time() {
+        let mut created = json!({"metadata": {"name": "d", "labels": {"app": "web"}},
+            "spec": {"replicas": 1}});
+        record_update(None, &mut created, "kubectl-create", None, "apps/v1");
+        let e = entry(&created, "kubectl-create").expect("creator's entry");
+        assert_eq!(e["operation"], "Update");
+        assert_eq!(e["apiVersion"], "apps/v1");
+        assert!(e["time"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(
+            e["fieldsV1"],
+            json!({"f:metadata": {"f:labels": {"f:app": {}}}, "f:spec": {"f:replicas": {}}})
+        );
+
+        // A status writer: its own entry, for the status subresource.
+        let mut status = created.clone();
+        status["status"] = json!({"readyReplicas": 1});
+        record_update(
+            Some(&created),
+            &mut status,
+            "ctrl",
+            Some("status"),
+            "apps/v1",
+        );
+        let e = entry(&status, "ctrl").unwrap();
+        assert_eq!(e["subresource"], "status");
+        assert_eq!(e["fieldsV1"], json!({"f:status": {"f:readyReplicas": {}}}));
+
+        // Another manager changing spec.replicas takes it from the creator.
+        let mut scaled = status.clone();
+        scaled["spec"]["replicas"] = json!(3);
+        record_update(Some(&status), &mut scaled, "kubectl-scale", None, "apps/v1");
+        assert_eq!(
+            entry(&scaled, "kubectl-create").unwrap()["fieldsV1"],
+            json!({"f:metadata": {"f:labels": {"f:app": {}}}})
+        );
+        assert_eq!(
+            entry(&scaled, "kubectl-scale").unwrap()["fieldsV1"],
+            json!({"f:spec": {"f:replicas": {}}})
+        );
+    }
+
+    #[test]
+    fn a_write_that_changes_nothing_leaves_managed_fields_alone() {
+        let mut obj = json!({"metadata": {"name": "d"}, "spec": {"replicas": 1}});
+        record_update(None, &mut obj, "a", None, "v1");
+        let before = obj.clone();
+        let mut same = obj.clone();
+        same["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("managedFields");
+        record_update(Some(&before), &mut same, "b", None, "v1");
+        assert_eq!(same, before, "no entry for b, a's entry untouched");
+    }
+
+    #[test]
+    fn apply_to_the_status_subresource_is_an_entry_of_its_own() {
+        let cfg = json!({"metadata": {"name": "d"}, "status": {"phase": "Ready"}});
+        let o = server_side_apply_to(None, &cfg, "m", false, "v1", Some("status")).unwrap();
+        let o = server_side_apply(
+            Some(&o),
+            &json!({"metadata": {"name": "d"}, "spec": {"x": 1}}),
+            "m",
+            false,
+            "v1",
+        )
+        .unwrap();
+        let entries = o["metadata"]["managedFields"].as_array().unwrap();
+        assert_eq!(entries.len(), 2, "{entries:?}");
+        assert_eq!(
+            o["status"]["phase"], "Ready",
+            "the main-resource apply keeps status"
+        );
     }
 }

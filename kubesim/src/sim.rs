@@ -107,6 +107,30 @@ impl KubeSim {
         })
     }
 
+    /// Serves `count` generated objects as `kind`'s list, none of them stored: the `i`-th is
+    /// `make(i)` (its JSON, made when a page is served). Only paginated lists (`limit`, then
+    /// `continue`) see them, in index order — no watch events, gets or selectors — which
+    /// is what a large initial sync needs (1M Pods would take ~25 GB as stored objects).
+    /// Streaming lists are refused from now on, so clients fall back to pages.
+    pub fn synthesize(
+        &self,
+        api_version: &str,
+        kind: &str,
+        count: usize,
+        make: impl Fn(usize) -> bytes::Bytes + Send + Sync + 'static,
+    ) -> Result<(), ApiError> {
+        let k = self.kind(api_version, kind)?;
+        self.shared.set_synthetic(
+            k,
+            crate::server::Synthetic {
+                count,
+                make: std::sync::Arc::new(make),
+            },
+        );
+        self.shared.set_streaming_lists(false);
+        Ok(())
+    }
+
     /// Creates an object (namespace from `metadata.namespace`, `default` if unset).
     pub fn create(&self, api_version: &str, kind: &str, obj: Value) -> Result<Value, ApiError> {
         let k = self.kind(api_version, kind)?;

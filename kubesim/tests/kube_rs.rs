@@ -518,3 +518,42 @@ async fn finalizers_hold_deletion_until_removed() {
     .unwrap();
     assert!(api.get_opt("f").await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn a_synthetic_kind_is_listed_page_by_page_without_being_stored() {
+    let sim = start().await;
+    sim.synthesize("v1", "ConfigMap", 1_234, |i| {
+        serde_json::to_vec(&cm(&format!("cm-{i:05}"), "default", "v"))
+            .unwrap()
+            .into()
+    })
+    .unwrap();
+    let cms: Api<ConfigMap> = Api::all(client(&sim).await);
+    let (mut names, mut token, mut pages) = (Vec::new(), None::<String>, 0);
+    loop {
+        let mut lp = ListParams::default().limit(500);
+        if let Some(t) = token.take() {
+            lp = lp.continue_token(&t);
+        }
+        let page = cms.list(&lp).await.unwrap();
+        pages += 1;
+        names.extend(page.items.into_iter().map(|c| c.metadata.name.unwrap()));
+        match page.metadata.continue_ {
+            Some(t) if !t.is_empty() => token = Some(t),
+            _ => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let expected: Vec<String> = (0..1_234).map(|i| format!("cm-{i:05}")).collect();
+    assert_eq!(names, expected);
+    assert!(sim.list("v1", "ConfigMap").is_empty(), "nothing is stored");
+    // Selectors cannot be honoured without objects: refused, not silently ignored.
+    let err = cms
+        .list(&ListParams::default().labels("app=demo").limit(10))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 400),
+        "{err:?}"
+    );
+}

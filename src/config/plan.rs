@@ -124,6 +124,12 @@ impl Plan {
                 ErrorKind::Invalid(m),
             ));
         }
+        if let Err((k, m)) = config.server.snapshot.validate() {
+            errors.push(Error::new(
+                format!("server.snapshot.{k}"),
+                ErrorKind::Invalid(m),
+            ));
+        }
         let sinks = sinks(&config, &mut errors);
         errors.take(
             config
@@ -216,6 +222,7 @@ impl Plan {
                 v["format"] = serde_json::to_value(c.payload).unwrap_or_default();
                 if let Some(m) = v.as_object_mut() {
                     m.shift_remove("cloudEventsMode");
+                    m.shift_remove("debezium");
                 }
                 v["queueCapacity"] = json!(c.queue_capacity);
                 v["deadLetter"] = if !s.config.kind.accepts().rejects {

@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::changed_by::ManagerEntry;
 use super::object;
 
 /// What happened to the object.
@@ -31,6 +32,39 @@ impl Op {
             Op::Add => "add",
             Op::Update => "update",
             Op::Delete => "delete",
+        }
+    }
+}
+
+/// Where a read stands in a snapshot: the initial list of a resource, or a snapshot asked for
+/// on the ops server (`POST /snapshot`). Debezium's `source.snapshot` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotMark {
+    /// The first read of the snapshot of one resource.
+    First,
+    /// A read between the first and the last.
+    True,
+    /// The last read of the snapshot of one resource (also when it is the only one).
+    Last,
+}
+
+impl SnapshotMark {
+    /// The mark of read `index` of a snapshot whose last read is `last`.
+    pub fn at(index: usize, last: usize) -> Self {
+        match index {
+            i if i == last => SnapshotMark::Last,
+            0 => SnapshotMark::First,
+            _ => SnapshotMark::True,
+        }
+    }
+
+    /// `first`, `true` or `last`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotMark::First => "first",
+            SnapshotMark::True => "true",
+            SnapshotMark::Last => "last",
         }
     }
 }
@@ -78,6 +112,12 @@ pub struct Envelope {
     pub initial_list: bool,
     /// A delete the agent inferred (the object vanished while the watch was down).
     pub final_state_unknown: bool,
+    /// Set on reads of current state (the initial list, an on-demand snapshot): the add is
+    /// a snapshot read, and where it stands in its snapshot.
+    pub snapshot: Option<SnapshotMark>,
+    /// Who made the change (managers whose `managedFields` entry is new or advanced);
+    /// `None` when not attributed (reads, deletes, `transforms.changedBy: false`).
+    pub changed_by: Option<Arc<[ManagerEntry]>>,
     /// When the change arrived from the API server (end-to-end latency starts here).
     pub observed: Instant,
     encoded: OnceLock<Bytes>,
@@ -107,6 +147,10 @@ struct Wire<'a> {
     initial_list: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     final_state_unknown: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshot: Option<SnapshotMark>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    changed_by: Option<&'a [ManagerEntry]>,
 }
 
 impl Envelope {
@@ -133,6 +177,8 @@ impl Envelope {
                 },
                 initial_list: self.initial_list,
                 final_state_unknown: self.final_state_unknown,
+                snapshot: self.snapshot,
+                changed_by: self.changed_by.as_deref(),
             };
             Bytes::from(serde_json::to_vec(&wire).expect("a JSON value always serializes"))
         })
@@ -149,6 +195,12 @@ impl Envelope {
     /// The time as RFC 3339 with milliseconds.
     pub fn time_rfc3339(&self) -> String {
         rfc3339(self.time)
+    }
+
+    /// True for a read of current state rather than a change: an add of the initial list or
+    /// of a snapshot (Debezium's `r`).
+    pub fn is_read(&self) -> bool {
+        self.op == Op::Add && (self.snapshot.is_some() || self.initial_list)
     }
 
     /// `namespace/name` or `name`.
@@ -181,6 +233,8 @@ impl Envelope {
             include_old: self.include_old,
             initial_list: false,
             final_state_unknown: self.final_state_unknown,
+            snapshot: self.snapshot,
+            changed_by: self.changed_by.clone(),
             observed: self.observed,
             encoded: OnceLock::new(),
         }
@@ -237,6 +291,8 @@ impl EnvelopeBuilder {
             include_old: self.include_old,
             initial_list: false,
             final_state_unknown: false,
+            snapshot: None,
+            changed_by: None,
             observed,
             encoded: OnceLock::new(),
         }
@@ -245,16 +301,21 @@ impl EnvelopeBuilder {
 
 #[cfg(test)]
 impl EnvelopeBuilder {
-    /// ConfigMaps of cluster `c` from informer `v1/ConfigMap`: the unit tests' builder.
-    pub(crate) fn test_configmaps() -> Self {
+    /// A builder for `kind` of `api_version` in cluster `c` (the plural is `<kind>s`).
+    pub(crate) fn for_test(api_version: &str, kind: &str) -> Self {
         EnvelopeBuilder {
             cluster: "c".into(),
-            api_version: "v1".into(),
-            kind: "ConfigMap".into(),
-            plural: "configmaps".into(),
-            source: "v1/ConfigMap".into(),
+            api_version: api_version.into(),
+            kind: kind.into(),
+            plural: format!("{}s", kind.to_ascii_lowercase()).as_str().into(),
+            source: format!("{api_version}/{kind}").as_str().into(),
             include_old: false,
         }
+    }
+
+    /// ConfigMaps of cluster `c` from informer `v1/ConfigMap`: the unit tests' builder.
+    pub(crate) fn test_configmaps() -> Self {
+        Self::for_test("v1", "ConfigMap")
     }
 }
 
@@ -281,6 +342,7 @@ mod tests {
         let mut e = builder().build(Op::Add, obj, None, None, Instant::now());
         e.initial_list = true;
         let v: Value = serde_json::from_slice(e.to_json()).unwrap();
+        crate::event::schema_check::envelope(&v);
         assert_eq!(v["op"], "add");
         assert_eq!(v["cluster"], "c1");
         assert_eq!(v["apiVersion"], "apps/v1");
@@ -293,6 +355,7 @@ mod tests {
         assert!(v.get("finalStateUnknown").is_none());
         assert!(v.get("patch").is_none());
         assert!(v.get("old").is_none());
+        assert!(v.get("snapshot").is_none() && v.get("changedBy").is_none());
         assert_eq!(
             Uuid::parse_str(v["id"].as_str().unwrap())
                 .unwrap()
@@ -304,10 +367,55 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_reads_and_attributed_changes_carry_their_fields() {
+        let obj =
+            Arc::new(json!({"metadata": {"name": "web", "uid": "u1", "resourceVersion": "7"}}));
+        let mut e = builder().build(Op::Add, obj, None, None, Instant::now());
+        e.snapshot = Some(SnapshotMark::Last);
+        e.changed_by = Some(
+            crate::event::changed_by::Managers::of(&json!({"metadata": {"managedFields": [
+                {"manager": "kubectl", "operation": "Apply", "time": "2024-05-01T10:00:00Z"}]}}))
+            .changed_since(None),
+        );
+        assert!(e.is_read());
+        let v: Value = serde_json::from_slice(e.to_json()).unwrap();
+        crate::event::schema_check::envelope(&v);
+        assert_eq!(v["snapshot"], "last");
+        assert_eq!(
+            v["changedBy"],
+            json!([{"manager": "kubectl", "operation": "Apply", "time": "2024-05-01T10:00:00Z"}])
+        );
+        assert!(
+            v.get("initialList").is_none(),
+            "an on-demand snapshot is not the initial list"
+        );
+    }
+
+    #[test]
+    fn the_published_schemas_refuse_undocumented_or_malformed_fields() {
+        let obj =
+            Arc::new(json!({"metadata": {"name": "web", "uid": "u1", "resourceVersion": "7"}}));
+        let e = builder().build(Op::Add, obj, None, None, Instant::now());
+        let good: Value = serde_json::from_slice(e.to_json()).unwrap();
+        crate::event::schema_check::envelope(&good);
+        let mut extra = good.clone();
+        extra["surprise"] = json!(1);
+        let mut bad_op = good.clone();
+        bad_op["op"] = json!("upsert");
+        let mut patch_on_add = good.clone();
+        patch_on_add["patch"] = json!([]);
+        for bad in [extra, bad_op, patch_on_add] {
+            let refused = std::panic::catch_unwind(|| crate::event::schema_check::envelope(&bad));
+            assert!(refused.is_err(), "accepted: {bad}");
+        }
+    }
+
+    #[test]
     fn cluster_scoped_objects_have_no_namespace_field() {
         let obj = Arc::new(json!({"metadata": {"name": "n1", "uid": "u", "resourceVersion": "1"}}));
         let e = builder().build(Op::Delete, obj, None, None, Instant::now());
         let v: Value = serde_json::from_slice(e.to_json()).unwrap();
+        crate::event::schema_check::envelope(&v);
         assert!(v.get("namespace").is_none());
     }
 
@@ -321,6 +429,7 @@ mod tests {
         b.include_old = true;
         let e = b.build(Op::Update, obj, old, None, Instant::now());
         let v: Value = serde_json::from_slice(e.to_json()).unwrap();
+        crate::event::schema_check::envelope(&v);
         assert_eq!(v["old"]["metadata"]["x"], 1);
     }
 }

@@ -1,11 +1,15 @@
 //! Change events: the envelope (a public contract), diffs and object transforms.
 
+pub mod changed_by;
 pub mod cloudevents;
 pub mod coalesce;
+pub mod debezium;
 pub mod diff;
 pub mod envelope;
 pub mod object;
 pub mod pointer;
+#[cfg(test)]
+pub(crate) mod schema_check;
 pub mod transform;
 
-pub use envelope::{Envelope, EnvelopeBuilder, Op};
+pub use envelope::{Envelope, EnvelopeBuilder, Op, SnapshotMark};

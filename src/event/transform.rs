@@ -71,6 +71,10 @@ pub struct TransformConfig {
     /// Add the previous object as `old` to update envelopes.
     #[serde(default)]
     pub include_old: bool,
+    /// Name the writers of each add and update (`changedBy`), read from `managedFields`
+    /// before they are dropped.
+    #[serde(default = "yes")]
+    pub changed_by: bool,
     /// `dropPaths`, `keepPaths`, `redact`, applied to every object.
     #[serde(flatten, skip_deserializing)]
     pub shape: ShapeConfig,
@@ -85,6 +89,7 @@ impl Default for TransformConfig {
             secret_kinds: Vec::new(),
             ignore_paths: default_ignore_paths(),
             include_old: false,
+            changed_by: true,
             shape: ShapeConfig::default(),
         }
     }
@@ -318,6 +323,7 @@ impl SecretRule {
 #[derive(Debug, Clone)]
 pub struct ObjectTransform {
     drop_managed_fields: bool,
+    changed_by: bool,
     redact_secrets: bool,
     key: Arc<[u8]>,
     /// `secretKinds`: (group, kind, paths).
@@ -373,6 +379,7 @@ impl ObjectTransform {
         }
         errors.finish(|| Self {
             drop_managed_fields: config.drop_managed_fields,
+            changed_by: config.changed_by,
             redact_secrets: config.redact_secrets,
             key,
             secret_kinds,
@@ -418,6 +425,12 @@ impl ObjectTransform {
     /// True when `metadata.managedFields` is dropped (the informers then never parse it).
     pub fn drops_managed_fields(&self) -> bool {
         self.drop_managed_fields
+    }
+
+    /// True when adds and updates name their writers (`transforms.changedBy`): informers
+    /// then keep a summary of each object's `managedFields` (see [`super::changed_by`]).
+    pub fn attributes_changes(&self) -> bool {
+        self.changed_by
     }
 
     /// Applies the transforms in place.

@@ -15,7 +15,7 @@ use kube::api::{ListParams, WatchEvent, WatchParams};
 use serde_json::Value;
 
 use super::InformerKey;
-use super::raw::{DropManagedFields, ParsePolicy, RawObject};
+use super::raw::{DropManagedFields, ParsePolicy, RawObject, SummarizeManagedFields};
 
 /// Server-side watch timeout: the server ends the stream after it and the informer resumes
 /// from the last resourceVersion (no re-list). kube-apiserver caps it at about 5 minutes.
@@ -204,30 +204,41 @@ pub(super) struct KubeListWatch {
     /// The same resource parsed without `metadata.managedFields` (when the transforms drop
     /// it anyway): list and watch go through it then.
     trimmed: Option<Api<RawObject<DropManagedFields>>>,
+    /// The same, keeping only the summary of `managedFields` that `changedBy` needs (when
+    /// the transforms drop them and changes are attributed).
+    summarized: Option<Api<RawObject<SummarizeManagedFields>>>,
     label_selector: Option<String>,
     field_selector: Option<String>,
     page_size: u32,
 }
 
 impl KubeListWatch {
-    /// Lists and watches through `api`, parsing without `managedFields` when `trim`.
+    /// Lists and watches through `api`, parsing without `managedFields` when `trim` (but
+    /// their summary when `summarize`).
     pub(super) fn new(
         key: &InformerKey,
         resource: &kube::core::ApiResource,
         api: Api<RawObject>,
         trim: bool,
+        summarize: bool,
         page_size: u32,
     ) -> Self {
-        let trimmed = trim.then(|| {
+        fn reparsed<P: ParsePolicy>(
+            api: &Api<RawObject>,
+            resource: &kube::core::ApiResource,
+        ) -> Api<RawObject<P>> {
             let client = api.clone().into_client();
             match api.namespace() {
                 Some(ns) => Api::namespaced_with(client, ns, resource),
                 None => Api::all_with(client, resource),
             }
-        });
+        }
+        let trimmed = (trim && !summarize).then(|| reparsed(&api, resource));
+        let summarized = (trim && summarize).then(|| reparsed(&api, resource));
         Self {
             api,
             trimmed,
+            summarized,
             label_selector: key.label_selector.clone(),
             field_selector: key.field_selector.clone(),
             page_size,
@@ -253,9 +264,10 @@ impl ListWatch for KubeListWatch {
             continue_token,
             ..ListParams::default()
         };
-        match &self.trimmed {
-            Some(api) => bounded(api.list(&params)).await.map(page),
-            None => bounded(self.api.list(&params)).await.map(page),
+        match (&self.summarized, &self.trimmed) {
+            (Some(api), _) => bounded(api.list(&params)).await.map(page),
+            (None, Some(api)) => bounded(api.list(&params)).await.map(page),
+            (None, None) => bounded(self.api.list(&params)).await.map(page),
         }
     }
 
@@ -271,9 +283,10 @@ impl ListWatch for KubeListWatch {
             WatchFrom::Version(rv) => rv.as_str(),
             WatchFrom::InitialEvents => "",
         };
-        match &self.trimmed {
-            Some(api) => bounded(api.watch(&params, rv)).await.map(events),
-            None => bounded(self.api.watch(&params, rv)).await.map(events),
+        match (&self.summarized, &self.trimmed) {
+            (Some(api), _) => bounded(api.watch(&params, rv)).await.map(events),
+            (None, Some(api)) => bounded(api.watch(&params, rv)).await.map(events),
+            (None, None) => bounded(self.api.watch(&params, rv)).await.map(events),
         }
     }
 }

@@ -11,6 +11,7 @@
 //! decode (in [`super::api`]), [`SharedInformer::prepare`] (the object transform), and
 //! [`SharedInformer::diff`] (the patch against the last emitted state).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,7 +28,9 @@ use super::api::{KubeListWatch, ListWatch};
 use super::config::InitialList;
 use super::machine::{Change, Machine, Output, RestartReason, Settings, State};
 use super::store::{Entry, Staging, Store};
-use super::{Handler, InformerKey, RawObject};
+use super::{ChangedBy, Handler, InformerKey, RawObject};
+use crate::event::SnapshotMark;
+use crate::event::changed_by::Managers;
 use crate::event::diff;
 use crate::event::object;
 use crate::event::transform::ObjectTransform;
@@ -179,7 +182,20 @@ pub struct SharedInformer {
     processing: Arc<tokio::sync::Mutex<()>>,
     /// The cache was seeded from delivered state: first-list adds are real adds then.
     seeded: AtomicBool,
+    /// Per cache key, the `managedFields` summaries `changedBy` is computed from (when
+    /// changes are attributed): kept beside the cached object, never the full tree.
+    managers: Mutex<HashMap<Box<str>, Attribution>>,
     task: Mutex<Option<(CancellationToken, JoinHandle<()>)>>,
+}
+
+/// What an object's next change is attributed against.
+#[derive(Debug)]
+struct Attribution {
+    /// The summary of the state last prepared (about to be cached).
+    observed: Managers,
+    /// The summary of the state last emitted; `None` before the first emission (an object
+    /// seeded from delivered state: its writers since then are unknown).
+    emitted: Option<Managers>,
 }
 
 impl SharedInformer {
@@ -196,6 +212,7 @@ impl SharedInformer {
             &resource,
             api,
             transform.drops_managed_fields(),
+            transform.attributes_changes(),
             LIST_PAGE_SIZE,
         );
         let target = describe(&key, &resource, namespaced);
@@ -224,6 +241,7 @@ impl SharedInformer {
             stats: InformerStats::default(),
             processing: Arc::new(tokio::sync::Mutex::new(())),
             seeded: AtomicBool::new(false),
+            managers: Mutex::new(HashMap::new()),
             task: Mutex::new(None),
         }
     }
@@ -315,7 +333,7 @@ impl SharedInformer {
         }
     }
 
-    fn handlers(&self) -> Vec<Arc<dyn Handler>> {
+    pub(super) fn handlers(&self) -> Vec<Arc<dyn Handler>> {
         self.handlers.lock().expect("handlers lock").clone()
     }
 
@@ -386,10 +404,55 @@ impl SharedInformer {
     }
 
     /// The one place objects are transformed, before they are cached, diffed or emitted.
+    /// When changes are attributed, the summary of their `managedFields` is kept first (the
+    /// transforms drop them).
     fn prepare(&self, mut obj: Value) -> Value {
         self.ensure_type_meta(&mut obj);
+        if self.transform.attributes_changes() {
+            let observed = Managers::of(&obj);
+            let key: Box<str> = object::cache_key(&obj).into();
+            let mut known = self.managers.lock().expect("managers lock");
+            match known.get_mut(&key) {
+                Some(a) => a.observed = observed,
+                None => {
+                    known.insert(
+                        key,
+                        Attribution {
+                            observed,
+                            emitted: None,
+                        },
+                    );
+                }
+            }
+        }
         self.transform.apply(&mut obj);
         obj
+    }
+
+    /// Who changed `key` since its last emitted state (`created`: it is new, every writer
+    /// counts); the state prepared last becomes the emitted one. `None` when not attributed
+    /// or when the emitted state's writers are unknown.
+    pub(super) fn attribute(&self, key: &str, created: bool) -> ChangedBy {
+        let mut known = self.managers.lock().expect("managers lock");
+        let a = known.get_mut(key)?;
+        let changed = match (&a.emitted, created) {
+            (_, true) => Some(a.observed.changed_since(None)),
+            (Some(old), false) => Some(a.observed.changed_since(Some(old))),
+            (None, false) => None,
+        };
+        a.emitted = Some(a.observed.clone());
+        changed
+    }
+
+    /// Every writer of `key`'s cached state (what an add of it names), without changing
+    /// what its next change is attributed against; `None` when not attributed.
+    pub fn writers(&self, key: &str) -> ChangedBy {
+        let known = self.managers.lock().expect("managers lock");
+        known.get(key).map(|a| a.observed.changed_since(None))
+    }
+
+    fn forget(&self, key: &str) {
+        self.managers.lock().expect("managers lock").remove(key);
     }
 
     /// API servers omit `apiVersion` and `kind` on list items; envelopes and transforms
@@ -421,23 +484,41 @@ impl SharedInformer {
     async fn swap_in(&self, staged: Staging, initial: bool) {
         let _held = self.processing.lock().await;
         let mut swapped = self.store.swap_in(staged);
+        // The initial list is a snapshot: its adds are reads, marked once all are known.
+        let mut reads: Vec<Arc<Value>> = Vec::new();
         for key in swapped.changed() {
             let Some(new) = self.store.current(&key) else {
                 continue;
             };
             match swapped.take_old(&key) {
-                None => self.emit_add(&new, initial).await,
+                None if initial => {
+                    self.attribute(&key, true);
+                    reads.push(new);
+                }
+                None => {
+                    let by = self.attribute(&key, true);
+                    self.emit_add(&new, false, by).await;
+                }
                 Some(old) if object::uid(&old.current) != object::uid(&new) => {
                     self.emit_delete(&old.current, true).await;
-                    self.emit_add(&new, initial).await;
+                    let by = self.attribute(&key, true);
+                    self.emit_add(&new, initial, by).await;
                 }
                 Some(old) => match self.diff(&old.base, &new) {
-                    Some(patch) => self.emit_update(&old.base, &new, patch).await,
+                    Some(patch) => {
+                        let by = self.attribute(&key, false);
+                        self.emit_update(&old.base, &new, patch, by).await;
+                    }
                     None => self.store.keep_base(&key, old.packed_base),
                 },
             }
         }
+        let last = reads.len().saturating_sub(1);
+        for (i, obj) in reads.iter().enumerate() {
+            self.emit_read(obj, SnapshotMark::at(i, last), true).await;
+        }
         for gone in swapped.vanished() {
+            self.forget(&object::cache_key(&gone));
             self.emit_delete(&gone, true).await;
         }
         debug!(informer = %self.key, objects = self.store.len(), "list swapped in");
@@ -449,7 +530,9 @@ impl SharedInformer {
         match change {
             Change::Applied(obj) => self.upsert(obj).await,
             Change::Deleted(obj) => {
-                if self.store.remove(&object::cache_key(&obj)).is_some() {
+                let key = object::cache_key(&obj);
+                self.forget(&key);
+                if self.store.remove(&key).is_some() {
                     self.emit_delete(&Arc::new(obj), false).await;
                 }
             }
@@ -462,6 +545,7 @@ impl SharedInformer {
         // Only the state the patch starts from is decoded from the compact cache.
         let Some(base) = self.store.base(&key) else {
             let obj = Arc::new(obj);
+            let by = self.attribute(&key, true);
             self.store.insert(
                 key,
                 Entry {
@@ -469,7 +553,7 @@ impl SharedInformer {
                     emitted: None,
                 },
             );
-            self.emit_add(&obj, false).await;
+            self.emit_add(&obj, false, by).await;
             return;
         };
         if object::uid(&base) != object::uid(&obj) {
@@ -483,24 +567,39 @@ impl SharedInformer {
             self.store.update(key, &obj, true);
             return;
         };
+        let by = self.attribute(&key, false);
         self.store.update(key, &obj, false);
-        self.emit_update(&base, &Arc::new(obj), patch).await;
+        self.emit_update(&base, &Arc::new(obj), patch, by).await;
     }
 
-    async fn emit_add(&self, obj: &Arc<Value>, initial_list: bool) {
+    async fn emit_add(&self, obj: &Arc<Value>, initial_list: bool, changed_by: ChangedBy) {
         for h in self.handlers() {
-            h.on_add(obj, initial_list).await;
+            h.on_add_by(obj, initial_list, changed_by.clone()).await;
         }
     }
 
-    async fn emit_update(&self, old: &Arc<Value>, new: &Arc<Value>, patch: Patch) {
+    async fn emit_update(
+        &self,
+        old: &Arc<Value>,
+        new: &Arc<Value>,
+        patch: Patch,
+        changed_by: ChangedBy,
+    ) {
         // The patch moves into the last handler; only extra handlers pay for a copy.
         let handlers = self.handlers();
         if let Some((last, rest)) = handlers.split_last() {
             for h in rest {
-                h.on_update(old, new, patch.clone()).await;
+                h.on_update_by(old, new, patch.clone(), changed_by.clone())
+                    .await;
             }
-            last.on_update(old, new, patch).await;
+            last.on_update_by(old, new, patch, changed_by).await;
+        }
+    }
+
+    /// Hands a read of current state to the handlers (the initial list, a snapshot).
+    pub(super) async fn emit_read(&self, obj: &Arc<Value>, mark: SnapshotMark, initial_list: bool) {
+        for h in self.handlers() {
+            h.on_read(obj, mark, initial_list).await;
         }
     }
 
@@ -536,7 +635,7 @@ mod tests {
     use super::*;
     use crate::event::transform::TransformConfig;
     use crate::informer::api::{RawEvent, RequestError};
-    use crate::informer::testing::{Script, Then, cm, page};
+    use crate::informer::testing::{Script, Then, cm, configmaps, page};
 
     /// Records every call as a line: `add a (initial)`, `update a 1→6`, `delete b (unknown)`.
     struct Collect(mpsc::UnboundedSender<String>);
@@ -566,24 +665,6 @@ mod tests {
             };
             let _ = self.0.send(format!("delete {}{tag}", object::name(last)));
         }
-    }
-
-    fn configmaps() -> (InformerKey, ApiResource) {
-        let key = InformerKey {
-            api_version: "v1".into(),
-            kind: "ConfigMap".into(),
-            namespace: None,
-            label_selector: None,
-            field_selector: None,
-        };
-        let resource = ApiResource {
-            group: String::new(),
-            version: "v1".into(),
-            api_version: "v1".into(),
-            kind: "ConfigMap".into(),
-            plural: "configmaps".into(),
-        };
-        (key, resource)
     }
 
     fn informer(script: Script) -> (Arc<SharedInformer>, mpsc::UnboundedReceiver<String>) {

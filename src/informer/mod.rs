@@ -14,6 +14,7 @@ mod factory;
 mod informer;
 mod machine;
 mod raw;
+mod snapshot;
 mod store;
 #[cfg(test)]
 mod testing;
@@ -24,12 +25,19 @@ use async_trait::async_trait;
 use json_patch::Patch;
 use serde_json::Value;
 
+use crate::event::SnapshotMark;
+use crate::event::changed_by::ManagerEntry;
+
+/// Who made a change (see [`crate::event::changed_by`]); `None` when not known.
+pub type ChangedBy = Option<Arc<[ManagerEntry]>>;
+
 pub use api::RequestError;
 pub use config::{CONNECT_TIMEOUT, ClientError, InitialList, WatchConfig, client};
 pub use factory::{InformerError, InformerFactory};
 pub use informer::{InformerSettings, InformerStats, Problem, RestartCounts, SharedInformer};
 pub use machine::{RestartReason, Verb, WatchError};
-pub use raw::{DropManagedFields, KeepAll, ParsePolicy, RawObject};
+pub use raw::{DropManagedFields, KeepAll, ParsePolicy, RawObject, SummarizeManagedFields};
+pub use snapshot::SnapshotFilter;
 pub use store::{Entry, Store};
 
 /// Identifies a shared informer: two registrations with equal keys share one list+watch.
@@ -93,4 +101,43 @@ pub trait Handler: Send + Sync + 'static {
     /// An object is gone; `last_known` is its final (or last seen) state.
     /// `final_state_unknown`: inferred from a re-list, the delete itself was not seen.
     async fn on_delete(&self, last_known: &Arc<Value>, final_state_unknown: bool);
+    /// A read of the object's current state (the initial list, or a snapshot), not a change;
+    /// `mark` tells where it stands in its snapshot. Handlers that do not tell reads apart
+    /// see an add.
+    async fn on_read(&self, obj: &Arc<Value>, mark: SnapshotMark, initial_list: bool) {
+        let _ = mark;
+        self.on_add(obj, initial_list).await;
+    }
+    /// [`Handler::on_add`] with the writers of the new object, when attributed.
+    async fn on_add_by(&self, obj: &Arc<Value>, initial_list: bool, changed_by: ChangedBy) {
+        let _ = changed_by;
+        self.on_add(obj, initial_list).await;
+    }
+    /// [`Handler::on_update`] with the writers of the change, when attributed.
+    async fn on_update_by(
+        &self,
+        old: &Arc<Value>,
+        new: &Arc<Value>,
+        patch: Patch,
+        changed_by: ChangedBy,
+    ) {
+        let _ = changed_by;
+        self.on_update(old, new, patch).await;
+    }
+}
+
+/// An informer that asks nothing of any server, for tests of what it does with its cache.
+#[cfg(test)]
+pub(crate) fn testing_informer() -> Arc<SharedInformer> {
+    use crate::event::transform::{ObjectTransform, TransformConfig};
+    let (key, resource) = testing::configmaps();
+    let transform = ObjectTransform::new(&TransformConfig::default(), "test").expect("defaults");
+    Arc::new(SharedInformer::with_api(
+        key,
+        resource,
+        "configmaps".into(),
+        Box::new(testing::Script::default()),
+        Arc::new(transform),
+        InformerSettings::default(),
+    ))
 }

@@ -20,12 +20,16 @@ use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
+use crate::event::changed_by::Managers;
 use crate::event::object;
 
 /// What a [`RawObject`] keeps while parsing.
 pub trait ParsePolicy: fmt::Debug + Clone + Send + Sync + 'static {
     /// Skip `metadata.managedFields`.
     const DROP_MANAGED_FIELDS: bool;
+    /// Instead of skipping them, keep each entry's `manager`, `operation`, `subresource` and
+    /// `time` (never `fieldsV1`): what `changedBy` attribution needs.
+    const SUMMARIZE_MANAGED_FIELDS: bool = false;
 }
 
 /// Keep every field (the default).
@@ -42,6 +46,15 @@ pub struct DropManagedFields;
 
 impl ParsePolicy for DropManagedFields {
     const DROP_MANAGED_FIELDS: bool = true;
+}
+
+/// Keep only a summary of `metadata.managedFields` (see [`crate::event::changed_by`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SummarizeManagedFields;
+
+impl ParsePolicy for SummarizeManagedFields {
+    const DROP_MANAGED_FIELDS: bool = true;
+    const SUMMARIZE_MANAGED_FIELDS: bool = true;
 }
 
 /// An object as received, plus the identity fields kube's `Resource` trait asks for.
@@ -90,8 +103,11 @@ impl<'de, P: ParsePolicy> Deserialize<'de> for RawObject<P> {
         if P::DROP_MANAGED_FIELDS {
             // `any`, not `map`: a non-object then reaches the visitor, whose error does not
             // quote it (serde's default would put a Secret list's bad item into the log).
-            d.deserialize_any(ObjectVisitor { metadata: false })
-                .map(wrap)
+            d.deserialize_any(ObjectVisitor {
+                metadata: false,
+                summarize: P::SUMMARIZE_MANAGED_FIELDS,
+            })
+            .map(wrap)
         } else {
             Value::deserialize(d).map(wrap)
         }
@@ -103,6 +119,8 @@ impl<'de, P: ParsePolicy> Deserialize<'de> for RawObject<P> {
 struct ObjectVisitor {
     /// This is the `metadata` map.
     metadata: bool,
+    /// Keep the summary of `managedFields` instead of skipping them.
+    summarize: bool,
 }
 
 impl<'de> Visitor<'de> for ObjectVisitor {
@@ -146,9 +164,14 @@ impl<'de> Visitor<'de> for ObjectVisitor {
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
             if self.metadata && key == "managedFields" {
-                map.next_value::<IgnoredAny>()?;
+                if self.summarize {
+                    let managers: Managers = map.next_value()?;
+                    out.insert(key, managers.to_value());
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
             } else if !self.metadata && key == "metadata" {
-                let v = map.next_value_seed(MetadataSeed)?;
+                let v = map.next_value_seed(MetadataSeed(self.summarize))?;
                 out.insert(key, v);
             } else {
                 out.insert(key, map.next_value()?);
@@ -158,18 +181,19 @@ impl<'de> Visitor<'de> for ObjectVisitor {
     }
 }
 
-/// `metadata`: a map without `managedFields` (anything else is taken as it is).
-struct MetadataSeed;
+/// `metadata`: a map without `managedFields` (or with their summary when `.0`; anything else
+/// is taken as it is).
+struct MetadataSeed(bool);
 
 impl<'de> DeserializeSeed<'de> for MetadataSeed {
     type Value = Value;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        d.deserialize_any(MetadataVisitor)
+        d.deserialize_any(MetadataVisitor(self.0))
     }
 }
 
-struct MetadataVisitor;
+struct MetadataVisitor(bool);
 
 macro_rules! pass_through {
     ($($f:ident($t:ty)),*) => {$(
@@ -187,7 +211,11 @@ impl<'de> Visitor<'de> for MetadataVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Value, A::Error> {
-        ObjectVisitor { metadata: true }.visit_map(map)
+        ObjectVisitor {
+            metadata: true,
+            summarize: self.0,
+        }
+        .visit_map(map)
     }
 
     pass_through!(
@@ -269,6 +297,26 @@ mod tests {
         assert_eq!(trimmed.value, want);
         assert_eq!(trimmed.meta().name.as_deref(), Some("p"));
         assert_eq!(trimmed.meta().resource_version.as_deref(), Some("3"));
+    }
+
+    #[test]
+    fn summarize_keeps_who_and_when_of_each_entry_and_never_its_fields() {
+        let obj = json!({"kind": "Pod", "metadata": {"name": "p",
+            "managedFields": [{"manager": "kubelet", "operation": "Update", "subresource": "status",
+                "time": "2024-05-01T10:00:00Z", "fieldsType": "FieldsV1",
+                "fieldsV1": {"f:status": {"f:phase": {}}}}]}, "spec": {}});
+        let parsed: RawObject<SummarizeManagedFields> =
+            serde_json::from_str(&obj.to_string()).unwrap();
+        assert_eq!(
+            parsed.value["metadata"]["managedFields"],
+            json!([{"manager": "kubelet", "operation": "Update", "subresource": "status",
+                "time": "2024-05-01T10:00:00Z"}])
+        );
+        assert_eq!(
+            Managers::of(&parsed.value),
+            Managers::of(&obj),
+            "the summary is the same as from the full entries"
+        );
     }
 
     #[test]

@@ -146,3 +146,22 @@ pub(super) fn page(items: &[Value], rv: &str, continue_token: Option<&str>) -> L
         continue_token: continue_token.map(str::to_string),
     }
 }
+
+/// The ConfigMap informer's key and resource.
+pub(crate) fn configmaps() -> (super::InformerKey, kube::core::ApiResource) {
+    let key = super::InformerKey {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        namespace: None,
+        label_selector: None,
+        field_selector: None,
+    };
+    let resource = kube::core::ApiResource {
+        group: String::new(),
+        version: "v1".into(),
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        plural: "configmaps".into(),
+    };
+    (key, resource)
+}

@@ -170,6 +170,8 @@ impl Pipeline {
             metrics: metrics.clone(),
             factory: factory.clone(),
             cache: config.server.cache.clone(),
+            snapshot: config.server.snapshot.clone(),
+            snapshots: Default::default(),
         });
         // Serving from here on: probes answer while kinds are resolved against an API server
         // that may not be reachable yet.

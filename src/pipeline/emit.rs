@@ -15,8 +15,8 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use crate::delivery::{ObjectId, Tracker};
-use crate::event::{Envelope, EnvelopeBuilder, Op};
-use crate::informer::Handler;
+use crate::event::{Envelope, EnvelopeBuilder, Op, SnapshotMark};
+use crate::informer::{ChangedBy, Handler};
 use crate::router::Router;
 use crate::server::Metrics;
 use crate::sinks::util::SinkQueue;
@@ -115,22 +115,11 @@ impl EmitHandler {
 #[async_trait]
 impl Handler for EmitHandler {
     async fn on_add(&self, obj: &Arc<Value>, initial_list: bool) {
-        let mut e = self
-            .builder
-            .build(Op::Add, obj.clone(), None, None, arrival());
-        e.initial_list = initial_list;
-        self.emit(e).await;
+        self.on_add_by(obj, initial_list, None).await;
     }
 
     async fn on_update(&self, old: &Arc<Value>, new: &Arc<Value>, patch: Patch) {
-        let e = self.builder.build(
-            Op::Update,
-            new.clone(),
-            Some(old.clone()),
-            Some(patch),
-            arrival(),
-        );
-        self.emit(e).await;
+        self.on_update_by(old, new, patch, None).await;
     }
 
     async fn on_delete(&self, last_known: &Arc<Value>, final_state_unknown: bool) {
@@ -138,6 +127,44 @@ impl Handler for EmitHandler {
             .builder
             .build(Op::Delete, last_known.clone(), None, None, arrival());
         e.final_state_unknown = final_state_unknown;
+        self.emit(e).await;
+    }
+
+    /// A read goes through the router and the tracker like any change: it becomes a sink's
+    /// delivered state only once that sink acknowledges it.
+    async fn on_read(&self, obj: &Arc<Value>, mark: SnapshotMark, initial_list: bool) {
+        let mut e = self
+            .builder
+            .build(Op::Add, obj.clone(), None, None, arrival());
+        e.snapshot = Some(mark);
+        e.initial_list = initial_list;
+        self.emit(e).await;
+    }
+
+    async fn on_add_by(&self, obj: &Arc<Value>, initial_list: bool, changed_by: ChangedBy) {
+        let mut e = self
+            .builder
+            .build(Op::Add, obj.clone(), None, None, arrival());
+        e.initial_list = initial_list;
+        e.changed_by = changed_by;
+        self.emit(e).await;
+    }
+
+    async fn on_update_by(
+        &self,
+        old: &Arc<Value>,
+        new: &Arc<Value>,
+        patch: Patch,
+        changed_by: ChangedBy,
+    ) {
+        let mut e = self.builder.build(
+            Op::Update,
+            new.clone(),
+            Some(old.clone()),
+            Some(patch),
+            arrival(),
+        );
+        e.changed_by = changed_by;
         self.emit(e).await;
     }
 }

@@ -161,10 +161,12 @@ impl Parts {
     fn spawn_intake_closer(&self, intake: &CancellationToken) -> JoinHandle<()> {
         let queues: Vec<_> = self.lanes.iter().map(|l| l.queue.clone()).collect();
         let gate = self.gate.clone();
+        let ops = self.ops.clone();
         let intake = intake.clone();
         tokio::spawn(async move {
             intake.cancelled().await;
             gate.send_replace(None);
+            ops.snapshots.set_forwarding(false);
             for q in &queues {
                 q.close();
             }
@@ -267,6 +269,7 @@ impl Parts {
         }
         tree.intake.cancel();
         info!("shutting down: stopping informers");
+        self.ops.snapshots.cancel.cancel();
         self.factory.stop_all().await;
         if let Some(Delivery {
             forwarding,

@@ -18,7 +18,7 @@ use super::{Intake, Parts, StateAccess};
 use crate::backoff::BackoffPolicy;
 use crate::delivery::{ObjectId, Tracker};
 use crate::event::object;
-use crate::event::{Envelope, Op, diff};
+use crate::event::{Envelope, Op, SnapshotMark, diff};
 use crate::state::{SinkBase, StateError, StateStore, StateWriter};
 
 /// Why this replica could not start forwarding.
@@ -124,6 +124,7 @@ impl Parts {
         }
         if !intake.is_cancelled() {
             self.gate.send_replace(Some(forwarding));
+            self.ops.snapshots.set_forwarding(true);
         }
         drop(held);
         Ok(delivery)
@@ -198,7 +199,9 @@ async fn reconcile(
     let nothing = vec![SinkBase::default(); sinks.len()];
     let mut seen = HashSet::new();
     let mut changed = 0usize;
-    for key in cache.keys() {
+    let keys = cache.keys();
+    let last = keys.len().saturating_sub(1);
+    for (index, key) in keys.into_iter().enumerate() {
         if stop.is_cancelled() {
             return Ok(());
         }
@@ -207,8 +210,9 @@ async fn reconcile(
             Some(b) if known.contains(&key) => b.get(&key)?,
             _ => nothing.clone(),
         };
-        changed +=
-            usize::from(reconcile_object(fwd, intake, &key, current, held, first_start).await);
+        // A first start reads the whole cache: a snapshot, marked first … last.
+        let read = first_start.then(|| SnapshotMark::at(index, last));
+        changed += usize::from(reconcile_object(fwd, intake, &key, current, held, read).await);
         seen.insert(key);
     }
     if let Some(b) = &baseline {
@@ -218,7 +222,7 @@ async fn reconcile(
             }
             // Gone while nobody watched: nobody will ever send its DELETED event.
             changed +=
-                usize::from(reconcile_object(fwd, intake, key, None, b.get(key)?, false).await);
+                usize::from(reconcile_object(fwd, intake, key, None, b.get(key)?, None).await);
         }
     }
     if changed > 0 {
@@ -236,14 +240,15 @@ fn version(obj: &Value) -> (&str, &str) {
 /// (`None`: gone). A sink owing nothing gets the change from its base to `current` as its
 /// routes judge it; a sink that may hold a newer state than its base (a change was in flight
 /// at a crash) gets the current state whatever the diff says (forced: it may be a duplicate,
-/// never a loss). Returns whether anything was registered.
+/// never a loss). `read`: on a first start, the add is a read of the initial list, with its
+/// place in it. Returns whether anything was registered.
 async fn reconcile_object(
     fwd: &Forwarding,
     intake: &Intake,
     key: &str,
     current: Option<Arc<Value>>,
     held: Vec<SinkBase>,
-    first_start: bool,
+    read: Option<SnapshotMark>,
 ) -> bool {
     let same = |base: &Option<Value>| match (base, &current) {
         (None, None) => true,
@@ -288,7 +293,12 @@ async fn reconcile_object(
                 let mut e = intake
                     .builder
                     .build(Op::Add, c.clone(), None, None, Instant::now());
-                e.initial_list = first_start;
+                e.initial_list = read.is_some();
+                e.snapshot = read;
+                if read.is_none() {
+                    // Created while nobody watched: every writer of the object made it.
+                    e.changed_by = intake.informer.writers(key);
+                }
                 changes.push((Arc::new(e), true));
             }
             (Some(b), Some(c)) if object::uid(b) != object::uid(c) => {

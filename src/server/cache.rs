@@ -100,7 +100,8 @@ pub struct ListQuery {
     continue_: Option<String>,
 }
 
-fn status(code: StatusCode, reason: &str, message: String) -> Response {
+/// A Kubernetes `Status` error answer.
+pub(super) fn status(code: StatusCode, reason: &str, message: String) -> Response {
     (
         code,
         axum::Json(json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
@@ -109,9 +110,21 @@ fn status(code: StatusCode, reason: &str, message: String) -> Response {
         .into_response()
 }
 
+/// The 401 answer when a token is configured and `headers` do not carry it.
+pub(super) fn refuse_unauthorized(token: Option<&str>, headers: &HeaderMap) -> Option<Response> {
+    let token = token?;
+    (!authorized(token, headers)).then(|| {
+        status(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "bearer token required".into(),
+        )
+    })
+}
+
 /// True when `headers` carry `Bearer <expected>`. Both sides are hashed first, so the
 /// comparison takes the same time whatever the length or content of the guess.
-fn authorized(expected: &str, headers: &HeaderMap) -> bool {
+pub(super) fn authorized(expected: &str, headers: &HeaderMap) -> bool {
     let Some(given) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -134,14 +147,8 @@ pub async fn handle(
     Query(query): Query<ListQuery>,
 ) -> Response {
     let ops = &state.ops;
-    if let Some(token) = &ops.cache.token
-        && !authorized(token, &headers)
-    {
-        return status(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "bearer token required".into(),
-        );
+    if let Some(refused) = refuse_unauthorized(ops.cache.token.as_deref(), &headers) {
+        return refused;
     }
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     // Core versions have no group: /cache/v1/Pod; others do: /cache/apps/v1/Deployment.

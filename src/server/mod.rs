@@ -8,6 +8,7 @@
 mod cache;
 mod health;
 mod metrics;
+mod snapshot;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,13 +18,14 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 pub use cache::CacheApiConfig;
 pub use health::Health;
 pub use metrics::Metrics;
+pub use snapshot::{SnapshotApiConfig, Snapshots};
 
 /// `server:` in the config.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,6 +40,9 @@ pub struct ServerConfig {
     /// The read-only cache query API.
     #[serde(default)]
     pub cache: CacheApiConfig,
+    /// Snapshots on demand (`POST /snapshot`).
+    #[serde(default)]
+    pub snapshot: SnapshotApiConfig,
 }
 
 impl Default for ServerConfig {
@@ -46,6 +51,7 @@ impl Default for ServerConfig {
             listen: default_listen(),
             readiness: ReadinessConfig::default(),
             cache: CacheApiConfig::default(),
+            snapshot: SnapshotApiConfig::default(),
         }
     }
 }
@@ -86,6 +92,10 @@ pub struct Ops {
     pub factory: Arc<crate::informer::InformerFactory>,
     /// Cache API settings.
     pub cache: CacheApiConfig,
+    /// Snapshot API settings.
+    pub snapshot: SnapshotApiConfig,
+    /// Snapshots in progress.
+    pub snapshots: Snapshots,
 }
 
 /// Open connections at most; a connection beyond them is closed when accepted.
@@ -115,6 +125,13 @@ fn router(ops: Arc<Ops>) -> Router {
                 .with_state(state),
         );
     }
+    if ops.snapshot.enabled {
+        app = app.merge(
+            Router::new()
+                .route("/snapshot", post(snapshot::handle))
+                .with_state(ops.clone()),
+        );
+    }
     app.layer(axum::middleware::from_fn(request_timeout))
 }
 
@@ -139,6 +156,12 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     ops.cache.warn_if_open();
+    if ops.snapshot.enabled && ops.snapshot.token.is_none() {
+        tracing::warn!(
+            "POST /snapshot is enabled without server.snapshot.token: anyone who can reach the \
+             ops port can make the agent re-send resources"
+        );
+    }
     let app = router(ops);
     let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let stop = tokio_util::sync::CancellationToken::new();

@@ -153,18 +153,22 @@ impl SinkKind {
 
     /// What the type makes of the shared options.
     pub fn accepts(&self) -> Accepts {
-        use options::Format::{Cloudevents, Envelope, Text};
+        use options::Format::{Cloudevents, Debezium, Envelope, Text};
         match self {
             SinkKind::Stdout(_) => Accepts {
-                formats: &[Envelope, Text],
+                formats: &[Envelope, Text, Debezium],
                 rejects: false,
             },
-            SinkKind::File(_) | SinkKind::Blackhole(_) => Accepts {
+            SinkKind::File(_) => Accepts {
+                formats: &[Envelope, Debezium],
+                rejects: false,
+            },
+            SinkKind::Blackhole(_) => Accepts {
                 formats: &[Envelope],
                 rejects: false,
             },
             SinkKind::Webhook(_) | SinkKind::Kafka(_) => Accepts {
-                formats: &[Envelope, Cloudevents],
+                formats: &[Envelope, Cloudevents, Debezium],
                 rejects: true,
             },
         }
@@ -227,7 +231,7 @@ impl SinkConfig {
         let built = match &self.kind {
             SinkKind::Stdout(c) => Built::Ready(Arc::new(c.compile(&common))),
             SinkKind::Blackhole(c) => Built::Ready(Arc::new(c.compile())),
-            SinkKind::File(c) => Built::File(c.compile()?),
+            SinkKind::File(c) => Built::File(c.compile()?, common.payload),
             SinkKind::Webhook(c) => Built::Ready(Arc::new(c.compile(&common)?)),
             SinkKind::Kafka(c) => Built::Kafka(Arc::new(c.compile(&common, ctx)?)),
         };
@@ -259,8 +263,9 @@ pub struct CompiledSink {
 enum Built {
     /// Nothing left to do.
     Ready(Arc<dyn Sink>),
-    /// A file to open for appending (not at compile time: `lookout check` creates nothing).
-    File(file::FileSinkConfig),
+    /// A file to open for appending (not at compile time: `lookout check` creates nothing),
+    /// and what its lines hold.
+    File(file::FileSinkConfig, Payload),
     /// A producer whose brokers are probed once at start.
     Kafka(Arc<kafka::KafkaSink>),
 }
@@ -298,7 +303,7 @@ impl CompiledSink {
         };
         let sink: Arc<dyn Sink> = match self.built {
             Built::Ready(sink) => sink,
-            Built::File(c) => Arc::new(file::FileSink::open(&c)?),
+            Built::File(c, payload) => Arc::new(file::FileSink::open(&c, payload)?),
             Built::Kafka(sink) => {
                 sink.spawn_startup_probe();
                 sink

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Error, ErrorKind, Errors};
 pub use crate::event::cloudevents::CloudEventsMode;
+pub use crate::event::debezium::DebeziumOptions;
 use crate::sinks::util::DeadLetterConfig;
 
 /// The keys every `sinks[]` entry may have besides `type` and its type's own keys.
@@ -26,6 +27,10 @@ pub struct SinkOptions {
     /// `binary` (attributes in transport headers, the envelope is the payload).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud_events_mode: Option<CloudEventsMode>,
+    /// With `format: debezium`: `schemas: true` frames each event (and Kafka key) for Kafka
+    /// Connect's `JsonConverter` with `schemas.enable=true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debezium: Option<DebeziumOptions>,
     /// Where events the receiver rejects for good are kept (sinks that can reject events:
     /// webhook, kafka); default `<state.dir>/deadletter/<name>.jsonl`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -43,6 +48,8 @@ pub enum Format {
     Cloudevents,
     /// One human-readable line per change.
     Text,
+    /// A Debezium change event (see [`crate::event::debezium`]).
+    Debezium,
 }
 
 impl Format {
@@ -51,6 +58,7 @@ impl Format {
             Format::Envelope => "envelope",
             Format::Cloudevents => "cloudevents",
             Format::Text => "text",
+            Format::Debezium => "debezium",
         }
     }
 }
@@ -74,9 +82,22 @@ pub enum Payload {
     Cloudevents(CloudEventsMode),
     /// A line for people.
     Text,
+    /// A Debezium change event, framed for Kafka Connect or not.
+    Debezium(crate::event::debezium::Encoding),
 }
 
 impl Payload {
+    /// One event as one JSON document (a JSONL line, a webhook item): the envelope, the
+    /// CloudEvent in structured mode, or the Debezium change event. `Text` gives the
+    /// envelope; line sinks render text themselves.
+    pub fn encode(self, e: &crate::event::Envelope) -> bytes::Bytes {
+        match self {
+            Payload::Envelope | Payload::Text => e.to_json().clone(),
+            Payload::Cloudevents(_) => crate::event::cloudevents::structured(e),
+            Payload::Debezium(d) => d.value(e),
+        }
+    }
+
     /// The CloudEvents mode, `None` for other payloads.
     pub fn cloud_events(self) -> Option<CloudEventsMode> {
         match self {
@@ -147,6 +168,12 @@ impl SinkOptions {
                 ErrorKind::Conflict("only applies with `format: cloudevents`".into()),
             ));
         }
+        if self.debezium.is_some() && format != Format::Debezium {
+            errors.push(Error::new(
+                "debezium",
+                ErrorKind::Conflict("only applies with `format: debezium`".into()),
+            ));
+        }
         if self.dead_letter.is_some() && !accepts.rejects {
             errors.push(Error::new(
                 "deadLetter",
@@ -159,6 +186,7 @@ impl SinkOptions {
             Format::Envelope => Payload::Envelope,
             Format::Cloudevents => Payload::Cloudevents(self.cloud_events_mode.unwrap_or_default()),
             Format::Text => Payload::Text,
+            Format::Debezium => Payload::Debezium(self.debezium.unwrap_or_default().into()),
         };
         errors.finish(|| Common {
             name: self.name.clone(),
@@ -221,5 +249,24 @@ mod tests {
             .check("stdout", TERMINAL)
             .unwrap_err();
         assert!(e.to_string().contains("envelope or text"), "{e}");
+    }
+
+    #[test]
+    fn debezium_options_go_with_the_debezium_format_only() {
+        const LAKE: Accepts = Accepts {
+            formats: &[Format::Envelope, Format::Debezium],
+            rejects: true,
+        };
+        let c = options("format: debezium\ndebezium: {schemas: true}")
+            .check("kafka", LAKE)
+            .unwrap();
+        assert_eq!(
+            c.payload,
+            Payload::Debezium(crate::event::debezium::Encoding { schemas: true })
+        );
+        let e = options("debezium: {schemas: true}")
+            .check("kafka", LAKE)
+            .unwrap_err();
+        assert_eq!(paths(e), ["debezium"]);
     }
 }

@@ -2,6 +2,10 @@
 //! reading it over HTTP, and a checker that replays every envelope's patch.
 #![allow(dead_code)]
 
+/// Every envelope a consumer here reads is validated against the published JSON Schemas.
+#[path = "../../src/event/schema_check.rs"]
+pub mod schema;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -104,7 +108,7 @@ impl Agent {
     /// The next envelope, waiting up to `SOON`.
     pub async fn next(&mut self) -> Value {
         match tokio::time::timeout(SOON, self.events.recv()).await {
-            Ok(Some(v)) => v,
+            Ok(Some(v)) => checked(v),
             Ok(None) => panic!("agent stdout closed; log:\n{}", self.stderr()),
             Err(_) => panic!("no event within {SOON:?}; log:\n{}", self.stderr()),
         }
@@ -116,6 +120,7 @@ impl Agent {
             .await
             .ok()
             .flatten()
+            .map(checked)
     }
 
     /// The next `n` envelopes.
@@ -175,7 +180,7 @@ impl Agent {
         while let Ok(Some(v)) =
             tokio::time::timeout(Duration::from_millis(200), self.events.recv()).await
         {
-            rest.push(v);
+            rest.push(checked(v));
         }
         let log = self.stderr();
         (status, rest, log)
@@ -189,6 +194,12 @@ pub fn lookout_bin() -> PathBuf {
     std::env::var_os("TEST_LOOKOUT_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_lookout")))
+}
+
+/// `v`, once it validated against its schema (envelope, Debezium or CloudEvent).
+pub fn checked(v: Value) -> Value {
+    schema::any(&v);
+    v
 }
 
 /// Sends a real signal to a process.
@@ -475,7 +486,7 @@ pub fn read_jsonl(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .map(|l| checked(serde_json::from_str(l).expect("JSON line")))
         .collect()
 }
 

@@ -120,7 +120,8 @@ impl Hook {
 
     /// Every envelope taken in so far.
     pub fn received(&self) -> Vec<Value> {
-        self.shared.received.lock().unwrap().clone()
+        let received = self.shared.received.lock().unwrap().clone();
+        received.into_iter().map(crate::common::checked).collect()
     }
 
     /// Requests seen so far (any outcome).

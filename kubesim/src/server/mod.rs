@@ -7,6 +7,7 @@ mod route;
 mod table;
 mod watch;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -25,7 +26,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::config::SimConfig;
 use crate::error::{ApiError, Error};
 use crate::faults::{Faults, StopMode};
-use crate::kinds::Registry;
+use crate::kinds::{KindId, Registry};
 use crate::reqlog::{RequestLog, RequestRecord};
 use crate::store::Store;
 use resources::{Ctx, Query};
@@ -74,6 +75,16 @@ struct ServerTask {
     join: JoinHandle<()>,
 }
 
+/// A kind whose objects are generated when listed, never stored: `count` objects, the
+/// `i`-th one's JSON made by `make(i)`. It lets one machine serve a list far larger than it
+/// could hold as stored objects (a 1M-Pod initial sync). Only paginated lists see them:
+/// no watch events, no gets, no selectors.
+#[derive(Clone)]
+pub(crate) struct Synthetic {
+    pub count: usize,
+    pub make: Arc<dyn Fn(usize) -> Bytes + Send + Sync>,
+}
+
 /// State shared by the handle, the accept loop and every connection.
 pub(crate) struct Shared {
     pub cfg: SimConfig,
@@ -86,6 +97,8 @@ pub(crate) struct Shared {
     freeze_tx: tokio_watch::Sender<u64>,
     /// Whether watches with `sendInitialEvents` are served (the `WatchList` feature).
     streaming_lists: std::sync::atomic::AtomicBool,
+    /// Kinds whose list is generated on request instead of stored ([`Synthetic`]).
+    synthetic: Mutex<HashMap<KindId, Synthetic>>,
     pub reqlog: RequestLog,
     addr: Mutex<SocketAddr>,
     server: tokio::sync::Mutex<Option<ServerTask>>,
@@ -102,6 +115,7 @@ impl Shared {
             drop_tx: tokio_watch::channel(0).0,
             freeze_tx: tokio_watch::channel(0).0,
             streaming_lists: std::sync::atomic::AtomicBool::new(cfg.streaming_lists),
+            synthetic: Mutex::new(HashMap::new()),
             reqlog: RequestLog::new(cfg.request_log_limit),
             addr: Mutex::new(cfg.addr),
             server: tokio::sync::Mutex::new(None),
@@ -152,6 +166,21 @@ impl Shared {
     pub(crate) fn set_streaming_lists(&self, on: bool) {
         self.streaming_lists
             .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn synthetic(&self, kind: KindId) -> Option<Synthetic> {
+        self.synthetic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&kind)
+            .cloned()
+    }
+
+    pub(crate) fn set_synthetic(&self, kind: KindId, s: Synthetic) {
+        self.synthetic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(kind, s);
     }
 
     /// Binds (the configured address first time, the same port afterwards) and starts accepting.
@@ -279,6 +308,7 @@ async fn handle(sh: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body
             .to_string()
     };
     let (accept, content_type) = (header("accept"), header("content-type"));
+    let user_agent = header("user-agent");
 
     if !matches!(route, Route::Admin(_)) {
         loop {
@@ -337,6 +367,7 @@ async fn handle(sh: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body
         body,
         accept,
         content_type,
+        user_agent,
         watch,
     )
     .await
@@ -371,6 +402,7 @@ async fn dispatch(
     body: Bytes,
     accept: String,
     content_type: String,
+    user_agent: String,
     watch: bool,
 ) -> Result<Response<Body>, ApiError> {
     let get_only = |v: serde_json::Value| {
@@ -415,6 +447,7 @@ async fn dispatch(
                 body,
                 content_type,
                 accept,
+                user_agent,
                 watch,
             };
             resources::handle(ctx, r).await

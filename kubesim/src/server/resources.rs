@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::route::ResourceRoute;
 use super::table::{self, IncludeObject};
 use super::watch::{self, Start, WatchSpec};
-use super::{Body, Shared, full, json_response};
+use super::{Body, Shared, Synthetic, full, json_response};
 use crate::error::ApiError;
 use crate::kinds::KindInfo;
 use crate::patch::{self, PatchKind};
@@ -49,7 +49,37 @@ pub(crate) struct Ctx<'a> {
     pub body: Bytes,
     pub content_type: String,
     pub accept: String,
+    /// `User-Agent`: names the field manager of writes without `fieldManager`.
+    pub user_agent: String,
     pub watch: bool,
+}
+
+impl Ctx<'_> {
+    /// The field manager of a write, as the API server picks it: `fieldManager`, else the
+    /// User-Agent up to its first `/` (`kubectl/v1.30.0 (linux/amd64) …` → `kubectl`).
+    fn field_manager(&self) -> Option<&str> {
+        self.query.nonempty("fieldManager").or_else(|| {
+            self.user_agent
+                .split('/')
+                .next()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+        })
+    }
+
+    /// Records an `Update` operation's ownership on `new` (see [`patch::record_update`]).
+    fn record_update(
+        &self,
+        info: &KindInfo,
+        current: Option<&Value>,
+        new: &mut Value,
+        status: bool,
+    ) {
+        if let Some(manager) = self.field_manager() {
+            let sub = status.then_some("status");
+            patch::record_update(current, new, manager, sub, &info.api_version);
+        }
+    }
 }
 
 pub(crate) async fn handle(ctx: Ctx<'_>, r: ResourceRoute) -> Result<Response<Body>, ApiError> {
@@ -66,7 +96,8 @@ pub(crate) async fn handle(ctx: Ctx<'_>, r: ResourceRoute) -> Result<Response<Bo
             Ok(object_response(&ctx, StatusCode::OK, &obj))
         }
         (&Method::POST, None) => {
-            let body = parse_json(&ctx.body)?;
+            let mut body = parse_json(&ctx.body)?;
+            ctx.record_update(&info, None, &mut body, false);
             let obj = ctx.store.create(r.kind, r.ns.as_deref(), body)?;
             Ok(object_response(&ctx, StatusCode::CREATED, &obj))
         }
@@ -76,11 +107,13 @@ pub(crate) async fn handle(ctx: Ctx<'_>, r: ResourceRoute) -> Result<Response<Bo
             let (group, plural) = (info.spec.group.clone(), info.spec.plural.clone());
             let (obj, _) = ctx.store.upsert(r.kind, &ns, name, |cur| {
                 let cur = cur.ok_or_else(|| ApiError::not_found(&group, &plural, name))?;
-                Ok(if status_only {
+                let mut new = if status_only {
                     with_status_of(cur, &body)
                 } else {
                     body
-                })
+                };
+                ctx.record_update(&info, Some(cur), &mut new, status_only);
+                Ok(new)
             })?;
             Ok(object_response(&ctx, StatusCode::OK, &obj))
         }
@@ -180,9 +213,15 @@ fn patch(
                     }
                     cfg["metadata"]["name"] = json!(name);
                 }
-                let out = patch::server_side_apply(cur, &cfg, manager, force, &api_version)?;
+                let sub = status_only.then_some("status");
+                let out =
+                    patch::server_side_apply_to(cur, &cfg, manager, force, &api_version, sub)?;
                 Ok(match (status_only, cur) {
-                    (true, Some(c)) => with_status_of(c, &out),
+                    (true, Some(c)) => {
+                        let mut o = with_status_of(c, &out);
+                        o["metadata"]["managedFields"] = out["metadata"]["managedFields"].clone();
+                        o
+                    }
                     _ => out,
                 })
             })?
@@ -200,11 +239,13 @@ fn patch(
                     PatchKind::Strategic => patch::strategic_merge_patch(&mut v, &p),
                     _ => patch::json_patch(&mut v, &p)?,
                 }
-                Ok(if status_only {
+                let mut new = if status_only {
                     with_status_of(cur, &v)
                 } else {
                     v
-                })
+                };
+                ctx.record_update(info, Some(cur), &mut new, status_only);
+                Ok(new)
             })?
         }
     };
@@ -448,6 +489,9 @@ async fn list(
             }
         }
     };
+    if let Some(syn) = ctx.shared.synthetic(r.kind) {
+        return synthetic_list(ctx, info, r, &syn, start.as_ref(), limit, (labels, fields));
+    }
     let filter = |o: &StoredObj| matches(o, info, &labels, &fields);
     let page = ctx
         .store
@@ -467,6 +511,57 @@ async fn list(
         "application/json",
         list_bytes(info, &page.items, page.rv, cont.as_deref(), remaining),
     ))
+}
+
+/// A page of a [`Synthetic`] kind: objects `start..start + limit` of its generator, the
+/// continue token naming the next index.
+fn synthetic_list(
+    ctx: &Ctx<'_>,
+    info: &KindInfo,
+    r: &ResourceRoute,
+    syn: &Synthetic,
+    start: Option<&ObjKey>,
+    limit: Option<usize>,
+    (labels, fields): (Option<LabelSelector>, Option<FieldSelector>),
+) -> Result<Response<Body>, ApiError> {
+    if labels.is_some() || fields.is_some() || r.ns.is_some() {
+        return Err(ApiError::bad_request(format!(
+            "{} is synthetic here: listed whole, without selectors or namespace",
+            info.spec.plural
+        )));
+    }
+    let from = match start {
+        Some((_, i)) => {
+            i.parse::<usize>()
+                .map_err(|_| ApiError::bad_request("continue key is not valid: not an index"))?
+                + 1
+        }
+        None => 0,
+    };
+    let to = limit.map_or(syn.count, |l| (from + l).min(syn.count));
+    let rv = ctx.store.current_rv();
+    let mut head = format!(
+        "{{\"kind\":\"{}List\",\"apiVersion\":\"{}\",\"metadata\":{{\"resourceVersion\":\"{rv}\"",
+        info.spec.kind, info.api_version
+    );
+    if to < syn.count {
+        let last = (String::new(), (to - 1).to_string());
+        head.push_str(&format!(
+            ",\"continue\":\"{}\",\"remainingItemCount\":{}",
+            encode_continue(rv, &last),
+            syn.count - to
+        ));
+    }
+    head.push_str("},\"items\":[");
+    let mut buf = BytesMut::from(head.as_bytes());
+    for i in from..to {
+        if i > from {
+            buf.extend_from_slice(b",");
+        }
+        buf.extend_from_slice(&(syn.make)(i));
+    }
+    buf.extend_from_slice(b"]}");
+    Ok(full(StatusCode::OK, "application/json", buf.freeze()))
 }
 
 /// A list "not older than" a revision the store has not reached yet waits for it, then gives up like upstream.

@@ -9,12 +9,15 @@ use async_trait::async_trait;
 use super::FileSinkConfig;
 use crate::config::{Error, ErrorKind};
 use crate::event::Envelope;
-use crate::sinks::{Sink, SinkError};
+use crate::sinks::{Payload, Sink, SinkError};
 
-/// Appends one envelope per line; a batch is one write (and one fsync when asked).
+/// Appends one envelope (or Debezium change event) per line; a batch is one write (and one
+/// fsync when asked).
 pub struct FileSink {
     file: Arc<Mutex<std::fs::File>>,
     fsync: bool,
+    /// What each line holds.
+    payload: Payload,
 }
 
 impl FileSink {
@@ -23,7 +26,7 @@ impl FileSink {
     ///
     /// # Errors
     /// The file cannot be opened (at `path`).
-    pub fn open(config: &FileSinkConfig) -> Result<Self, Error> {
+    pub fn open(config: &FileSinkConfig, payload: Payload) -> Result<Self, Error> {
         let fail = |message: String| {
             Error::new(
                 "path",
@@ -52,6 +55,7 @@ impl FileSink {
         Ok(Self {
             file: Arc::new(Mutex::new(file)),
             fsync: config.fsync,
+            payload,
         })
     }
 }
@@ -61,7 +65,7 @@ impl Sink for FileSink {
     async fn send(&self, batch: &[Arc<Envelope>]) -> Result<(), SinkError> {
         let mut buf = Vec::with_capacity(batch.iter().map(|e| e.to_json().len() + 1).sum());
         for e in batch {
-            buf.extend_from_slice(e.to_json());
+            buf.extend_from_slice(&self.payload.encode(e));
             buf.push(b'\n');
         }
         let file = self.file.clone();
@@ -100,13 +104,13 @@ mod tests {
     fn the_output_is_private_unless_a_wider_mode_is_configured() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.jsonl");
-        FileSink::open(&config(&path, None)).unwrap();
+        FileSink::open(&config(&path, None), Payload::Envelope).unwrap();
         assert_eq!(mode(&path), 0o600);
-        FileSink::open(&config(&path, Some("0640"))).unwrap();
+        FileSink::open(&config(&path, Some("0640")), Payload::Envelope).unwrap();
         assert_eq!(mode(&path), 0o640);
         // An existing world-readable file is narrowed back at the next start.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        FileSink::open(&config(&path, None)).unwrap();
+        FileSink::open(&config(&path, None), Payload::Envelope).unwrap();
         assert_eq!(mode(&path), 0o600);
     }
 

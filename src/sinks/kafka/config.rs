@@ -7,6 +7,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
 pub use crate::event::cloudevents::CloudEventsMode;
+pub use crate::event::debezium::KeyMode;
 
 use super::client::ClientError;
 use super::sink::KafkaSink;
@@ -14,9 +15,9 @@ use super::topic::TopicTemplate;
 use crate::config::{Error, ErrorKind, Errors};
 use crate::sinks::{Common, SinkContext};
 
-/// `type: kafka`. A message's value is the envelope JSON or a CloudEvents event (`format`,
-/// `cloudEventsMode`: shared sink options; binary mode puts the attributes in `ce_*`
-/// headers).
+/// `type: kafka`. A message's value is the envelope JSON, a CloudEvents event or a Debezium
+/// change event (`format`, `cloudEventsMode`, `debezium`: shared sink options; binary mode
+/// puts the attributes in `ce_*` headers).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct KafkaSinkConfig {
@@ -30,6 +31,11 @@ pub struct KafkaSinkConfig {
     /// topics drop deleted objects (Debezium convention).
     #[serde(default)]
     pub tombstones: bool,
+    /// What the message key names: the object's `uid` (default) or `namespacedName`. The key
+    /// is the bare value for `envelope` and `cloudevents` (`<uid>`, `<namespace>/<name>`) and
+    /// a JSON object for `debezium` (`{"uid": …}`, `{"namespace": …, "name": …}`).
+    #[serde(default)]
+    pub key: KeyMode,
     /// librdkafka properties passed through verbatim (`security.protocol`, `sasl.*`,
     /// `ssl.*`, `compression.type`, `linger.ms`, ...); they override the sink's defaults.
     #[serde(default)]

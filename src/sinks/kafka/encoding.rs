@@ -1,7 +1,9 @@
 //! What goes on the wire for one change: topic, key, value, headers, timestamp.
 //!
-//! - key: the object's uid, so one object's changes share a partition and stay in order;
-//! - value: the envelope JSON, or the CloudEvents structured JSON;
+//! - key: the object's uid (or `namespace/name` with `key: namespacedName`), so one object's
+//!   changes share a partition and stay in order; with `format: debezium` a JSON object
+//!   (`{"uid": …}` or `{"namespace": …, "name": …}`), framed like the value;
+//! - value: the envelope JSON, the CloudEvents structured JSON, or the Debezium change event;
 //! - headers: `op`, `kind`, `apiVersion`, `namespace` (absent for cluster-scoped objects),
 //!   `name`, `content-type`, and in CloudEvents binary mode the `ce_*` attributes of the
 //!   CloudEvents Kafka protocol binding;
@@ -18,6 +20,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 
 use super::config::CloudEventsMode;
 use super::topic::TopicTemplate;
+use crate::event::debezium::{self, KeyMode};
 use crate::event::{Envelope, Op, cloudevents};
 
 /// `content-type` of a structured CloudEvent.
@@ -27,6 +30,8 @@ const CLOUDEVENTS_JSON: &str = "application/cloudevents+json";
 pub struct Message {
     /// Rendered topic.
     pub topic: String,
+    /// The record key (see the module doc).
+    pub key: Bytes,
     /// Null for tombstones.
     pub payload: Option<Bytes>,
     /// Headers as described in the module doc.
@@ -40,16 +45,30 @@ pub struct Message {
 pub struct Encoder {
     /// Parsed `topic`.
     pub topic: TopicTemplate,
-    /// `None`: the value is the envelope, no `ce_*` headers.
+    /// `None`: the value is the envelope (or the Debezium event), no `ce_*` headers.
     pub cloud_events: Option<CloudEventsMode>,
+    /// `Some`: the value is a Debezium change event, the key a JSON object.
+    pub debezium: Option<debezium::Encoding>,
+    /// What the key names.
+    pub key: KeyMode,
     /// Follow deletes with a tombstone.
     pub tombstones: bool,
 }
 
 impl Encoder {
-    /// The message for `e`, then its tombstone when one is due. The key is `e.uid` for both.
+    /// The message key of `e`.
+    pub fn key(&self, e: &Envelope) -> Bytes {
+        match (&self.debezium, self.key) {
+            (Some(d), mode) => d.key(e, mode),
+            (None, KeyMode::Uid) => Bytes::copy_from_slice(e.uid.as_bytes()),
+            (None, KeyMode::NamespacedName) => Bytes::from(e.display_name()),
+        }
+    }
+
+    /// The message for `e`, then its tombstone when one is due; both have the same key.
     pub fn encode(&self, e: &Envelope) -> (Message, Option<Message>) {
         let topic = self.topic.render(e);
+        let key = self.key(e);
         let timestamp = e
             .time
             .duration_since(UNIX_EPOCH)
@@ -57,6 +76,7 @@ impl Encoder {
             .unwrap_or(0);
         let tombstone = (self.tombstones && e.op == Op::Delete).then(|| Message {
             topic: topic.clone(),
+            key: key.clone(),
             payload: None,
             headers: identity_headers(OwnedHeaders::new_with_capacity(4), e),
             timestamp,
@@ -68,7 +88,10 @@ impl Encoder {
         let headers = identity_headers(headers, e);
         let (payload, headers) = match self.cloud_events {
             None => (
-                e.to_json().clone(),
+                match &self.debezium {
+                    Some(d) => d.value(e),
+                    None => e.to_json().clone(),
+                },
                 content_type(headers, "application/json"),
             ),
             Some(CloudEventsMode::Structured) => (
@@ -90,6 +113,7 @@ impl Encoder {
         };
         let message = Message {
             topic,
+            key,
             payload: Some(payload),
             headers,
             timestamp,

@@ -10,6 +10,6 @@ mod topic;
 #[cfg(test)]
 mod tests;
 
-pub use config::{CloudEventsMode, KafkaSinkConfig};
+pub use config::{CloudEventsMode, KafkaSinkConfig, KeyMode};
 pub use sink::KafkaSink;
 pub use topic::{TopicTemplate, TopicTemplateError};

@@ -17,7 +17,7 @@ use super::config::KafkaSinkConfig;
 use super::encoding::{Encoder, Message};
 use super::topic::TopicTemplate;
 use crate::event::Envelope;
-use crate::sinks::{Batching, Common, Sink, SinkError};
+use crate::sinks::{Batching, Common, Payload, Sink, SinkError};
 
 /// How long a health check waits for broker metadata.
 const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -84,6 +84,11 @@ impl KafkaSink {
             encoder: Encoder {
                 topic,
                 cloud_events: common.payload.cloud_events(),
+                debezium: match common.payload {
+                    Payload::Debezium(d) => Some(d),
+                    _ => None,
+                },
+                key: config.key,
                 tombstones: config.tombstones,
             },
             client_config,
@@ -157,14 +162,13 @@ impl KafkaSink {
     async fn enqueue(
         &self,
         producer: &KafkaProducer,
-        e: &Envelope,
         message: Message,
         index: usize,
         in_flight: &mut VecDeque<(usize, DeliveryFuture)>,
         fates: &mut [Fate],
     ) -> Result<(), KafkaError> {
-        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&message.topic)
-            .key(e.uid.as_str())
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&message.topic)
+            .key(message.key.as_ref())
             .headers(message.headers)
             .timestamp(message.timestamp);
         if let Some(payload) = &message.payload {
@@ -253,11 +257,11 @@ impl Sink for KafkaSink {
         for (i, e) in batch.iter().enumerate() {
             let (message, tombstone) = self.encoder.encode(e);
             let enqueued = self
-                .enqueue(&producer, e, message, i, &mut in_flight, &mut fates)
+                .enqueue(&producer, message, i, &mut in_flight, &mut fates)
                 .await;
             let enqueued = match (enqueued, tombstone) {
                 (Ok(()), Some(t)) => {
-                    self.enqueue(&producer, e, t, i, &mut in_flight, &mut fates)
+                    self.enqueue(&producer, t, i, &mut in_flight, &mut fates)
                         .await
                 }
                 (r, _) => r,

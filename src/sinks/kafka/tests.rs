@@ -76,6 +76,7 @@ fn config(brokers: &str, topic: &str) -> KafkaSinkConfig {
         brokers: vec![brokers.to_string()],
         topic: topic.into(),
         tombstones: false,
+        key: KeyMode::Uid,
         properties: BTreeMap::new(),
     }
 }
@@ -182,9 +183,11 @@ async fn consume(bootstrap: &str, topics: &[&str], expected: usize) -> Vec<Recei
             partition: m.partition(),
             offset: m.offset(),
             key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-            value: m
-                .payload()
-                .map(|p| serde_json::from_slice(p).expect("JSON value")),
+            value: m.payload().map(|p| {
+                let v: Value = serde_json::from_slice(p).expect("JSON value");
+                crate::event::schema_check::any(&v);
+                v
+            }),
             headers,
         });
     }
@@ -530,6 +533,72 @@ async fn cloudevents_structured_mode_wraps_the_envelope_in_data() {
     assert_eq!(v["specversion"], "1.0");
     assert_eq!(v["type"], "io.k8s.deployment.add");
     assert_eq!(v["data"]["uid"], "u1");
+}
+
+#[tokio::test]
+async fn debezium_messages_are_keyed_by_a_json_uid_and_their_tombstones_too() {
+    let mock = mock(&[("dbz", 1)]);
+    let bootstrap = mock.bootstrap_servers();
+    let mut c = config(&bootstrap, "dbz");
+    c.tombstones = true;
+    sink_with(&c, Payload::Debezium(Default::default()))
+        .send(&[
+            deployment("u1", Op::Add, 1),
+            deployment("u1", Op::Delete, 2),
+        ])
+        .await
+        .unwrap();
+    let got = consume(&bootstrap, &["dbz"], 3).await;
+    assert_eq!(got.len(), 3);
+    for m in &got {
+        assert_eq!(
+            serde_json::from_str::<Value>(&m.key).unwrap(),
+            json!({"uid": "u1"})
+        );
+    }
+    assert_eq!(got[0].value.as_ref().unwrap()["op"], "c");
+    assert_eq!(got[0].headers["op"], "add");
+    let d = got[1].value.as_ref().unwrap();
+    assert_eq!(d["op"], "d");
+    assert_eq!(d["before"]["metadata"]["uid"], "u1");
+    assert!(d["after"].is_null());
+    assert!(got[2].value.is_none(), "tombstone after the delete");
+}
+
+#[tokio::test]
+async fn connect_framing_and_namespaced_name_keys_when_asked() {
+    let mock = mock(&[("framed", 1), ("named", 1)]);
+    let bootstrap = mock.bootstrap_servers();
+    let mut c = config(&bootstrap, "framed");
+    c.key = KeyMode::NamespacedName;
+    let framed = Payload::Debezium(crate::event::debezium::Encoding { schemas: true });
+    sink_with(&c, framed)
+        .send(&[deployment("u1", Op::Add, 1)])
+        .await
+        .unwrap();
+    let m = &consume(&bootstrap, &["framed"], 1).await[0];
+    let key: Value = serde_json::from_str(&m.key).unwrap();
+    assert_eq!(
+        key["payload"],
+        json!({"namespace": "shop", "name": "web-u1"})
+    );
+    assert_eq!(key["schema"]["type"], "struct");
+    let v = m.value.as_ref().unwrap();
+    assert_eq!(v["payload"]["op"], "c");
+    assert_eq!(v["payload"]["after"]["uid"], "u1");
+    assert_eq!(v["schema"]["name"], "prod.apps.Deployment.Envelope");
+
+    // The envelope format keeps bare keys: `namespace/name`.
+    let mut c = config(&bootstrap, "named");
+    c.key = KeyMode::NamespacedName;
+    sink(&c)
+        .send(&[deployment("u1", Op::Add, 1)])
+        .await
+        .unwrap();
+    assert_eq!(
+        consume(&bootstrap, &["named"], 1).await[0].key,
+        "shop/web-u1"
+    );
 }
 
 #[tokio::test]

@@ -6,8 +6,8 @@ use super::sink::{StdoutFormat, StdoutSink};
 use crate::sinks::{Common, Payload};
 
 /// `type: stdout`: no options of its own; `format: envelope` (one JSON envelope per line,
-/// the default; `json` is an alias) or `format: text` (a line per change for terminals) is
-/// one of the shared sink options.
+/// the default; `json` is an alias), `format: text` (a line per change for terminals) or
+/// `format: debezium` (one Debezium change event per line) is one of the shared options.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StdoutSinkConfig {}
@@ -17,6 +17,7 @@ impl StdoutSinkConfig {
     pub fn compile(&self, common: &Common) -> StdoutSink {
         StdoutSink::new(match common.payload {
             Payload::Text => StdoutFormat::Text,
+            Payload::Debezium(d) => StdoutFormat::Debezium(d),
             Payload::Envelope | Payload::Cloudevents(_) => StdoutFormat::Json,
         })
     }

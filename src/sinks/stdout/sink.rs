@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::text::{TextStyle, render_line};
-use crate::event::Envelope;
+use crate::event::{Envelope, debezium};
 use crate::sinks::{Sink, SinkError};
 
 /// How the stdout sink writes an event.
@@ -16,6 +16,8 @@ pub enum StdoutFormat {
     Json,
     /// One human-readable line per change.
     Text,
+    /// One Debezium change event per line.
+    Debezium(debezium::Encoding),
 }
 
 /// Writes each batch with one locked, buffered write and a flush, so lines of concurrent
@@ -41,6 +43,7 @@ impl StdoutSink {
             match self.format {
                 StdoutFormat::Json => buf.extend_from_slice(e.to_json()),
                 StdoutFormat::Text => buf.extend_from_slice(render_line(e, self.style).as_bytes()),
+                StdoutFormat::Debezium(d) => buf.extend_from_slice(&d.value(e)),
             }
             buf.push(b'\n');
         }

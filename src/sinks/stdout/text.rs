@@ -160,6 +160,12 @@ pub fn render_line(e: &Envelope, style: TextStyle) -> String {
     line.push(e.display_name(), Paint::Bold);
     if e.initial_list {
         line.push(" (initial list)", Paint::Dim);
+    } else if let Some(mark) = e.snapshot {
+        line.push(format!(" (snapshot: {})", mark.as_str()), Paint::Dim);
+    }
+    if let Some(by) = e.changed_by.as_deref().filter(|b| !b.is_empty()) {
+        let names: Vec<&str> = by.iter().map(|w| &*w.manager).collect();
+        line.push(format!(" by {}", names.join(", ")), Paint::Dim);
     }
     if e.final_state_unknown {
         line.push(" (final state unknown)", Paint::Dim);
@@ -398,6 +404,23 @@ mod tests {
     fn meta(rv: &str, generation: u64) -> Value {
         json!({"name": "web", "namespace": "shop", "uid": "u", "resourceVersion": rv,
             "generation": generation})
+    }
+
+    #[test]
+    fn a_line_names_the_writers_and_the_snapshot_a_read_belongs_to() {
+        use crate::event::SnapshotMark;
+        use crate::event::changed_by::Managers;
+        let b = EnvelopeBuilder::for_test("v1", "ConfigMap");
+        let obj = Arc::new(json!({"metadata": {"name": "a", "namespace": "n",
+            "managedFields": [{"manager": "kubectl-edit", "operation": "Update"}]}}));
+        let mut e = b.build(Op::Add, obj.clone(), None, None, Instant::now());
+        e.changed_by = Some(Managers::of(&obj).changed_since(None));
+        let line = render_text(&e);
+        assert!(line.ends_with("ConfigMap n/a by kubectl-edit"), "{line}");
+        let mut read = b.build(Op::Add, obj, None, None, Instant::now());
+        read.snapshot = Some(SnapshotMark::Last);
+        let line = render_text(&read);
+        assert!(line.ends_with("ConfigMap n/a (snapshot: last)"), "{line}");
     }
 
     #[test]

@@ -246,6 +246,7 @@ impl WebhookSinkConfig {
         match payload {
             Payload::Cloudevents(CloudEventsMode::Structured) => Encoding::Structured { array },
             Payload::Cloudevents(CloudEventsMode::Binary) => Encoding::Binary,
+            Payload::Debezium(encoding) => Encoding::Debezium { array, encoding },
             Payload::Envelope | Payload::Text => Encoding::Envelope { array },
         }
     }

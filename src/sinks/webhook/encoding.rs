@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use reqwest::header::{HeaderName, HeaderValue};
 
-use crate::event::{Envelope, cloudevents};
+use crate::event::{Envelope, cloudevents, debezium};
 
 /// How a batch becomes requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +24,13 @@ pub enum Encoding {
     },
     /// CloudEvents binary mode: one event per request.
     Binary,
+    /// Debezium change events; `array` when batches are configured.
+    Debezium {
+        /// Send a JSON array, even of one event.
+        array: bool,
+        /// Connect framing or not.
+        encoding: debezium::Encoding,
+    },
 }
 
 /// One HTTP request's worth of a batch.
@@ -45,7 +52,9 @@ impl Encoding {
     pub fn requests(self, batch: &[Arc<Envelope>]) -> Vec<Request> {
         let all = || (0..batch.len()).collect::<Vec<_>>();
         match self {
-            Encoding::Envelope { array: false } | Encoding::Structured { array: false }
+            Encoding::Envelope { array: false }
+            | Encoding::Structured { array: false }
+            | Encoding::Debezium { array: false, .. }
                 if batch.len() > 1 =>
             {
                 // The driver never batches when maxEvents is 1; stay correct regardless.
@@ -68,6 +77,16 @@ impl Encoding {
                     json_array(batch.iter().map(|e| e.to_json().clone()))
                 } else {
                     batch[0].to_json().clone()
+                },
+                content_type: "application/json",
+                headers: Vec::new(),
+            }],
+            Encoding::Debezium { array, encoding } => vec![Request {
+                indices: all(),
+                body: if array {
+                    json_array(batch.iter().map(|e| encoding.value(e)))
+                } else {
+                    encoding.value(&batch[0])
                 },
                 content_type: "application/json",
                 headers: Vec::new(),

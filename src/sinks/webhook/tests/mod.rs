@@ -138,10 +138,12 @@ fn changes(objects: usize, versions: u64) -> Vec<Arc<Envelope>> {
 
 /// The envelopes a request carried (an array, or one object).
 fn envelopes(r: &Received) -> Vec<Value> {
-    match r.json() {
+    let items = match r.json() {
         Value::Array(items) => items,
         one => vec![one],
-    }
+    };
+    items.iter().for_each(crate::event::schema_check::any);
+    items
 }
 
 /// Every delivered (2xx-answered) envelope; fails on a request that was not.
@@ -267,6 +269,37 @@ async fn max_events_1_sends_single_objects_not_arrays() {
         );
     }
     h.acked(3, SOON).await;
+}
+
+#[tokio::test]
+async fn debezium_batches_are_arrays_of_change_events_framed_when_asked() {
+    let mut rx = Receiver::start(ok()).await;
+    let sink = config(
+        &rx.url("http"),
+        "format: debezium\nbatch: {maxEvents: 10, maxWait: 300ms}",
+    );
+    let mut h = Harness::start(&sink, None);
+    h.send_all(&[event("cm-a", 1), event("cm-b", 1)]).await;
+    let r = rx.next(SOON).await;
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let items = envelopes(&r);
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0]["op"], "c");
+    assert_eq!(items[0]["after"]["metadata"]["name"], "cm-a");
+    assert_eq!(items[1]["source"]["objectName"], "cm-b");
+    h.acked(2, SOON).await;
+
+    let mut rx = Receiver::start(ok()).await;
+    let sink = config(
+        &rx.url("http"),
+        "format: debezium\ndebezium: {schemas: true}\nbatch: {maxEvents: 1}",
+    );
+    let mut h = Harness::start(&sink, None);
+    h.send_all(&[event("cm-a", 1)]).await;
+    let body = rx.next(SOON).await.json();
+    assert_eq!(body["schema"]["type"], "struct");
+    assert_eq!(body["payload"]["after"]["name"], "cm-a");
+    h.acked(1, SOON).await;
 }
 
 // --- CloudEvents ----------------------------------------------------------------------
