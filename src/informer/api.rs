@@ -299,10 +299,12 @@ fn page<P: ParsePolicy>(l: kube::core::ObjectList<RawObject<P>>) -> ListPage {
     }
 }
 
+/// The watch as the informer reads it: parsed ahead, on a task of its own (the parse happens
+/// where kube's stream is polled).
 fn events<P: ParsePolicy>(
     s: impl futures::Stream<Item = Result<WatchEvent<RawObject<P>>, kube::Error>> + Send + 'static,
 ) -> EventStream {
-    s.map(event).boxed()
+    super::ahead::read_ahead(s.map(event).boxed())
 }
 
 /// One decoded watch line, and when it arrived (objects: before they were parsed).

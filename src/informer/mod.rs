@@ -1,9 +1,11 @@
 //! Shared informers: one list+watch per distinct (kind, namespace, selectors), a local cache,
 //! and add / update / delete callbacks to every registered handler.
 //!
-//! `api` (the requests, typed) → `machine` (the list/watch protocol as a state machine) →
-//! `informer` (cache swap and diff, handlers) over `store` (the compact cache).
+//! `api` (the requests, typed; each watch parsed ahead on a task of its own, `ahead`) →
+//! `machine` (the list/watch protocol as a state machine) → `informer` (cache swap and diff,
+//! handlers) over `store` (the compact cache).
 
+mod ahead;
 mod api;
 mod config;
 mod factory;
