@@ -263,6 +263,7 @@ fn main() {
         "loadavg_before": load_before,
         "loadavg_after": loadavg(),
         "seconds": started.elapsed().as_secs(),
+        "full": args.only.is_empty() && args.skip.is_empty(),
         "order": ORDER.iter().filter(|s| args.runs(s)).collect::<Vec<_>>(),
         "params": {
             "runs": args.runs, "pods": args.pods, "large_pods": args.large_pods,
@@ -275,6 +276,19 @@ fn main() {
     });
     std::fs::write(args.out.join("report.txt"), &table).expect("write report.txt");
     let report_path = args.out.join("report.json");
+    let full_run = args.only.is_empty() && args.skip.is_empty();
+    if full_run && report_path.exists() {
+        // The previous full run, kept to compare with (BENCHMARKS.md's "Against the previous
+        // run"); a partial run's report is not a reference.
+        let prev: Value = std::fs::read(&report_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        if prev["context"]["full"] == true {
+            std::fs::rename(&report_path, args.out.join("report.prev.json"))
+                .expect("keep the previous report");
+        }
+    }
     std::fs::write(
         &report_path,
         serde_json::to_string_pretty(&r.json(context)).expect("json"),
@@ -301,8 +315,19 @@ fn render(report: &Path, md: &Path) {
         &std::fs::read(report).unwrap_or_else(|e| panic!("{}: {e}", report.display())),
     )
     .expect("report.json");
+    let mut generated = report::markdown(&json);
+    // The previous full run beside it (see `main`): how far every ratio moved since.
+    let prev = report.with_file_name("report.prev.json");
+    if let Some(prev) = std::fs::read(&prev)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+    {
+        let compared = report::comparison(&prev, &json, 0.15);
+        println!("\n{compared}");
+        generated.push_str(&compared);
+    }
     let doc = std::fs::read_to_string(md).unwrap_or_default();
-    std::fs::write(md, report::splice(&doc, &report::markdown(&json)))
+    std::fs::write(md, report::splice(&doc, &generated))
         .unwrap_or_else(|e| panic!("{}: {e}", md.display()));
     eprintln!(
         "regenerated the tables of {} from {}",

@@ -295,6 +295,57 @@ pub fn markdown(report: &Value) -> String {
     out
 }
 
+/// How far a full run's ratios moved from the previous full run's (`prev`): one row per
+/// figure with unit `ratio` in both, its median in each and the change, and a verdict on
+/// every ratio agreeing within `tolerance` (0.15: 15 %).
+pub fn comparison(prev: &Value, cur: &Value, tolerance: f64) -> String {
+    let figures = |r: &Value| r["figures"].as_array().cloned().unwrap_or_default();
+    let before = figures(prev);
+    let mut rows = String::new();
+    let (mut agree, mut total) = (0, 0);
+    for f in figures(cur).iter().filter(|f| f["unit"] == "ratio") {
+        let Some(b) = before
+            .iter()
+            .find(|b| b["section"] == f["section"] && b["name"] == f["name"])
+        else {
+            continue;
+        };
+        let (Some(old), Some(new)) = (b["median"].as_f64(), f["median"].as_f64()) else {
+            continue;
+        };
+        // Relative to the larger of the two, so the figure is symmetric in the two runs.
+        let change = if old == new {
+            0.0
+        } else {
+            (new - old) / old.abs().max(new.abs())
+        };
+        let ok = change.abs() <= tolerance;
+        total += 1;
+        agree += usize::from(ok);
+        rows.push_str(&format!(
+            "| {} | {} | {} | {} | {:+.1} % | {} |\n",
+            f["section"].as_str().unwrap_or(""),
+            f["name"].as_str().unwrap_or(""),
+            fmt(old),
+            fmt(new),
+            change * 100.0,
+            if ok { "yes" } else { "**no**" }
+        ));
+    }
+    let ctx = |r: &Value, k: &str| r["context"][k].as_str().unwrap_or("?").to_string();
+    format!(
+        "### Against the previous run\n\nPrevious run: commit `{}`, load average before {} / after {}. \
+         **{agree} of {total} ratios agree within {:.0} %** (change relative to the larger of \
+         the two medians).\n\n| section | ratio | previous | this run | change | within {:.0} % |\n\
+         |---|---|---:|---:|---:|---|\n{rows}\n",
+        ctx(prev, "commit"),
+        ctx(prev, "loadavg_before"),
+        ctx(prev, "loadavg_after"),
+        tolerance * 100.0,
+        tolerance * 100.0,
+    )
+}
+
 /// `doc` with its generated part replaced by `generated` (appended when there is none).
 pub fn splice(doc: &str, generated: &str) -> String {
     match (doc.find(BEGIN), doc.find(END)) {
@@ -310,6 +361,31 @@ pub fn splice(doc: &str, generated: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_comparison_counts_ratios_that_moved_more_than_the_tolerance() {
+        let run = |a: Vec<f64>, b: Vec<f64>| {
+            let mut r = Report::default();
+            r.target("s", "a", a, "ratio", Target::AtLeast(0.6));
+            r.info("s", "b", b, "ratio");
+            r.info("s", "rate", vec![100.0], "events/s");
+            r.json(json!({"commit": "c1"}))
+        };
+        let text = comparison(&run(vec![1.0], vec![2.0]), &run(vec![1.1], vec![1.0]), 0.15);
+        assert!(
+            text.contains("**1 of 2 ratios agree within 15 %**"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| s | a | 1.00 | 1.10 | +9.1 % | yes |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| s | b | 2.00 | 1.00 | -50.0 % | **no** |"),
+            "{text}"
+        );
+        assert!(!text.contains("rate"), "only ratios are compared: {text}");
+    }
 
     #[test]
     fn the_median_of_runs_and_the_target_is_judged_on_it() {
