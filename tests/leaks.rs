@@ -226,16 +226,10 @@ async fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-/// `$KUBECTL`, else Debian's kubectl as `make kubectl` unpacks it.
-fn kubectl() -> Option<PathBuf> {
-    std::env::var_os("KUBECTL")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| {
-                PathBuf::from(h).join(".cache/lookout/tools/kubectl-deb/root/usr/bin/kubectl")
-            })
-        })
-        .filter(|p| p.is_file())
+/// The real kubectl (`$KUBECTL`, else `PATH`); a missing one fails the test with how to
+/// install it.
+fn kubectl() -> PathBuf {
+    kubesim::tools::KUBECTL.require()
 }
 
 /// The Secret manifest of step `step` (0: created, 1: updated).
@@ -247,58 +241,23 @@ fn manifest(step: usize) -> Value {
         "stringData": {"token": VALUES[2 * step + 1]}})
 }
 
-/// Keys sorted at every level, as Go's encoding/json writes maps.
-fn sorted(v: &Value) -> Value {
-    match v {
-        Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            Value::Object(
-                keys.into_iter()
-                    .map(|k| (k.clone(), sorted(&m[k])))
-                    .collect(),
-            )
-        }
-        Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
-        other => other.clone(),
-    }
-}
-
-/// Applies step `step` with the real kubectl when there is one; otherwise does what kubectl
-/// does: the manifest with the annotation `kubectl.kubernetes.io/last-applied-configuration`
-/// holding the manifest itself (compact JSON, keys sorted, a trailing newline, with an empty
-/// `annotations` map), created or patched.
-fn apply(sim: &kubesim::KubeSim, kubeconfig: &Path, dir: &Path, step: usize) {
-    let m = manifest(step);
-    if let Some(kubectl) = kubectl() {
-        let file = dir.join(format!("secret-{step}.json"));
-        std::fs::write(&file, m.to_string()).unwrap();
-        let out = std::process::Command::new(kubectl)
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .args(["apply", "--validate=false", "-f"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kubectl apply: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        return;
-    }
-    eprintln!("\n!!!!!!!! no kubectl: applying with kubectl's annotation built here !!!!!!!!\n");
-    let mut last = m.clone();
-    last["metadata"]["annotations"] = json!({});
-    let annotation = format!("{}\n", sorted(&last));
-    let mut obj = m;
-    obj["metadata"]["annotations"] = json!({LAST_APPLIED: annotation});
-    if step == 0 {
-        sim.create("v1", "Secret", obj).unwrap();
-    } else {
-        sim.merge_patch("v1", "Secret", Some("default"), "db", obj)
-            .unwrap();
-    }
+/// Applies step `step` with the real kubectl, which writes the manifest into the
+/// `kubectl.kubernetes.io/last-applied-configuration` annotation.
+fn apply(kubeconfig: &Path, dir: &Path, step: usize) {
+    let file = dir.join(format!("secret-{step}.json"));
+    std::fs::write(&file, manifest(step).to_string()).unwrap();
+    let out = std::process::Command::new(kubectl())
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["apply", "--validate=false", "-f"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -431,9 +390,9 @@ shutdown:
         let file = file.clone();
         move || (read_jsonl(&file).len() >= n).then_some(())
     };
-    apply(&sim, &kubeconfig, d, 0);
+    apply(&kubeconfig, d, 0);
     wait_for("the add in the file sink", ops(1)).await;
-    apply(&sim, &kubeconfig, d, 1);
+    apply(&kubeconfig, d, 1);
     wait_for("the update in the file sink", || {
         read_jsonl(&file)
             .iter()
@@ -460,14 +419,17 @@ shutdown:
     }
     assert!(cache.contains("hmac-sha256:"), "{cache}");
 
-    let out = std::process::Command::new(kubectl().unwrap_or_else(|| "false".into()))
+    let out = std::process::Command::new(kubectl())
         .arg("--kubeconfig")
         .arg(&kubeconfig)
         .args(["delete", "secret", "db", "-n", "default"])
-        .output();
-    if !out.as_ref().is_ok_and(|o| o.status.success()) {
-        sim.delete("v1", "Secret", Some("default"), "db").unwrap();
-    }
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl delete: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     wait_for("the delete in the file sink", || {
         read_jsonl(&file)
             .iter()
