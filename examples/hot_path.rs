@@ -26,9 +26,9 @@ use json_patch::Patch;
 use kubesim::loadgen::LoadGen;
 use kubesim::{KubeSim, SimConfig};
 use lookout::event::transform::{ObjectTransform, TransformConfig};
-use lookout::event::{EnvelopeBuilder, Op};
+use lookout::event::{Doc, EnvelopeBuilder, Op};
 use lookout::informer::{Handler, InformerFactory, InformerKey};
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// The agent's allocator (see `src/main.rs`).
 #[global_allocator]
@@ -52,15 +52,15 @@ impl Blackhole {
 
 #[async_trait]
 impl Handler for Blackhole {
-    async fn on_add(&self, obj: &Arc<Value>, initial_list: bool) {
+    async fn on_add(&self, obj: &Arc<Doc>, initial_list: bool) {
         let mut e = self
             .builder
-            .build(Op::Add, obj.clone(), None, None, Instant::now());
+            .build_doc(Op::Add, obj.clone(), None, None, Instant::now());
         e.initial_list = initial_list;
         self.take(e);
     }
-    async fn on_update(&self, old: &Arc<Value>, new: &Arc<Value>, patch: Patch) {
-        let e = self.builder.build(
+    async fn on_update(&self, old: &Arc<Doc>, new: &Arc<Doc>, patch: Patch) {
+        let e = self.builder.build_doc(
             Op::Update,
             new.clone(),
             Some(old.clone()),
@@ -69,10 +69,10 @@ impl Handler for Blackhole {
         );
         self.take(e);
     }
-    async fn on_delete(&self, last: &Arc<Value>, final_state_unknown: bool) {
+    async fn on_delete(&self, last: &Arc<Doc>, final_state_unknown: bool) {
         let mut e = self
             .builder
-            .build(Op::Delete, last.clone(), None, None, Instant::now());
+            .build_doc(Op::Delete, last.clone(), None, None, Instant::now());
         e.final_state_unknown = final_state_unknown;
         self.take(e);
     }

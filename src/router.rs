@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::config::{Error, ErrorKind, Errors, decode};
 use crate::event::pointer::{PointerGlob, segment_matches};
 use crate::event::transform::{Shape, ShapeConfig, globs};
-use crate::event::{Envelope, Op, diff};
+use crate::event::{Doc, Envelope, Op, diff};
 use crate::informer::SharedInformer;
 
 /// One entry of `routes:`.
@@ -376,9 +376,9 @@ impl Route {
         if self.shape.is_identity() {
             return Some(e.clone());
         }
-        let mut object = (*e.object).clone();
+        let mut object = Value::clone(&e.object);
         self.shape.apply(&mut object);
-        let mut old = e.old.as_deref().cloned();
+        let mut old = e.old.as_ref().map(|o| Value::clone(o));
         if let Some(o) = old.as_mut() {
             self.shape.apply(o);
         }
@@ -396,8 +396,8 @@ impl Route {
             }
             _ => None,
         };
-        let mut shaped = e.rederive(e.op, old.map(Arc::new), patch);
-        shaped.object = Arc::new(object);
+        let mut shaped = e.rederive(e.op, old.map(|o| Doc::new(Arc::new(o))), patch);
+        shaped.object = Doc::new(Arc::new(object));
         shaped.initial_list = e.initial_list;
         Some(Arc::new(shaped))
     }

@@ -212,19 +212,20 @@ async fn two_consumers_of_one_resource_share_one_list_and_one_watch() {
 
 #[tokio::test]
 async fn shared_informer_hands_the_same_informer_and_every_change_to_each_handler() {
+    use lookout::event::Doc;
     use lookout::event::transform::{ObjectTransform, TransformConfig};
     use lookout::informer::{Handler, InformerFactory, InformerKey};
 
     struct Collect(tokio::sync::mpsc::UnboundedSender<String>);
     #[async_trait::async_trait]
     impl Handler for Collect {
-        async fn on_add(&self, obj: &Arc<Value>, _: bool) {
+        async fn on_add(&self, obj: &Arc<Doc>, _: bool) {
             let _ = self.0.send(format!("add {}", obj["metadata"]["name"]));
         }
-        async fn on_update(&self, _: &Arc<Value>, new: &Arc<Value>, _: json_patch::Patch) {
+        async fn on_update(&self, _: &Arc<Doc>, new: &Arc<Doc>, _: json_patch::Patch) {
             let _ = self.0.send(format!("update {}", new["metadata"]["name"]));
         }
-        async fn on_delete(&self, last: &Arc<Value>, _: bool) {
+        async fn on_delete(&self, last: &Arc<Doc>, _: bool) {
             let _ = self.0.send(format!("delete {}", last["metadata"]["name"]));
         }
     }

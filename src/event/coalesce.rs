@@ -82,7 +82,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::event::EnvelopeBuilder;
+    use crate::event::{Doc, EnvelopeBuilder};
 
     fn builder() -> EnvelopeBuilder {
         EnvelopeBuilder::test_configmaps()
@@ -116,7 +116,7 @@ mod tests {
         let mut doc = (*obj(1)).clone();
         json_patch::patch(&mut doc, merged.patch.as_ref().unwrap()).unwrap();
         assert_eq!(doc, *obj(3));
-        assert_eq!(merged.old.as_deref(), Some(&*obj(1)));
+        assert_eq!(merged.old.as_deref().map(|o| &**o), Some(&*obj(1)));
     }
 
     #[test]
@@ -125,7 +125,7 @@ mod tests {
         match merge(&add, &update(1, 2)) {
             Merged::Into(e) => {
                 assert_eq!(e.op, Op::Add);
-                assert_eq!(*e.object, *obj(2));
+                assert_eq!(**e.object, *obj(2));
                 assert!(e.patch.is_none());
             }
             other => panic!("{other:?}"),
@@ -145,7 +145,7 @@ mod tests {
             Merged::Into(e) => {
                 assert!(e.is_read());
                 assert_eq!(e.snapshot, Some(SnapshotMark::Last));
-                assert_eq!(*e.object, *obj(2));
+                assert_eq!(**e.object, *obj(2));
                 assert!(e.changed_by.is_none(), "a read names no writer");
             }
             other => panic!("{other:?}"),
@@ -179,7 +179,7 @@ mod tests {
         ) {
             Merged::Into(e) => {
                 assert_eq!(e.snapshot, Some(SnapshotMark::Last));
-                assert_eq!(*e.object, *obj(2));
+                assert_eq!(**e.object, *obj(2));
             }
             other => panic!("{other:?}"),
         }
@@ -200,9 +200,9 @@ mod tests {
                 {"manager": m, "operation": "Update", "time": t}]}}))
             .changed_since(None)
         };
-        let mut a = (*update(1, 2)).rederive(Op::Update, Some(obj(1)), None);
+        let mut a = (*update(1, 2)).rederive(Op::Update, Some(Doc::new(obj(1))), None);
         a.changed_by = Some(by("kubectl-edit", "2024-05-01T10:00:00Z"));
-        let mut b = (*update(2, 3)).rederive(Op::Update, Some(obj(2)), None);
+        let mut b = (*update(2, 3)).rederive(Op::Update, Some(Doc::new(obj(2))), None);
         b.changed_by = Some(by("kubelet", "2024-05-01T10:00:01Z"));
         match merge(&Arc::new(a), &Arc::new(b)) {
             Merged::Into(e) => {

@@ -185,9 +185,9 @@ impl Encoding {
     /// The change event for `e` (a Kafka message value, a webhook item, a JSONL line).
     pub fn value(&self, e: &Envelope) -> Bytes {
         let (before, after): (Option<&Value>, Option<&Value>) = match e.op {
-            Op::Add => (None, Some(&e.object)),
-            Op::Update => (e.old.as_deref(), Some(&e.object)),
-            Op::Delete => (Some(&e.object), None),
+            Op::Add => (None, Some(&**e.object)),
+            Op::Update => (e.old.as_deref().map(|o| &**o), Some(&**e.object)),
+            Op::Delete => (Some(&**e.object), None),
         };
         let source = Source {
             version: env!("CARGO_PKG_VERSION"),

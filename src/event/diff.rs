@@ -352,6 +352,16 @@ pub fn op_path(op: &PatchOperation) -> String {
     }
 }
 
+/// True when an operation of `patch` writes to `path` (an RFC 6901 pointer) or to a
+/// value that contains it.
+pub fn touches(patch: &Patch, path: &str) -> bool {
+    patch.0.iter().any(|op| {
+        let at = op_path(op);
+        path.strip_prefix(at.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
+}
+
 /// True when every operation of `patch` touches only paths matched by `ignored`
 /// (an empty patch counts as "nothing to emit" too).
 pub fn only_ignored_changes(patch: &Patch, ignored: &[PointerGlob]) -> bool {
@@ -518,6 +528,45 @@ mod tests {
             let bytes = serde_json::to_vec(&aligned).unwrap();
             prop_assert_eq!(diff_encoded(&bytes, &new), Some(json_patch::diff(&aligned, &new)));
         }
+    }
+
+    #[test]
+    fn a_patch_touches_a_path_it_writes_or_a_value_containing_it() {
+        let p = |old: Value, new: Value| diff(&old, &new);
+        let uid = "/metadata/uid";
+        assert!(touches(
+            &p(
+                json!({"metadata": {"uid": "a"}}),
+                json!({"metadata": {"uid": "b"}})
+            ),
+            uid
+        ));
+        assert!(touches(
+            &p(json!({}), json!({"metadata": {"uid": "b"}})),
+            uid
+        ));
+        assert!(touches(
+            &p(json!({"metadata": 1}), json!({"metadata": {"uid": "b"}})),
+            uid
+        ));
+        assert!(touches(
+            &p(json!(1), json!({"metadata": {"uid": "b"}})),
+            uid
+        ));
+        assert!(!touches(
+            &p(
+                json!({"metadata": {"uid": "a", "x": 1}}),
+                json!({"metadata": {"uid": "a", "x": 2}})
+            ),
+            uid
+        ));
+        assert!(!touches(
+            &p(
+                json!({"metadata": {"uidx": 1}}),
+                json!({"metadata": {"uidx": 2}})
+            ),
+            uid
+        ));
     }
 
     #[test]

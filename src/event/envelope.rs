@@ -11,6 +11,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::changed_by::ManagerEntry;
+use super::doc::Doc;
 use super::object;
 
 /// What happened to the object.
@@ -100,12 +101,12 @@ pub struct Envelope {
     /// `metadata.resourceVersion` of `object`.
     pub resource_version: String,
     /// The object after the change (for deletes, the last known state), transformed.
-    pub object: Arc<Value>,
+    pub object: Arc<Doc>,
     /// For updates: the RFC 6902 patch from the previously emitted object of this uid.
     pub patch: Option<Patch>,
     /// The previous object. Always kept for updates (text output, coalescing); serialized
     /// only when `include_old` is set.
-    pub old: Option<Arc<Value>>,
+    pub old: Option<Arc<Doc>>,
     /// Serialize `old`.
     pub include_old: bool,
     /// The add comes from the first list of this run.
@@ -123,10 +124,12 @@ pub struct Envelope {
     encoded: OnceLock<Bytes>,
 }
 
-/// The wire form: field order and names are the contract.
+/// The wire form's fields before `object`: field order and names are the contract. The
+/// object and the previous state are written from their compact JSON (the cache's encoding,
+/// when it made one), so the envelope never serializes an object tree the cache already did.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Wire<'a> {
+struct Head<'a> {
     id: &'a Uuid,
     op: Op,
     time: String,
@@ -138,11 +141,12 @@ struct Wire<'a> {
     name: &'a str,
     uid: &'a str,
     resource_version: &'a str,
-    object: &'a Value,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch: Option<&'a Patch>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    old: Option<&'a Value>,
+}
+
+/// The wire form's fields after `old`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Tail<'a> {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     initial_list: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -153,11 +157,19 @@ struct Wire<'a> {
     changed_by: Option<&'a [ManagerEntry]>,
 }
 
+/// Appends `,"name":` and `json` to an object being written.
+fn member(out: &mut Vec<u8>, name: &str, json: &[u8]) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+    out.extend_from_slice(json);
+}
+
 impl Envelope {
     /// The envelope as one JSON object (no trailing newline), encoded once.
     pub fn to_json(&self) -> &Bytes {
         self.encoded.get_or_init(|| {
-            let wire = Wire {
+            let head = Head {
                 id: &self.id,
                 op: self.op,
                 time: rfc3339(self.time),
@@ -168,19 +180,33 @@ impl Envelope {
                 name: &self.name,
                 uid: &self.uid,
                 resource_version: &self.resource_version,
-                object: &self.object,
-                patch: self.patch.as_ref(),
-                old: if self.include_old {
-                    self.old.as_deref()
-                } else {
-                    None
-                },
+            };
+            let object = self.object.json();
+            let mut out = Vec::with_capacity(object.len() + 512);
+            serde_json::to_writer(&mut out, &head).expect("the head always serializes");
+            out.pop(); // its closing brace: more members follow
+            member(&mut out, "object", object);
+            if let Some(patch) = &self.patch {
+                let patch = serde_json::to_vec(patch).expect("a patch always serializes");
+                member(&mut out, "patch", &patch);
+            }
+            if let Some(old) = self.old.as_ref().filter(|_| self.include_old) {
+                member(&mut out, "old", old.json());
+            }
+            let tail = Tail {
                 initial_list: self.initial_list,
                 final_state_unknown: self.final_state_unknown,
                 snapshot: self.snapshot,
                 changed_by: self.changed_by.as_deref(),
             };
-            Bytes::from(serde_json::to_vec(&wire).expect("a JSON value always serializes"))
+            let tail = serde_json::to_vec(&tail).expect("the tail always serializes");
+            // `{}` when every member is left out; else its members follow ours.
+            if tail.len() > 2 {
+                out.push(b',');
+                out.extend_from_slice(&tail[1..tail.len() - 1]);
+            }
+            out.push(b'}');
+            Bytes::from(out)
         })
     }
 
@@ -213,7 +239,7 @@ impl Envelope {
 
     /// A new change of the same object with another op, base and patch (coalescing);
     /// identity, object, id and times are taken from `self`.
-    pub fn rederive(&self, op: Op, old: Option<Arc<Value>>, patch: Option<Patch>) -> Envelope {
+    pub fn rederive(&self, op: Op, old: Option<Arc<Doc>>, patch: Option<Patch>) -> Envelope {
         Envelope {
             id: self.id,
             op,
@@ -269,6 +295,19 @@ impl EnvelopeBuilder {
         op: Op,
         object: Arc<Value>,
         old: Option<Arc<Value>>,
+        patch: Option<Patch>,
+        observed: Instant,
+    ) -> Envelope {
+        self.build_doc(op, Doc::new(object), old.map(Doc::new), patch, observed)
+    }
+
+    /// [`EnvelopeBuilder::build`] from states that may be known as compact JSON already
+    /// (the cache's), which the envelope then writes as they are.
+    pub fn build_doc(
+        &self,
+        op: Op,
+        object: Arc<Doc>,
+        old: Option<Arc<Doc>>,
         patch: Option<Patch>,
         observed: Instant,
     ) -> Envelope {
@@ -431,5 +470,103 @@ mod tests {
         let v: Value = serde_json::from_slice(e.to_json()).unwrap();
         crate::event::schema_check::envelope(&v);
         assert_eq!(v["old"]["metadata"]["x"], 1);
+    }
+
+    /// The wire form as a single serde struct (how it was written before the object was
+    /// copied from its compact JSON): the contract the spliced encoding must equal.
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Reference<'a> {
+        #[serde(flatten)]
+        head: Head<'a>,
+        object: &'a Value,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        patch: Option<&'a Patch>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        old: Option<&'a Value>,
+        #[serde(flatten)]
+        tail: Tail<'a>,
+    }
+
+    fn reference(e: &Envelope) -> Vec<u8> {
+        serde_json::to_vec(&Reference {
+            head: Head {
+                id: &e.id,
+                op: e.op,
+                time: rfc3339(e.time),
+                cluster: &e.cluster,
+                api_version: &e.api_version,
+                kind: &e.kind,
+                namespace: e.namespace.as_deref(),
+                name: &e.name,
+                uid: &e.uid,
+                resource_version: &e.resource_version,
+            },
+            object: &e.object,
+            patch: e.patch.as_ref(),
+            old: e.old.as_deref().filter(|_| e.include_old).map(|o| &**o),
+            tail: Tail {
+                initial_list: e.initial_list,
+                final_state_unknown: e.final_state_unknown,
+                snapshot: e.snapshot,
+                changed_by: e.changed_by.as_deref(),
+            },
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn the_envelope_is_byte_for_byte_what_one_serde_struct_writes() {
+        let old = Arc::new(
+            json!({"metadata": {"name": "a", "namespace": "n", "uid": "u"}, "x": "é\"\n"}),
+        );
+        let new = Arc::new(
+            json!({"metadata": {"name": "a", "namespace": "n", "uid": "u"}, "y": [1, 2.5, null]}),
+        );
+        let patch = crate::event::diff::diff(&old, &new);
+        let cluster_scoped = Arc::new(json!({"metadata": {"name": "node-1"}}));
+        let json = |v: &Arc<Value>| Bytes::from(serde_json::to_vec(&**v).unwrap());
+        for include_old in [false, true] {
+            let mut b = builder();
+            b.include_old = include_old;
+            let mut cases = vec![
+                b.build(Op::Add, new.clone(), None, None, Instant::now()),
+                b.build(
+                    Op::Delete,
+                    cluster_scoped.clone(),
+                    None,
+                    None,
+                    Instant::now(),
+                ),
+                b.build(
+                    Op::Update,
+                    new.clone(),
+                    Some(old.clone()),
+                    Some(patch.clone()),
+                    Instant::now(),
+                ),
+                // States known only as compact JSON (the cache's) are written as they are.
+                b.build_doc(
+                    Op::Update,
+                    Doc::with_json(new.clone(), json(&new)),
+                    Some(Doc::from_json(json(&old))),
+                    Some(patch.clone()),
+                    Instant::now(),
+                ),
+            ];
+            let mut read = b.build(Op::Add, new.clone(), None, None, Instant::now());
+            read.initial_list = true;
+            read.snapshot = Some(SnapshotMark::Last);
+            cases.push(read);
+            let mut gone = b.build(Op::Delete, new.clone(), None, None, Instant::now());
+            gone.final_state_unknown = true;
+            cases.push(gone);
+            for e in cases {
+                assert_eq!(
+                    String::from_utf8_lossy(e.to_json()),
+                    String::from_utf8_lossy(&reference(&e))
+                );
+            }
+        }
     }
 }

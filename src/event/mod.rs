@@ -5,6 +5,7 @@ pub mod cloudevents;
 pub mod coalesce;
 pub mod debezium;
 pub mod diff;
+pub mod doc;
 pub mod envelope;
 pub mod object;
 pub mod pointer;
@@ -12,4 +13,5 @@ pub mod pointer;
 pub(crate) mod schema_check;
 pub mod transform;
 
+pub use doc::Doc;
 pub use envelope::{Envelope, EnvelopeBuilder, Op, SnapshotMark};

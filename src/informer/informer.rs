@@ -29,11 +29,11 @@ use super::config::InitialList;
 use super::machine::{Change, Machine, Output, RestartReason, Settings, State};
 use super::store::{Entry, Staging, Store};
 use super::{ChangedBy, Handler, InformerKey, RawObject};
-use crate::event::SnapshotMark;
 use crate::event::changed_by::Managers;
 use crate::event::diff;
 use crate::event::object;
 use crate::event::transform::ObjectTransform;
+use crate::event::{Doc, SnapshotMark};
 
 /// Page size of paginated lists (a 100k-object list never arrives in one answer).
 const LIST_PAGE_SIZE: u32 = 500;
@@ -495,7 +495,7 @@ impl SharedInformer {
                 reads.push(key);
                 continue;
             }
-            let Some(new) = self.store.current(&key) else {
+            let Some(new) = self.store.current(&key).map(Doc::new) else {
                 continue;
             };
             match old {
@@ -504,14 +504,14 @@ impl SharedInformer {
                     self.emit_add(&new, false, by).await;
                 }
                 Some(old) if object::uid(&old.current) != object::uid(&new) => {
-                    self.emit_delete(&old.current, true).await;
+                    self.emit_delete(&Doc::new(old.current), true).await;
                     let by = self.attribute(&key, true);
                     self.emit_add(&new, initial, by).await;
                 }
                 Some(old) => match self.diff(&old.base, &new) {
                     Some(patch) => {
                         let by = self.attribute(&key, false);
-                        self.emit_update(&old.base, &new, patch, by).await;
+                        self.emit_update(&Doc::new(old.base), &new, patch, by).await;
                     }
                     None => self.store.keep_base(&key, old.packed_base),
                 },
@@ -520,12 +520,13 @@ impl SharedInformer {
         let last = reads.len().saturating_sub(1);
         for (i, key) in reads.iter().enumerate() {
             if let Some(obj) = self.store.current(key) {
-                self.emit_read(&obj, SnapshotMark::at(i, last), true).await;
+                self.emit_read(&Doc::new(obj), SnapshotMark::at(i, last), true)
+                    .await;
             }
         }
         for gone in swapped.vanished() {
             self.forget(&object::cache_key(&gone));
-            self.emit_delete(&gone, true).await;
+            self.emit_delete(&Doc::new(gone), true).await;
         }
         debug!(informer = %self.key, objects = self.store.len(), "list swapped in");
     }
@@ -539,7 +540,7 @@ impl SharedInformer {
                 let key = object::cache_key(&obj);
                 self.forget(&key);
                 if self.store.remove(&key).is_some() {
-                    self.emit_delete(&Arc::new(obj), false).await;
+                    self.emit_delete(&Doc::new(Arc::new(obj)), false).await;
                 }
             }
         }
@@ -548,8 +549,9 @@ impl SharedInformer {
     /// An ADDED or MODIFIED object: cache it, emit the add or the update.
     async fn upsert(&self, obj: Value) {
         let key = object::cache_key(&obj);
-        // Only the state the patch starts from is decoded from the compact cache.
-        let Some(base) = self.store.base(&key) else {
+        // The state the patch starts from is read as the compact JSON the cache keeps, and
+        // diffed from its bytes: it is decoded only if a handler asks for its tree.
+        let Some(base) = self.store.base_json(&key) else {
             let obj = Arc::new(obj);
             let by = self.attribute(&key, true);
             self.store.insert(
@@ -559,26 +561,32 @@ impl SharedInformer {
                     emitted: None,
                 },
             );
-            self.emit_add(&obj, false, by).await;
+            self.emit_add(&Doc::new(obj), false, by).await;
             return;
         };
-        if object::uid(&base) != object::uid(&obj) {
+        let base = Doc::from_json(base);
+        let patch =
+            diff::diff_encoded(base.json(), &obj).unwrap_or_else(|| diff::diff(base.value(), &obj));
+        // Equal uids leave `/metadata/uid` untouched; only then is the tree needed to know.
+        if diff::touches(&patch, "/metadata/uid") && object::uid(base.value()) != object::uid(&obj)
+        {
             // Deleted and re-created under the same name while we were not watching.
             if let Some(entry) = self.store.remove(&key) {
-                self.emit_delete(&entry.current, true).await;
+                self.emit_delete(&Doc::new(entry.current), true).await;
             }
             return Box::pin(self.upsert(obj)).await;
         }
-        let Some(patch) = self.diff(&base, &obj) else {
+        if diff::only_ignored_changes(&patch, &self.transform.ignore) {
             self.store.update(key, &obj, true);
             return;
-        };
+        }
         let by = self.attribute(&key, false);
-        self.store.update(key, &obj, false);
-        self.emit_update(&base, &Arc::new(obj), patch, by).await;
+        let json = self.store.update(key, &obj, false);
+        self.emit_update(&base, &Doc::with_json(Arc::new(obj), json), patch, by)
+            .await;
     }
 
-    async fn emit_add(&self, obj: &Arc<Value>, initial_list: bool, changed_by: ChangedBy) {
+    async fn emit_add(&self, obj: &Arc<Doc>, initial_list: bool, changed_by: ChangedBy) {
         for h in self.handlers() {
             h.on_add_by(obj, initial_list, changed_by.clone()).await;
         }
@@ -586,8 +594,8 @@ impl SharedInformer {
 
     async fn emit_update(
         &self,
-        old: &Arc<Value>,
-        new: &Arc<Value>,
+        old: &Arc<Doc>,
+        new: &Arc<Doc>,
         patch: Patch,
         changed_by: ChangedBy,
     ) {
@@ -603,13 +611,13 @@ impl SharedInformer {
     }
 
     /// Hands a read of current state to the handlers (the initial list, a snapshot).
-    pub(super) async fn emit_read(&self, obj: &Arc<Value>, mark: SnapshotMark, initial_list: bool) {
+    pub(super) async fn emit_read(&self, obj: &Arc<Doc>, mark: SnapshotMark, initial_list: bool) {
         for h in self.handlers() {
             h.on_read(obj, mark, initial_list).await;
         }
     }
 
-    async fn emit_delete(&self, last_known: &Arc<Value>, final_state_unknown: bool) {
+    async fn emit_delete(&self, last_known: &Arc<Doc>, final_state_unknown: bool) {
         for h in self.handlers() {
             h.on_delete(last_known, final_state_unknown).await;
         }
@@ -648,14 +656,14 @@ mod tests {
 
     #[async_trait]
     impl Handler for Collect {
-        async fn on_add(&self, obj: &Arc<Value>, initial_list: bool) {
+        async fn on_add(&self, obj: &Arc<Doc>, initial_list: bool) {
             let tag = if initial_list { " (initial)" } else { "" };
             let _ = self.0.send(format!("add {}{tag}", object::name(obj)));
         }
-        async fn on_update(&self, old: &Arc<Value>, new: &Arc<Value>, patch: Patch) {
+        async fn on_update(&self, old: &Arc<Doc>, new: &Arc<Doc>, patch: Patch) {
             let mut replayed = (**old).clone();
             json_patch::patch(&mut replayed, &patch).expect("patch applies to the old state");
-            assert_eq!(&replayed, &**new, "patch replays");
+            assert_eq!(&replayed, &***new, "patch replays");
             let _ = self.0.send(format!(
                 "update {} {}→{}",
                 object::name(new),
@@ -663,7 +671,7 @@ mod tests {
                 object::resource_version(new)
             ));
         }
-        async fn on_delete(&self, last: &Arc<Value>, final_state_unknown: bool) {
+        async fn on_delete(&self, last: &Arc<Doc>, final_state_unknown: bool) {
             let tag = if final_state_unknown {
                 " (unknown)"
             } else {
@@ -875,11 +883,11 @@ mod tests {
         struct Stuck;
         #[async_trait]
         impl Handler for Stuck {
-            async fn on_add(&self, _: &Arc<Value>, _: bool) {
+            async fn on_add(&self, _: &Arc<Doc>, _: bool) {
                 std::future::pending::<()>().await
             }
-            async fn on_update(&self, _: &Arc<Value>, _: &Arc<Value>, _: Patch) {}
-            async fn on_delete(&self, _: &Arc<Value>, _: bool) {}
+            async fn on_update(&self, _: &Arc<Doc>, _: &Arc<Doc>, _: Patch) {}
+            async fn on_delete(&self, _: &Arc<Doc>, _: bool) {}
         }
         let script = Script::default()
             .list(Ok(page(&[cm("a", "1")], "10", None)))

@@ -23,10 +23,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use json_patch::Patch;
-use serde_json::Value;
 
-use crate::event::SnapshotMark;
 use crate::event::changed_by::ManagerEntry;
+use crate::event::{Doc, SnapshotMark};
 
 /// Who made a change (see [`crate::event::changed_by`]); `None` when not known.
 pub type ChangedBy = Option<Arc<[ManagerEntry]>>;
@@ -95,29 +94,29 @@ pub(crate) async fn arrived_at<F: std::future::Future>(at: std::time::Instant, f
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
     /// An object appeared. `initial_list`: it comes from the first list of this run.
-    async fn on_add(&self, obj: &Arc<Value>, initial_list: bool);
+    async fn on_add(&self, obj: &Arc<Doc>, initial_list: bool);
     /// An object changed; `patch` turns `old` (the last emitted state) into `new`.
-    async fn on_update(&self, old: &Arc<Value>, new: &Arc<Value>, patch: Patch);
+    async fn on_update(&self, old: &Arc<Doc>, new: &Arc<Doc>, patch: Patch);
     /// An object is gone; `last_known` is its final (or last seen) state.
     /// `final_state_unknown`: inferred from a re-list, the delete itself was not seen.
-    async fn on_delete(&self, last_known: &Arc<Value>, final_state_unknown: bool);
+    async fn on_delete(&self, last_known: &Arc<Doc>, final_state_unknown: bool);
     /// A read of the object's current state (the initial list, or a snapshot), not a change;
     /// `mark` tells where it stands in its snapshot. Handlers that do not tell reads apart
     /// see an add.
-    async fn on_read(&self, obj: &Arc<Value>, mark: SnapshotMark, initial_list: bool) {
+    async fn on_read(&self, obj: &Arc<Doc>, mark: SnapshotMark, initial_list: bool) {
         let _ = mark;
         self.on_add(obj, initial_list).await;
     }
     /// [`Handler::on_add`] with the writers of the new object, when attributed.
-    async fn on_add_by(&self, obj: &Arc<Value>, initial_list: bool, changed_by: ChangedBy) {
+    async fn on_add_by(&self, obj: &Arc<Doc>, initial_list: bool, changed_by: ChangedBy) {
         let _ = changed_by;
         self.on_add(obj, initial_list).await;
     }
     /// [`Handler::on_update`] with the writers of the change, when attributed.
     async fn on_update_by(
         &self,
-        old: &Arc<Value>,
-        new: &Arc<Value>,
+        old: &Arc<Doc>,
+        new: &Arc<Doc>,
         patch: Patch,
         changed_by: ChangedBy,
     ) {

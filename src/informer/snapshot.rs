@@ -19,8 +19,8 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::SharedInformer;
-use crate::event::SnapshotMark;
 use crate::event::object;
+use crate::event::{Doc, SnapshotMark};
 
 /// Which of an informer's objects a snapshot reads.
 #[derive(Debug, Clone, Default)]
@@ -125,7 +125,7 @@ impl SharedInformer {
         }
         // The next change is attributed against the state read.
         self.attribute(key, false);
-        self.emit_read(obj, mark, false).await;
+        self.emit_read(&Doc::new(obj.clone()), mark, false).await;
     }
 }
 
@@ -157,10 +157,10 @@ mod tests {
 
     #[async_trait]
     impl Handler for Reads {
-        async fn on_add(&self, _: &Arc<Value>, _: bool) {}
-        async fn on_update(&self, _: &Arc<Value>, _: &Arc<Value>, _: Patch) {}
-        async fn on_delete(&self, _: &Arc<Value>, _: bool) {}
-        async fn on_read(&self, obj: &Arc<Value>, mark: SnapshotMark, _: bool) {
+        async fn on_add(&self, _: &Arc<Doc>, _: bool) {}
+        async fn on_update(&self, _: &Arc<Doc>, _: &Arc<Doc>, _: Patch) {}
+        async fn on_delete(&self, _: &Arc<Doc>, _: bool) {}
+        async fn on_read(&self, obj: &Arc<Doc>, mark: SnapshotMark, _: bool) {
             self.0.lock().unwrap().push((
                 object::cache_key(obj),
                 object::resource_version(obj).to_string(),
@@ -229,10 +229,10 @@ mod tests {
 
     #[async_trait]
     impl Handler for DeleteOnFirstRead {
-        async fn on_add(&self, _: &Arc<Value>, _: bool) {}
-        async fn on_update(&self, _: &Arc<Value>, _: &Arc<Value>, _: Patch) {}
-        async fn on_delete(&self, _: &Arc<Value>, _: bool) {}
-        async fn on_read(&self, obj: &Arc<Value>, mark: SnapshotMark, _: bool) {
+        async fn on_add(&self, _: &Arc<Doc>, _: bool) {}
+        async fn on_update(&self, _: &Arc<Doc>, _: &Arc<Doc>, _: Patch) {}
+        async fn on_delete(&self, _: &Arc<Doc>, _: bool) {}
+        async fn on_read(&self, obj: &Arc<Doc>, mark: SnapshotMark, _: bool) {
             if self.2.0.lock().unwrap().len() == 1 {
                 self.0.store().remove(self.1);
             }

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use bytes::Bytes;
 use serde_json::Value;
 use zstd::bulk::{Compressor, Decompressor};
 
@@ -97,6 +98,17 @@ impl Store {
         Some(Arc::new(self.codec.unpack(&packed)))
     }
 
+    /// [`Store::base`] as the compact JSON it is kept as, not decoded: what
+    /// [`crate::event::diff::diff_encoded`] reads.
+    pub fn base_json(&self, key: &str) -> Option<Bytes> {
+        let packed = {
+            let map = self.map.read().expect("store lock");
+            let s = map.get(key)?;
+            s.emitted.as_ref().unwrap_or(&s.current).clone()
+        };
+        Some(self.codec.unpack_json(&packed))
+    }
+
     /// Inserts or replaces.
     pub fn insert(&self, key: String, entry: Entry) {
         let stored = Stored {
@@ -111,15 +123,17 @@ impl Store {
 
     /// Replaces the current state of `key`. `keep_base`: the change is not emitted, so the
     /// entry's base (its emitted state, or else its current state) stays the base, without
-    /// being decoded or packed again.
-    pub fn update(&self, key: String, current: &Value, keep_base: bool) {
-        let current = self.codec.pack(current);
+    /// being decoded or packed again. Returns the compact JSON of `current` that was packed
+    /// (the envelope writes it as is).
+    pub fn update(&self, key: String, current: &Value, keep_base: bool) -> Bytes {
+        let (json, current) = self.codec.pack_json(current);
         let mut map = self.map.write().expect("store lock");
         let emitted = match map.remove(key.as_str()) {
             Some(old) if keep_base => Some(old.emitted.unwrap_or(old.current)),
             _ => None,
         };
         map.insert(key.into_boxed_str(), Stored { current, emitted });
+        json
     }
 
     /// An empty staging area for a list, packing with this store's codec.
@@ -402,6 +416,11 @@ impl CodecState {
 
 impl Codec {
     fn pack(&self, v: &Value) -> Packed {
+        self.pack_json(v).1
+    }
+
+    /// Packs `v`; also returns the JSON that was compressed.
+    fn pack_json(&self, v: &Value) -> (Bytes, Packed) {
         let json = serde_json::to_vec(v).expect("a JSON value always serializes");
         let mut st = self.state.lock().expect("codec lock");
         if !st.trained {
@@ -419,10 +438,15 @@ impl Codec {
         out.push(tag);
         out.extend_from_slice(&(json.len() as u32).to_le_bytes());
         out.extend_from_slice(&frame);
-        out.into_boxed_slice()
+        (Bytes::from(json), out.into_boxed_slice())
     }
 
     fn unpack(&self, p: &[u8]) -> Value {
+        serde_json::from_slice(&self.unpack_json(p)).expect("packed from a JSON value")
+    }
+
+    /// The JSON a packed object was made from.
+    fn unpack_json(&self, p: &[u8]) -> Bytes {
         let len = u32::from_le_bytes([p[1], p[2], p[3], p[4]]) as usize;
         let json = {
             let mut st = self.state.lock().expect("codec lock");
@@ -432,7 +456,7 @@ impl Codec {
             };
             d.decompress(&p[5..], len).expect("packed by this codec")
         };
-        serde_json::from_slice(&json).expect("packed from a JSON value")
+        Bytes::from(json)
     }
 }
 

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use crate::delivery::{ObjectId, Tracker};
-use crate::event::{Envelope, EnvelopeBuilder, Op, SnapshotMark};
+use crate::event::{Doc, Envelope, EnvelopeBuilder, Op, SnapshotMark};
 use crate::informer::{ChangedBy, Handler};
 use crate::router::Router;
 use crate::server::Metrics;
@@ -36,7 +36,7 @@ impl Forwarding {
     pub(super) async fn dispatch(&self, event: Envelope) {
         let event = Arc::new(event);
         let targets = self.router.route(&event);
-        let state = (event.op != Op::Delete).then(|| event.object.clone());
+        let state = (event.op != Op::Delete).then(|| event.object.value().clone());
         self.deliver(&ObjectId::of(&event), state, &event, targets)
             .await;
     }
@@ -114,37 +114,37 @@ impl EmitHandler {
 
 #[async_trait]
 impl Handler for EmitHandler {
-    async fn on_add(&self, obj: &Arc<Value>, initial_list: bool) {
+    async fn on_add(&self, obj: &Arc<Doc>, initial_list: bool) {
         self.on_add_by(obj, initial_list, None).await;
     }
 
-    async fn on_update(&self, old: &Arc<Value>, new: &Arc<Value>, patch: Patch) {
+    async fn on_update(&self, old: &Arc<Doc>, new: &Arc<Doc>, patch: Patch) {
         self.on_update_by(old, new, patch, None).await;
     }
 
-    async fn on_delete(&self, last_known: &Arc<Value>, final_state_unknown: bool) {
+    async fn on_delete(&self, last_known: &Arc<Doc>, final_state_unknown: bool) {
         let mut e = self
             .builder
-            .build(Op::Delete, last_known.clone(), None, None, arrival());
+            .build_doc(Op::Delete, last_known.clone(), None, None, arrival());
         e.final_state_unknown = final_state_unknown;
         self.emit(e).await;
     }
 
     /// A read goes through the router and the tracker like any change: it becomes a sink's
     /// delivered state only once that sink acknowledges it.
-    async fn on_read(&self, obj: &Arc<Value>, mark: SnapshotMark, initial_list: bool) {
+    async fn on_read(&self, obj: &Arc<Doc>, mark: SnapshotMark, initial_list: bool) {
         let mut e = self
             .builder
-            .build(Op::Add, obj.clone(), None, None, arrival());
+            .build_doc(Op::Add, obj.clone(), None, None, arrival());
         e.snapshot = Some(mark);
         e.initial_list = initial_list;
         self.emit(e).await;
     }
 
-    async fn on_add_by(&self, obj: &Arc<Value>, initial_list: bool, changed_by: ChangedBy) {
+    async fn on_add_by(&self, obj: &Arc<Doc>, initial_list: bool, changed_by: ChangedBy) {
         let mut e = self
             .builder
-            .build(Op::Add, obj.clone(), None, None, arrival());
+            .build_doc(Op::Add, obj.clone(), None, None, arrival());
         e.initial_list = initial_list;
         e.changed_by = changed_by;
         self.emit(e).await;
@@ -152,12 +152,12 @@ impl Handler for EmitHandler {
 
     async fn on_update_by(
         &self,
-        old: &Arc<Value>,
-        new: &Arc<Value>,
+        old: &Arc<Doc>,
+        new: &Arc<Doc>,
         patch: Patch,
         changed_by: ChangedBy,
     ) {
-        let mut e = self.builder.build(
+        let mut e = self.builder.build_doc(
             Op::Update,
             new.clone(),
             Some(old.clone()),

@@ -177,7 +177,7 @@ pub fn render_line(e: &Envelope, style: TextStyle) -> String {
             .0
             .iter()
             .filter(|op| !NOISE.contains(&op_path(op).as_str()))
-            .flat_map(|op| changes_of(op, e.old.as_deref()))
+            .flat_map(|op| changes_of(op, e.old.as_deref().map(|o| &**o)))
             .collect();
         if !changes.is_empty() {
             line.push(":", Paint::Plain);

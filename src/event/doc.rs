@@ -1,0 +1,119 @@
+//! `Doc`: one state of an object, held as a tree, as its compact JSON, or both, each made
+//! from the other only when first asked for.
+//!
+//! The cache keeps objects as compact JSON, and sinks mostly want compact JSON: an update's
+//! previous state read from the cache is diffed from its bytes and never needs a tree unless
+//! a sink asks for one (text output, coalescing, Debezium's `before`), and the new state's
+//! encoding made for the cache is the one the envelope writes. Encoding an object and
+//! decoding it again were, with parsing the change, most of an event's cost.
+
+use std::fmt;
+use std::ops::Deref;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use serde_json::Value;
+
+/// One state of an object (see the module documentation). Dereferences to the tree.
+pub struct Doc {
+    value: OnceLock<Arc<Value>>,
+    /// `serde_json`'s compact encoding of `value`, byte for byte.
+    json: OnceLock<Bytes>,
+}
+
+impl Doc {
+    /// A state known as a tree; encoded on first need.
+    pub fn new(value: Arc<Value>) -> Arc<Doc> {
+        Arc::new(Doc {
+            value: OnceLock::from(value),
+            json: OnceLock::new(),
+        })
+    }
+
+    /// A state known both ways: `json` must be `serde_json::to_vec(&value)`.
+    pub fn with_json(value: Arc<Value>, json: Bytes) -> Arc<Doc> {
+        Arc::new(Doc {
+            value: OnceLock::from(value),
+            json: OnceLock::from(json),
+        })
+    }
+
+    /// A state known as compact JSON that `serde_json` wrote (the cache's); decoded on
+    /// first need.
+    pub fn from_json(json: Bytes) -> Arc<Doc> {
+        Arc::new(Doc {
+            value: OnceLock::new(),
+            json: OnceLock::from(json),
+        })
+    }
+
+    /// The tree.
+    pub fn value(&self) -> &Arc<Value> {
+        self.value.get_or_init(|| {
+            let json = self
+                .json
+                .get()
+                .expect("a Doc is made with one of its forms");
+            Arc::new(serde_json::from_slice(json).expect("written by serde_json"))
+        })
+    }
+
+    /// The compact JSON.
+    pub fn json(&self) -> &Bytes {
+        self.json.get_or_init(|| {
+            let value = self
+                .value
+                .get()
+                .expect("a Doc is made with one of its forms");
+            Bytes::from(serde_json::to_vec(&**value).expect("a JSON value always serializes"))
+        })
+    }
+}
+
+impl Deref for Doc {
+    type Target = Value;
+
+    fn deref(&self) -> &Value {
+        self.value()
+    }
+}
+
+impl PartialEq for Doc {
+    fn eq(&self, other: &Doc) -> bool {
+        match (self.json.get(), other.json.get()) {
+            (Some(a), Some(b)) if a == b => true,
+            _ => self.value() == other.value(),
+        }
+    }
+}
+
+impl fmt::Debug for Doc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.value.get(), self.json.get()) {
+            (Some(v), _) => fmt::Debug::fmt(v, f),
+            (None, Some(j)) => write!(f, "Doc({})", String::from_utf8_lossy(j)),
+            (None, None) => f.write_str("Doc(?)"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn each_form_is_made_from_the_other_and_they_agree() {
+        let v = json!({"b": 1, "a": {"x": [1, "two", null]}});
+        let from_tree = Doc::new(Arc::new(v.clone()));
+        let from_json = Doc::from_json(Bytes::from(serde_json::to_vec(&v).unwrap()));
+        assert_eq!(from_tree.json(), from_json.json());
+        assert_eq!(**from_json.value(), v);
+        assert_eq!(from_tree, from_json);
+        // Key order is the tree's.
+        assert_eq!(
+            &from_tree.json()[..],
+            br#"{"b":1,"a":{"x":[1,"two",null]}}"#
+        );
+    }
+}
