@@ -3,6 +3,7 @@
 pub mod changed_by;
 pub mod cloudevents;
 pub mod coalesce;
+pub mod compact;
 pub mod debezium;
 pub mod diff;
 pub mod doc;

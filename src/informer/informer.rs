@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use json_patch::Patch;
 use kube::Api;
 use kube::core::ApiResource;
@@ -565,8 +566,11 @@ impl SharedInformer {
             return;
         };
         let base = Doc::from_json(base);
-        let patch =
-            diff::diff_encoded(base.json(), &obj).unwrap_or_else(|| diff::diff(base.value(), &obj));
+        // Encoded once: compared with the base's bytes, packed into the cache, and written
+        // into the envelope as it is.
+        let json = Bytes::from(serde_json::to_vec(&obj).expect("a JSON value always serializes"));
+        let patch = diff::diff_json(base.json(), &json, &obj)
+            .unwrap_or_else(|| diff::diff(base.value(), &obj));
         // Equal uids leave `/metadata/uid` untouched; only then is the tree needed to know.
         if diff::touches(&patch, "/metadata/uid") && object::uid(base.value()) != object::uid(&obj)
         {
@@ -577,11 +581,11 @@ impl SharedInformer {
             return Box::pin(self.upsert(obj)).await;
         }
         if diff::only_ignored_changes(&patch, &self.transform.ignore) {
-            self.store.update(key, &obj, true);
+            self.store.update_json(key, &json, true);
             return;
         }
         let by = self.attribute(&key, false);
-        let json = self.store.update(key, &obj, false);
+        self.store.update_json(key, &json, false);
         self.emit_update(&base, &Doc::with_json(Arc::new(obj), json), patch, by)
             .await;
     }

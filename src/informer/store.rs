@@ -99,7 +99,7 @@ impl Store {
     }
 
     /// [`Store::base`] as the compact JSON it is kept as, not decoded: what
-    /// [`crate::event::diff::diff_encoded`] reads.
+    /// [`crate::event::diff::diff_json`] reads.
     pub fn base_json(&self, key: &str) -> Option<Bytes> {
         let packed = {
             let map = self.map.read().expect("store lock");
@@ -123,17 +123,21 @@ impl Store {
 
     /// Replaces the current state of `key`. `keep_base`: the change is not emitted, so the
     /// entry's base (its emitted state, or else its current state) stays the base, without
-    /// being decoded or packed again. Returns the compact JSON of `current` that was packed
-    /// (the envelope writes it as is).
-    pub fn update(&self, key: String, current: &Value, keep_base: bool) -> Bytes {
-        let (json, current) = self.codec.pack_json(current);
+    /// being decoded or packed again.
+    pub fn update(&self, key: String, current: &Value, keep_base: bool) {
+        let json = serde_json::to_vec(current).expect("a JSON value always serializes");
+        self.update_json(key, &json, keep_base);
+    }
+
+    /// [`Store::update`] with the state given as its compact JSON (`serde_json::to_vec`).
+    pub fn update_json(&self, key: String, current: &[u8], keep_base: bool) {
+        let current = self.codec.pack_json(current);
         let mut map = self.map.write().expect("store lock");
         let emitted = match map.remove(key.as_str()) {
             Some(old) if keep_base => Some(old.emitted.unwrap_or(old.current)),
             _ => None,
         };
         map.insert(key.into_boxed_str(), Stored { current, emitted });
-        json
     }
 
     /// An empty staging area for a list, packing with this store's codec.
@@ -416,29 +420,28 @@ impl CodecState {
 
 impl Codec {
     fn pack(&self, v: &Value) -> Packed {
-        self.pack_json(v).1
+        self.pack_json(&serde_json::to_vec(v).expect("a JSON value always serializes"))
     }
 
-    /// Packs `v`; also returns the JSON that was compressed.
-    fn pack_json(&self, v: &Value) -> (Bytes, Packed) {
-        let json = serde_json::to_vec(v).expect("a JSON value always serializes");
+    /// Packs an object's compact JSON.
+    fn pack_json(&self, json: &[u8]) -> Packed {
         let mut st = self.state.lock().expect("codec lock");
         if !st.trained {
-            st.samples.push(json.clone());
+            st.samples.push(json.to_vec());
             if st.samples.len() >= TRAIN_AFTER {
                 st.train();
             }
         }
         let (tag, frame) = match st.dict.as_mut() {
-            Some((c, _)) => (TAG_DICT, c.compress(&json)),
-            None => (TAG_PLAIN, st.plain().0.compress(&json)),
+            Some((c, _)) => (TAG_DICT, c.compress(json)),
+            None => (TAG_PLAIN, st.plain().0.compress(json)),
         };
         let frame = frame.expect("zstd compresses any input");
         let mut out = Vec::with_capacity(5 + frame.len());
         out.push(tag);
         out.extend_from_slice(&(json.len() as u32).to_le_bytes());
         out.extend_from_slice(&frame);
-        (Bytes::from(json), out.into_boxed_slice())
+        out.into_boxed_slice()
     }
 
     fn unpack(&self, p: &[u8]) -> Value {

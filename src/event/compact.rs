@@ -1,0 +1,157 @@
+//! Reading compact JSON that `serde_json` wrote (no whitespace): where a value, an object's
+//! members and an array's elements begin and end, found by scanning bytes, never decoding.
+//!
+//! The cache keeps objects in this form and the informer encodes every new state in it, so
+//! two states can be compared a subtree at a time with `memcmp` ([`super::diff::diff_json`]).
+//! Every function answers `None` for bytes that are not such JSON, and never panics on them.
+
+use std::ops::Range;
+
+use memchr::{memchr2, memchr3};
+
+/// The end (exclusive) of the value that starts at `at`.
+pub fn value_end(b: &[u8], at: usize) -> Option<usize> {
+    match *b.get(at)? {
+        b'"' => string_end(b, at),
+        b'{' => container_end(b, at, b'{', b'}'),
+        b'[' => container_end(b, at, b'[', b']'),
+        _ => {
+            // A number, `true`, `false` or `null`: the run of the characters they are made of.
+            let len = b[at..]
+                .iter()
+                .position(|c| !(c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.')))
+                .unwrap_or(b.len() - at);
+            (len > 0).then_some(at + len)
+        }
+    }
+}
+
+/// The end (exclusive) of the string whose opening quote is at `at`.
+fn string_end(b: &[u8], at: usize) -> Option<usize> {
+    let mut i = at + 1;
+    loop {
+        i += memchr2(b'"', b'\\', b.get(i..)?)?;
+        match b[i] {
+            // An escape: the character after the backslash is never the closing quote.
+            b'\\' => i += 2,
+            _ => return Some(i + 1),
+        }
+    }
+}
+
+/// The end (exclusive) of the object or array opened at `at`: brackets of its own kind are
+/// balanced inside it, outside strings.
+fn container_end(b: &[u8], at: usize, open: u8, close: u8) -> Option<usize> {
+    let (mut i, mut depth) = (at + 1, 1usize);
+    loop {
+        i += memchr3(b'"', open, close, b.get(i..)?)?;
+        match b[i] {
+            b'"' => i = string_end(b, i)?,
+            c if c == open => {
+                depth += 1;
+                i += 1;
+            }
+            _ => {
+                depth -= 1;
+                i += 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+        }
+    }
+}
+
+/// The members of the object `b` (exactly one object): each name as written (quotes and
+/// escapes included) and its value.
+pub fn members(b: &[u8]) -> Option<Vec<(Range<usize>, Range<usize>)>> {
+    let mut out = Vec::new();
+    if b.first() != Some(&b'{') {
+        return None;
+    }
+    let mut i = 1;
+    if b.get(i) == Some(&b'}') {
+        return (b.len() == 2).then_some(out);
+    }
+    loop {
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = string_end(b, i)?;
+        if b.get(key_end) != Some(&b':') {
+            return None;
+        }
+        let end = value_end(b, key_end + 1)?;
+        out.push((i..key_end, key_end + 1..end));
+        match b.get(end) {
+            Some(b',') => i = end + 1,
+            Some(b'}') if end + 1 == b.len() => return Some(out),
+            _ => return None,
+        }
+    }
+}
+
+/// The elements of the array `b` (exactly one array).
+pub fn elements(b: &[u8]) -> Option<Vec<Range<usize>>> {
+    let mut out = Vec::new();
+    if b.first() != Some(&b'[') {
+        return None;
+    }
+    let mut i = 1;
+    if b.get(i) == Some(&b']') {
+        return (b.len() == 2).then_some(out);
+    }
+    loop {
+        let end = value_end(b, i)?;
+        out.push(i..end);
+        match b.get(end) {
+            Some(b',') => i = end + 1,
+            Some(b']') if end + 1 == b.len() => return Some(out),
+            _ => return None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn members_and_elements_are_found_around_strings_that_look_like_json() {
+        let v = json!({"a\"}": "x\\\"]}", "b": [1, {"c": "[{"}, [], {}], "d": -1.5e3, "e": null});
+        let b = serde_json::to_vec(&v).unwrap();
+        let m = members(&b).unwrap();
+        let names: Vec<&[u8]> = m.iter().map(|(k, _)| &b[k.clone()]).collect();
+        assert_eq!(names, [&br#""a\"}""#[..], br#""b""#, br#""d""#, br#""e""#]);
+        let b_value = &b[m[1].1.clone()];
+        assert_eq!(b_value, br#"[1,{"c":"[{"},[],{}]"#);
+        let e = elements(b_value).unwrap();
+        assert_eq!(e.len(), 4);
+        assert_eq!(&b_value[e[1].clone()], br#"{"c":"[{"}"#);
+        assert_eq!(&b[m[2].1.clone()], b"-1500.0");
+        assert_eq!(members(b"{}"), Some(vec![]));
+        assert_eq!(elements(b"[]"), Some(vec![]));
+    }
+
+    #[test]
+    fn bytes_that_are_not_compact_json_are_refused_without_a_panic() {
+        for bad in [
+            &b""[..],
+            b"{",
+            b"{\"a\"",
+            b"{\"a\":",
+            b"{\"a\":1",
+            b"{\"a\":1}x",
+            b"{\"a\\",
+            b"[1,",
+            b"[\"]",
+            b"{a:1}",
+            b"[1 2]",
+        ] {
+            let shown = String::from_utf8_lossy(bad);
+            assert_eq!(members(bad), None, "{shown}");
+            assert_eq!(elements(bad), None, "{shown}");
+        }
+    }
+}
