@@ -7,8 +7,6 @@
 
 use std::ops::Range;
 
-use memchr::{memchr2, memchr3};
-
 /// The end (exclusive) of the value that starts at `at`.
 pub fn value_end(b: &[u8], at: usize) -> Option<usize> {
     match *b.get(at)? {
@@ -26,15 +24,16 @@ pub fn value_end(b: &[u8], at: usize) -> Option<usize> {
     }
 }
 
-/// The end (exclusive) of the string whose opening quote is at `at`.
+/// The end (exclusive) of the string whose opening quote is at `at`. Most strings of an
+/// object are short names and values: a plain loop beats a vectorized search per string.
 fn string_end(b: &[u8], at: usize) -> Option<usize> {
     let mut i = at + 1;
     loop {
-        i += memchr2(b'"', b'\\', b.get(i..)?)?;
-        match b[i] {
+        match *b.get(i)? {
+            b'"' => return Some(i + 1),
             // An escape: the character after the backslash is never the closing quote.
             b'\\' => i += 2,
-            _ => return Some(i + 1),
+            _ => i += 1,
         }
     }
 }
@@ -44,19 +43,18 @@ fn string_end(b: &[u8], at: usize) -> Option<usize> {
 fn container_end(b: &[u8], at: usize, open: u8, close: u8) -> Option<usize> {
     let (mut i, mut depth) = (at + 1, 1usize);
     loop {
-        i += memchr3(b'"', open, close, b.get(i..)?)?;
-        match b[i] {
-            b'"' => i = string_end(b, i)?,
-            c if c == open => {
-                depth += 1;
-                i += 1;
-            }
-            _ => {
-                depth -= 1;
-                i += 1;
-                if depth == 0 {
-                    return Some(i);
-                }
+        let c = *b.get(i)?;
+        if c == b'"' {
+            i = string_end(b, i)?;
+            continue;
+        }
+        i += 1;
+        if c == open {
+            depth += 1;
+        } else if c == close {
+            depth -= 1;
+            if depth == 0 {
+                return Some(i);
             }
         }
     }
