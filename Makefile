@@ -16,7 +16,7 @@ CARGO_DENY ?= $(TOOLS)/bin/cargo-deny
 CARGO_DENY_VERSION ?= 0.20.2
 CARGO ?= cargo
 
-.PHONY: all build demo test test-fast bench soak deps kubectl tansu tools deny fmt lint clean-tools
+.PHONY: all build demo test test-fast bench levers soak deps kubectl tansu tools deny fmt lint clean-tools
 
 all: build
 
@@ -87,6 +87,10 @@ bench: deps tools
 	CARGO_TARGET_DIR=$(BENCH_FLOOR_TARGET) $(CARGO) build --release --locked --manifest-path bench/floor/Cargo.toml
 	BENCH_FLOOR=$(BENCH_FLOOR_TARGET)/release/lookout-bench-floor \
 	  $(CARGO) run --release --locked -p lookout-bench -- --out target/bench --markdown BENCHMARKS.md $(BENCH_ARGS)
+
+## The levers of issue 16, each against the commit before it (bench/levers.txt), into BENCHMARKS.md.
+levers:
+	bench/levers.sh $(LEVERS_ARGS)
 
 fmt:
 	$(CARGO) fmt --all
