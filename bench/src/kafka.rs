@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use lookout::event::{Envelope, EnvelopeBuilder, Op, diff};
-use lookout::sinks::kafka::KafkaSinkConfig;
+use lookout::sinks::kafka::{DEFAULT_PROPERTIES, KafkaSinkConfig};
 use lookout::sinks::util::spawn_driver;
 use lookout::sinks::{AckObserver, Common, SinkContext, Slot};
 use rdkafka::ClientContext;
@@ -26,15 +26,6 @@ use crate::{Args, agent};
 /// (name, value per run, unit, target) figures.
 pub type Figures = Vec<(String, Vec<f64>, &'static str, Option<Target>)>;
 
-/// The Kafka sink's default librdkafka properties (`src/sinks/kafka/client.rs`).
-const PROPERTIES: &[(&str, &str)] = &[
-    ("client.id", "lookout-bench"),
-    ("enable.idempotence", "true"),
-    ("acks", "all"),
-    ("compression.type", "zstd"),
-    ("partitioner", "murmur2_random"),
-    ("message.timeout.ms", "30000"),
-];
 const TOPIC: &str = "bench";
 
 struct Broker(Child);
@@ -268,9 +259,11 @@ impl ProducerContext for Counting {
 /// before the clock starts.
 fn raw_producer(bootstrap: &str, envelopes: &[Arc<Envelope>]) -> Result<f64, String> {
     let mut cc = ClientConfig::new();
-    for (k, v) in PROPERTIES {
+    // The sink's own defaults, so the two never drift apart.
+    for (k, v) in DEFAULT_PROPERTIES {
         cc.set(*k, *v);
     }
+    cc.set("client.id", "lookout-bench");
     cc.set("bootstrap.servers", bootstrap);
     let producer: BaseProducer<Counting> = cc
         .create_with_context(Counting::default())

@@ -10,6 +10,7 @@ mod topic;
 #[cfg(test)]
 mod tests;
 
+pub use client::DEFAULT_PROPERTIES;
 pub use config::{CloudEventsMode, KafkaSinkConfig, KeyMode};
 pub use sink::KafkaSink;
 pub use topic::{TopicTemplate, TopicTemplateError};
