@@ -63,48 +63,49 @@ fn container_end(b: &[u8], at: usize, open: u8, close: u8) -> Option<usize> {
 /// The members of the object `b` (exactly one object): each name as written (quotes and
 /// escapes included) and its value.
 pub fn members(b: &[u8]) -> Option<Vec<(Range<usize>, Range<usize>)>> {
-    let mut out = Vec::new();
-    if b.first() != Some(&b'{') {
-        return None;
-    }
-    let mut i = 1;
-    if b.get(i) == Some(&b'}') {
-        return (b.len() == 2).then_some(out);
-    }
-    loop {
+    items(b, b'{', b'}', |i| {
         if b.get(i) != Some(&b'"') {
             return None;
         }
-        let key_end = string_end(b, i)?;
-        if b.get(key_end) != Some(&b':') {
+        let name_end = string_end(b, i)?;
+        if b.get(name_end) != Some(&b':') {
             return None;
         }
-        let end = value_end(b, key_end + 1)?;
-        out.push((i..key_end, key_end + 1..end));
-        match b.get(end) {
-            Some(b',') => i = end + 1,
-            Some(b'}') if end + 1 == b.len() => return Some(out),
-            _ => return None,
-        }
-    }
+        let end = value_end(b, name_end + 1)?;
+        Some(((i..name_end, name_end + 1..end), end))
+    })
 }
 
 /// The elements of the array `b` (exactly one array).
 pub fn elements(b: &[u8]) -> Option<Vec<Range<usize>>> {
+    items(b, b'[', b']', |i| {
+        let end = value_end(b, i)?;
+        Some((i..end, end))
+    })
+}
+
+/// The comma-separated items of the container `b` (exactly one, from `open` to `close`);
+/// `item` reads the one that starts at its argument and says where it ends.
+fn items<T>(
+    b: &[u8],
+    open: u8,
+    close: u8,
+    mut item: impl FnMut(usize) -> Option<(T, usize)>,
+) -> Option<Vec<T>> {
     let mut out = Vec::new();
-    if b.first() != Some(&b'[') {
+    if b.first() != Some(&open) {
         return None;
     }
-    let mut i = 1;
-    if b.get(i) == Some(&b']') {
+    if b.get(1) == Some(&close) {
         return (b.len() == 2).then_some(out);
     }
+    let mut i = 1;
     loop {
-        let end = value_end(b, i)?;
-        out.push(i..end);
+        let (it, end) = item(i)?;
+        out.push(it);
         match b.get(end) {
             Some(b',') => i = end + 1,
-            Some(b']') if end + 1 == b.len() => return Some(out),
+            Some(&c) if c == close && end + 1 == b.len() => return Some(out),
             _ => return None,
         }
     }

@@ -420,7 +420,8 @@ mod tests {
             Just(Value::Null),
             any::<bool>().prop_map(Value::from),
             (-2i64..3).prop_map(Value::from),
-            prop_oneof![Just(1.0f64), Just(-0.0), Just(0.0), Just(0.5), Just(1e300)].prop_map(Value::from),
+            prop_oneof![Just(1.0f64), Just(-0.0), Just(0.0), Just(0.5), Just(1e300)]
+                .prop_map(Value::from),
             prop_oneof![Just("a"), Just("b"), Just("é~/\"\n"), Just("")].prop_map(Value::from),
         ];
         leaf.prop_recursive(4, 48, 5, |inner| {
