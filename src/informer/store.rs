@@ -4,8 +4,9 @@
 //! Objects are kept compact: each as its JSON encoding compressed with zstd, using a
 //! dictionary trained on the informer's first objects (objects of one kind share most of
 //! their keys and many values, so a 3-4 KB Pod packs into a few hundred bytes). A
-//! `serde_json::Value` tree costs 5-8 times its JSON size; here an object is decoded only
-//! when a change needs its previous state (once per update) or someone reads the cache.
+//! `serde_json::Value` tree costs 5-8 times its JSON size. An update only decompresses its
+//! previous state, whose bytes are diffed ([`Store::base_json`]); an object is decoded into
+//! a tree only when someone reads the cache (or a sink asks for the previous state's tree).
 //!
 //! A list (the first one, or a re-list after 410 Gone) is collected in a [`Staging`] that
 //! readers cannot see and replaces the whole map at once ([`Store::swap_in`]): the cache API
