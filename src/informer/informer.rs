@@ -795,6 +795,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_watched_object_under_a_new_uid_is_a_delete_and_an_add_and_its_next_change_an_update() {
+        let recreated = |rv: &str| with_uid(cm("a", rv), "uid-a-2");
+        let script = Script::default()
+            .list(Ok(page(&[cm("a", "1")], "10", None)))
+            .watch(Ok((
+                vec![
+                    Ok(RawEvent::Modified(cm("a", "2"))),
+                    // Deleted and re-created while the watch was away: only the uid tells.
+                    Ok(RawEvent::Added(recreated("3"))),
+                    Ok(RawEvent::Modified(recreated("4"))),
+                ],
+                Then::Hang,
+            )));
+        let (informer, mut rx) = informer(script);
+        informer.start();
+        assert_eq!(
+            take(&mut rx, 5).await,
+            [
+                "add a (initial)",
+                "update a 1→2",
+                "delete a (unknown)",
+                "add a",
+                "update a 3→4"
+            ]
+        );
+        let cached = informer.store().current("default/a").unwrap();
+        assert_eq!(object::uid(&cached), "uid-a-2");
+        informer.stop().await;
+        assert!(rx.try_recv().is_err(), "nothing else");
+    }
+
+    #[tokio::test]
     async fn readers_see_the_old_cache_until_a_relist_is_complete() {
         let gate = Arc::new(tokio::sync::Notify::new());
         let script = Script::default()
