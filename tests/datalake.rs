@@ -489,15 +489,7 @@ impl Kubectl {
     }
 
     fn run(&self, args: &[&str]) {
-        let bin = kubesim::tools::KUBECTL.require();
-        let out = std::process::Command::new(bin)
-            .env("HOME", self.dir.path())
-            .env_remove("KUBECONFIG")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(self.dir.path().join("cache"))
-            .arg("--request-timeout=20s")
+        let out = kubesim::tools::kubectl_command(self.dir.path(), &self.kubeconfig)
             .args(args)
             .output()
             .expect("kubectl runs");

@@ -226,12 +226,6 @@ async fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-/// The real kubectl (`$KUBECTL`, else `PATH`); a missing one fails the test with how to
-/// install it.
-fn kubectl() -> PathBuf {
-    kubesim::tools::KUBECTL.require()
-}
-
 /// The Secret manifest of step `step` (0: created, 1: updated).
 fn manifest(step: usize) -> Value {
     json!({"apiVersion": "v1", "kind": "Secret",
@@ -246,9 +240,7 @@ fn manifest(step: usize) -> Value {
 fn apply(kubeconfig: &Path, dir: &Path, step: usize) {
     let file = dir.join(format!("secret-{step}.json"));
     std::fs::write(&file, manifest(step).to_string()).unwrap();
-    let out = std::process::Command::new(kubectl())
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
+    let out = kubesim::tools::kubectl_command(dir, kubeconfig)
         .args(["apply", "--validate=false", "-f"])
         .arg(&file)
         .output()
@@ -419,9 +411,7 @@ shutdown:
     }
     assert!(cache.contains("hmac-sha256:"), "{cache}");
 
-    let out = std::process::Command::new(kubectl())
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
+    let out = kubesim::tools::kubectl_command(d, &kubeconfig)
         .args(["delete", "secret", "db", "-n", "default"])
         .output()
         .unwrap();

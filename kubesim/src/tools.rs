@@ -108,6 +108,22 @@ impl Tool {
     }
 }
 
+/// kubectl (found as [`KUBECTL`], panicking with how to install it when missing: for tests)
+/// run against `kubeconfig` alone, with `home` as its HOME and discovery cache, and a 20 s
+/// request timeout. kubectl caches discovery per server under `~/.kube/cache`: a test must
+/// neither share nor pollute the user's.
+pub fn kubectl_command(home: &Path, kubeconfig: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new(KUBECTL.require());
+    c.env("HOME", home)
+        .env_remove("KUBECONFIG")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(home.join("cache"))
+        .arg("--request-timeout=20s");
+    c
+}
+
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     p.metadata()

@@ -14,36 +14,24 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 struct Kubectl {
-    bin: PathBuf,
     dir: tempfile::TempDir,
     kubeconfig: PathBuf,
 }
 
 impl Kubectl {
     fn new(sim: &KubeSim) -> Kubectl {
-        let bin = kubectl();
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         sim.write_kubeconfig(&kubeconfig).unwrap();
-        Kubectl {
-            bin,
-            dir,
-            kubeconfig,
-        }
+        Kubectl { dir, kubeconfig }
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(&self.bin);
-        // Own HOME and cache dir: kubectl caches discovery per server under ~/.kube/cache.
-        c.env("HOME", self.dir.path())
-            .env_remove("KUBECONFIG")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(self.dir.path().join("cache"))
-            .arg("--request-timeout=20s")
-            .args(args)
-            .kill_on_drop(true);
+        let mut c = Command::from(kubesim::tools::kubectl_command(
+            self.dir.path(),
+            &self.kubeconfig,
+        ));
+        c.args(args).kill_on_drop(true);
         c
     }
 

@@ -795,7 +795,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_watched_object_under_a_new_uid_is_a_delete_and_an_add_and_its_next_change_an_update() {
+    async fn a_watched_object_under_a_new_uid_is_a_delete_and_an_add_and_its_next_change_an_update()
+    {
         let recreated = |rv: &str| with_uid(cm("a", rv), "uid-a-2");
         let script = Script::default()
             .list(Ok(page(&[cm("a", "1")], "10", None)))

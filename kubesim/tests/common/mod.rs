@@ -133,12 +133,6 @@ pub async fn watch_lines(sim: &KubeSim, path: &str, n: usize) -> Vec<Value> {
     out
 }
 
-/// The kubectl binary to test with: `$KUBECTL`, else `kubectl` on PATH; a missing one fails
-/// the test with the command that installs it.
-pub fn kubectl() -> PathBuf {
-    kubesim::tools::KUBECTL.require()
-}
-
 pub fn cm(name: &str, ns: &str, data: &str) -> Value {
     serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns, "labels": {"app": "demo"}}, "data": {"k": data}})
 }
