@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # What limits lookout end to end with the Kafka sink (issue 16): runs the harness's Kafka
-# section once (`lookout-bench --only kafka --runs 1`) while sampling, for every `lookout`
-# process, the CPU of each of its threads (every 0.5 s) and its sink's queue depth, emitted
-# and coalesced counters from /metrics (every 0.2 s); then prints both per agent.
+# section once (`lookout-bench --only kafka --runs 1`) while one Python process samples, every
+# 0.25 s, the machine's idle time, the CPU of every thread of the agent (`lookout`), the broker
+# (`tansu`) and the harness (`lookout-bench`, which serves kubesim's watch), and each agent's
+# sink counters from /metrics (emitted, coalesced, queue depth). It then prints, per agent, a
+# timeline of its busy seconds: events/s, queue depth, and the cores each process and the
+# machine's idle time took. The sampler reads /proc itself (no process per sample) so that it
+# does not compete with what it measures.
 #
 #   bench/kafka-probe.sh     # after `make bench` built the binaries (or `cargo build --release`)
 set -euo pipefail
@@ -11,68 +15,105 @@ TARGET=${CARGO_TARGET_DIR:-$(git rev-parse --show-toplevel)/target}
 OUT=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 
-threads() {
-  set +e +o pipefail # a sampler outlives processes that come and go
-  while true; do
-    ts=$(date +%s.%N)
-    for p in $(pgrep -x lookout); do
-      for t in /proc/"$p"/task/*; do
-        s=$(cat "$t/stat" 2>/dev/null) || continue
-        name=$(sed 's/.*(\(.*\)).*/\1/; s/ /_/g' <<<"$s")
-        read -r -a f <<<"$(sed 's/.*) //' <<<"$s")"
-        echo "$ts $p ${t##*/} $name $((f[11] + f[12]))"
-      done
-    done
-    sleep 0.5
-  done
-}
+python3 - "$OUT/samples" <<'EOF' &
+import json, os, re, sys, time, urllib.request
 
-metrics() {
-  set +e +o pipefail
-  while true; do
-    for p in $(pgrep -x lookout); do
-      port=$(ss -ltnp 2>/dev/null | grep "pid=$p," | awk '{print $4}' | sed 's/.*://' | head -1)
-      [ -n "$port" ] || continue
-      m=$(curl -s -m 1 "http://127.0.0.1:$port/metrics" \
-        | grep -E '^lookout_(sink_queue_depth|events_emitted_total|sink_coalesced_total)' | tr '\n' ' ')
-      echo "$(date +%s.%N) $p $m"
-    done
-    sleep 0.2
-  done
-}
+NAMES = {"lookout", "tansu", "lookout-bench"}
+out = open(sys.argv[1], "w")
+ports = {}
 
-threads >"$OUT/threads" &
-metrics >"$OUT/metrics" &
+def ops_port(pid):
+    # The agent's config names its ops listener; the harness passes it as --config.
+    if pid not in ports:
+        try:
+            args = open(f"/proc/{pid}/cmdline").read().split("\0")
+            cfg = open(args[args.index("--config") + 1]).read()
+            ports[pid] = re.search(r"listen: [\d.]+:(\d+)", cfg).group(1)
+        except Exception:
+            return None
+    return ports[pid]
+
+while True:
+    ts = time.time()
+    idle = sum(int(x) for x in open("/proc/stat").readline().split()[4:6])
+    procs = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            comm = open(f"/proc/{pid}/comm").read().strip()
+            if comm not in NAMES:
+                continue
+            threads = {}
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                st = open(f"/proc/{pid}/task/{tid}/stat").read()
+                name = st[st.index("(") + 1:st.rindex(")")]
+                f = st[st.rindex(")") + 2:].split()
+                threads[tid] = (name, int(f[11]) + int(f[12]))
+            procs[pid] = (comm, threads)
+        except (OSError, ValueError):
+            continue
+    metrics = {}
+    for pid, (comm, _) in procs.items():
+        port = comm == "lookout" and ops_port(pid)
+        if not port:
+            continue
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
+        except Exception:
+            continue
+        m = {}
+        for name in ("events_emitted_total", "sink_coalesced_total", "sink_queue_depth"):
+            hit = re.search(rf"^lookout_{name}\{{sink=\"(\w+)\"\}} ([\d.e+]+)", text, re.M)
+            if hit:
+                m["sink"], m[name] = hit.group(1), float(hit.group(2))
+        metrics[pid] = m
+    out.write(json.dumps({"ts": ts, "idle": idle, "procs": procs, "metrics": metrics}) + "\n")
+    out.flush()
+    time.sleep(max(0.0, 0.25 - (time.time() - ts)))
+EOF
+
 BENCH_FLOOR=$TARGET/bench-floor/release/lookout-bench-floor \
   "$TARGET/release/lookout-bench" --only kafka --runs 1 --out "$OUT/bench" 2>"$OUT/progress" \
   | grep -E '^kafka '
 kill $(jobs -p) 2>/dev/null || true
 
-python3 - "$OUT/threads" "$OUT/metrics" <<'EOF'
-import collections, re, sys
-samples = collections.defaultdict(list)
-for line in open(sys.argv[1]):
-    ts, pid, tid, name, ticks = line.split()
-    samples[(pid, tid, name)].append((float(ts), int(ticks)))
-busy = collections.defaultdict(list)
-for (pid, tid, name), v in samples.items():
-    rates = [(c1 - c0) / 100 / (t1 - t0) for (t0, c0), (t1, c1) in zip(v, v[1:])]
-    hot = sorted(r for r in rates if r > 0.05)
-    if hot:
-        busy[pid].append((name, tid, hot[len(hot) // 2], len(hot)))
-print("\nCPU per thread while busy (cores, median of the 0.5 s samples above 0.05):")
-for pid, threads in busy.items():
-    print(f"  lookout pid {pid}:")
-    for name, tid, median, n in sorted(threads, key=lambda t: -t[2]):
-        print(f"    {name:<18} {tid:>7}  {median:.2f}  ({n} samples)")
-print("\nPer agent: seconds since its first sample, sink, emitted, coalesced, queue depth:")
-first = {}
-for line in open(sys.argv[2]):
-    ts, pid = line.split()[:2]
-    em = re.search(r'events_emitted_total\{sink="(\w+)"\} (\d+)', line)
-    co = re.search(r'coalesced_total\{sink="\w+"\} (\d+)', line)
-    de = re.search(r'queue_depth\{sink="\w+"\} ([\d.]+)', line)
-    if em and co and de:
-        t0 = first.setdefault(pid, float(ts))
-        print(f"  {pid} {float(ts) - t0:6.2f}s {em.group(1):<6} {em.group(2):>7} {co.group(1):>5} {float(de.group(1)):>7.0f}")
+python3 - "$OUT/samples" <<'EOF'
+import collections, json, os, sys
+HZ = os.sysconf("SC_CLK_TCK")
+samples = [json.loads(l) for l in open(sys.argv[1])]
+agents = sorted({pid for s in samples for pid in s["metrics"]}, key=int)
+for agent in agents:
+    rows = []
+    for a, b in zip(samples, samples[1:]):
+        ma, mb = a["metrics"].get(agent), b["metrics"].get(agent)
+        if not ma or not mb or "events_emitted_total" not in mb:
+            continue
+        dt = b["ts"] - a["ts"]
+        rate = (mb["events_emitted_total"] - ma.get("events_emitted_total", 0)) / dt
+        if rate < 100:
+            continue  # not a busy interval of this agent
+        cores = collections.Counter()
+        threads = collections.Counter()
+        for pid, (comm, tb) in b["procs"].items():
+            ta = a["procs"].get(pid, (comm, {}))[1]
+            for tid, (name, ticks) in tb.items():
+                if tid in ta:
+                    used = (ticks - ta[tid][1]) / HZ / dt
+                    cores[comm] += used
+                    if comm == "lookout" and pid == agent:
+                        threads[name] += used
+        idle = (b["idle"] - a["idle"]) / HZ / dt
+        rows.append((b["ts"], mb.get("sink", "?"), rate, mb.get("sink_queue_depth", 0),
+                     mb.get("sink_coalesced_total", 0), cores, idle, threads))
+    if not rows:
+        continue
+    print(f"\nagent {agent}, sink {rows[0][1]}: per busy 0.25 s interval, events/s, queue depth, "
+          "coalesced, cores used (lookout = all agents), machine idle cores, this agent's threads")
+    t0 = rows[0][0]
+    for ts, sink, rate, depth, coalesced, cores, idle, threads in rows:
+        used = " ".join(f"{c}={v:.2f}" for c, v in sorted(cores.items()))
+        top = " ".join(f"{n}={v:.2f}" for n, v in threads.most_common(4) if v >= 0.02)
+        print(f"  {ts - t0:5.2f}s {rate:8.0f}/s depth {depth:6.0f} coalesced {coalesced:5.0f}  "
+              f"{used}  idle={idle:.2f}  | {top}")
 EOF
