@@ -1,15 +1,27 @@
 //! Produces batches to Kafka and reports success only on delivery reports.
+//!
+//! A batch is encoded and enqueued on a blocking thread: encoding each envelope and
+//! librdkafka's produce call are CPU work, and on the agent's runtime they would run on the
+//! worker the informer runs on (the informer's push wakes the driver there), in turn with the
+//! informer instead of beside it.
+//!
+//! Delivery reports arrive on librdkafka's polling thread through the producer context
+//! ([`Deliveries`]): each one settles its event's fate in the batch it belongs to, and only
+//! the last report of a batch wakes the task that sent it, rather than one wake-up per
+//! message as a future per message would.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::future::join_all;
-use rdkafka::config::ClientConfig;
+use rdkafka::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
+};
+use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 use super::client::{ClientError, KafkaContext, client_config};
@@ -26,25 +38,24 @@ const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(3);
 /// mean more messages in flight at once.
 const MAX_BATCH_EVENTS: usize = 10_000;
 
-/// Waiting for room in librdkafka's queue when no message of ours is in flight (another
-/// batch's messages fill it); otherwise the oldest delivery is awaited instead.
-const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(10);
+/// How long the producing thread waits for room when librdkafka's queue is full.
+const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(1);
 
 /// Attempts in a row whose messages all timed out although the brokers answered, before
 /// the producer is replaced.
 const STALLED_ATTEMPTS: u32 = 2;
 
-type KafkaProducer = FutureProducer<KafkaContext>;
+type KafkaProducer = ThreadedProducer<Deliveries>;
 
-/// The Kafka sink. Many messages are in flight at once: a batch is enqueued whole, then its
-/// delivery reports are awaited together.
+/// The Kafka sink. Many messages are in flight at once: a batch is enqueued whole, then the
+/// sink waits until librdkafka has reported on every message of it.
 pub struct KafkaSink {
     /// The sink's name, for logs.
     name: Arc<str>,
     /// Bootstrap brokers, for logs.
     brokers: String,
-    /// Topic, value and headers of each message.
-    encoder: Encoder,
+    /// Topic, value and headers of each message; shared with the producing thread.
+    encoder: Arc<Encoder>,
     /// Kept to recreate the producer after a fatal error.
     client_config: ClientConfig,
     /// Replaced after a fatal (idempotence) error; cloning is cheap (an `Arc`).
@@ -53,15 +64,105 @@ pub struct KafkaSink {
     stalled: AtomicU32,
 }
 
-/// How one event's messages fared.
+/// One `send`: what its messages' delivery reports settle.
 #[derive(Debug)]
-enum Fate {
-    /// Not yet known.
-    Pending,
-    /// Every message of the event (the change, and its tombstone) is delivered.
-    Delivered,
-    /// Some message failed with this error.
-    Failed(KafkaError),
+pub(super) struct Batch {
+    /// Messages not yet reported on, plus one held by the sender until it has enqueued the
+    /// whole batch, so the count reaches zero exactly once.
+    outstanding: AtomicUsize,
+    /// Failed messages by event index, in the order reported; every other enqueued event
+    /// is delivered once `outstanding` is zero. Locked only when a message fails.
+    failures: Mutex<Vec<(usize, KafkaError)>>,
+    /// Notified once, when `outstanding` reaches zero.
+    done: Notify,
+    /// Set when the sending task was dropped (the driver gave up): nothing more of the batch
+    /// is enqueued. Held while a message is enqueued, so once it is set no message follows
+    /// and the sink's purge catches every one.
+    cancelled: Mutex<bool>,
+}
+
+impl Batch {
+    fn new() -> Self {
+        Self {
+            outstanding: AtomicUsize::new(1),
+            failures: Mutex::new(Vec::new()),
+            done: Notify::new(),
+            cancelled: Mutex::new(false),
+        }
+    }
+
+    /// A message of event `index` failed with `error`.
+    fn fail(&self, index: usize, error: KafkaError) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((index, error));
+    }
+
+    /// One message is settled; the last one wakes the sender.
+    fn settle(&self) {
+        if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.done.notify_one();
+        }
+    }
+
+    /// Releases the sender's hold, then waits until every message is reported on.
+    async fn finished(&self) {
+        self.settle();
+        self.done.notified().await;
+    }
+
+    /// Each event's fate, by index: `None` when delivered, else its first failure (an
+    /// event's change and its tombstone may both fail).
+    fn fates(&self, events: usize) -> Vec<Option<KafkaError>> {
+        let mut fates: Vec<Option<KafkaError>> = (0..events).map(|_| None).collect();
+        let failures =
+            std::mem::take(&mut *self.failures.lock().unwrap_or_else(|p| p.into_inner()));
+        for (i, error) in failures {
+            fates[i].get_or_insert(error);
+        }
+        fates
+    }
+}
+
+/// Stops the producing thread when the sending task is dropped.
+struct CancelOnDrop(Arc<Batch>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        *self.0.cancelled.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    }
+}
+
+/// The delivery opaque of one message: its batch and event.
+pub(super) struct Delivery {
+    batch: Arc<Batch>,
+    index: usize,
+}
+
+/// The producer context: librdkafka's logs through [`KafkaContext`], delivery reports into
+/// their [`Batch`].
+pub(super) struct Deliveries(KafkaContext);
+
+impl ClientContext for Deliveries {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.0.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.0.error(error, reason);
+    }
+}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = Box<Delivery>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, delivery: Box<Delivery>) {
+        if let Err((error, _message)) = result {
+            delivery.batch.fail(delivery.index, error.clone());
+        }
+        delivery.batch.settle();
+    }
 }
 
 impl KafkaSink {
@@ -76,12 +177,12 @@ impl KafkaSink {
     ) -> Result<Self, ClientError> {
         let client_config = client_config(config)?;
         let producer = client_config
-            .create_with_context(KafkaContext::new(&common.name))
+            .create_with_context(Deliveries(KafkaContext::new(&common.name)))
             .map_err(ClientError::Librdkafka)?;
         Ok(Self {
             name: common.name.as_str().into(),
             brokers: config.brokers.join(","),
-            encoder: Encoder {
+            encoder: Arc::new(Encoder {
                 topic,
                 cloud_events: common.payload.cloud_events(),
                 debezium: match common.payload {
@@ -90,7 +191,7 @@ impl KafkaSink {
                 },
                 key: config.key,
                 tombstones: config.tombstones,
-            },
+            }),
             client_config,
             producer: RwLock::new(producer),
             stalled: AtomicU32::new(0),
@@ -149,45 +250,81 @@ impl KafkaSink {
         warn!(sink = %self.name, "recreating the Kafka producer: {why}");
         match self
             .client_config
-            .create_with_context::<_, KafkaProducer>(KafkaContext::new(&self.name))
+            .create_with_context::<_, KafkaProducer>(Deliveries(KafkaContext::new(&self.name)))
         {
             Ok(fresh) => *self.producer.write().unwrap_or_else(|p| p.into_inner()) = fresh,
             Err(e) => error!(sink = %self.name, "cannot recreate the Kafka producer: {e}"),
         }
     }
+}
 
-    /// Enqueues `message` for event `index`, waiting for room when librdkafka's queue is
-    /// full. Room is made by awaiting the oldest delivery of this batch, whose fate is
-    /// recorded.
-    async fn enqueue(
-        &self,
-        producer: &KafkaProducer,
-        message: Message,
-        index: usize,
-        in_flight: &mut VecDeque<(usize, DeliveryFuture)>,
-        fates: &mut [Fate],
-    ) -> Result<(), KafkaError> {
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&message.topic)
-            .key(message.key.as_ref())
-            .headers(message.headers)
-            .timestamp(message.timestamp);
-        if let Some(payload) = &message.payload {
-            record = record.payload(payload.as_ref());
+/// Why a message was not enqueued.
+enum Refused {
+    /// The sending task gave up: stop producing this batch.
+    Cancelled,
+    /// librdkafka refused the message: the event's fate.
+    Failed(KafkaError),
+}
+
+/// Encodes and enqueues every event of `events` as part of `batch`; runs on a blocking thread.
+fn produce(
+    producer: &KafkaProducer,
+    encoder: &Encoder,
+    events: &[Arc<Envelope>],
+    batch: &Arc<Batch>,
+) {
+    for (i, e) in events.iter().enumerate() {
+        let (message, tombstone) = encoder.encode(e);
+        let enqueued = enqueue(producer, message, i, batch).and_then(|()| match tombstone {
+            Some(t) => enqueue(producer, t, i, batch),
+            None => Ok(()),
+        });
+        match enqueued {
+            Ok(()) => {}
+            Err(Refused::Cancelled) => return,
+            Err(Refused::Failed(error)) => batch.fail(i, error),
         }
-        loop {
-            match producer.send_result(record) {
-                Ok(delivery) => {
-                    in_flight.push_back((index, delivery));
-                    return Ok(());
+    }
+}
+
+/// Enqueues `message` for event `index` of `batch`, pausing while librdkafka's queue is full
+/// (its delivery reports make room).
+fn enqueue(
+    producer: &KafkaProducer,
+    message: Message,
+    index: usize,
+    batch: &Arc<Batch>,
+) -> Result<(), Refused> {
+    let mut record: BaseRecord<'_, [u8], [u8], Box<Delivery>> = BaseRecord::with_opaque_to(
+        &message.topic,
+        Box::new(Delivery {
+            batch: batch.clone(),
+            index,
+        }),
+    )
+    .key(message.key.as_ref())
+    .headers(message.headers)
+    .timestamp(message.timestamp);
+    if let Some(payload) = &message.payload {
+        record = record.payload(payload.as_ref());
+    }
+    loop {
+        let cancelled = batch.cancelled.lock().unwrap_or_else(|p| p.into_inner());
+        if *cancelled {
+            return Err(Refused::Cancelled);
+        }
+        // Counted before the send: its report may come before `send` returns.
+        batch.outstanding.fetch_add(1, Ordering::AcqRel);
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((error, back)) => {
+                batch.outstanding.fetch_sub(1, Ordering::AcqRel);
+                if error != KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) {
+                    return Err(Refused::Failed(error));
                 }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    match in_flight.pop_front() {
-                        Some((j, delivery)) => record_fate(&mut fates[j], delivery.await),
-                        None => tokio::time::sleep(QUEUE_FULL_PAUSE).await,
-                    }
-                }
-                Err((error, _)) => return Err(error),
+                record = back;
+                drop(cancelled);
+                std::thread::sleep(QUEUE_FULL_PAUSE);
             }
         }
     }
@@ -208,26 +345,6 @@ async fn fetch_metadata(producer: KafkaProducer) -> Result<usize, String> {
     })
     .await
     .map_err(|e| format!("health check task failed: {e}"))?
-}
-
-fn record_fate(
-    fate: &mut Fate,
-    result: Result<
-        rdkafka::producer::future_producer::OwnedDeliveryResult,
-        futures::channel::oneshot::Canceled,
-    >,
-) {
-    let outcome = match result {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err((error, _message))) => Err(error),
-        Err(_canceled) => Err(KafkaError::Canceled),
-    };
-    match (outcome, &*fate) {
-        // The first failure of an event is the one reported.
-        (_, Fate::Failed(_)) => {}
-        (Ok(()), _) => *fate = Fate::Delivered,
-        (Err(error), _) => *fate = Fate::Failed(error),
-    }
 }
 
 /// Failures that repeat however often the message is sent: dead-letter the event.
@@ -252,50 +369,41 @@ fn is_permanent(error: &KafkaError) -> bool {
 impl Sink for KafkaSink {
     async fn send(&self, batch: &[Arc<Envelope>]) -> Result<(), SinkError> {
         let producer = self.producer();
-        let mut fates: Vec<Fate> = batch.iter().map(|_| Fate::Pending).collect();
-        let mut in_flight: VecDeque<(usize, DeliveryFuture)> = VecDeque::with_capacity(batch.len());
-        for (i, e) in batch.iter().enumerate() {
-            let (message, tombstone) = self.encoder.encode(e);
-            let enqueued = self
-                .enqueue(&producer, message, i, &mut in_flight, &mut fates)
-                .await;
-            let enqueued = match (enqueued, tombstone) {
-                (Ok(()), Some(t)) => {
-                    self.enqueue(&producer, t, i, &mut in_flight, &mut fates)
-                        .await
-                }
-                (r, _) => r,
-            };
-            if let Err(error) = enqueued {
-                fates[i] = Fate::Failed(error);
-            }
+        let pending = Arc::new(Batch::new());
+        let _cancel = CancelOnDrop(pending.clone());
+        let produced = {
+            let (producer, encoder, events, pending) = (
+                producer.clone(),
+                self.encoder.clone(),
+                batch.to_vec(),
+                pending.clone(),
+            );
+            tokio::task::spawn_blocking(move || produce(&producer, &encoder, &events, &pending))
+                .await
+        };
+        if let Err(e) = produced {
+            // Encoding panicked: a bug, reported as such rather than as a delivery failure.
+            std::panic::resume_unwind(e.into_panic());
         }
-        // Every message is enqueued: now wait for all delivery reports together.
-        let (indices, deliveries): (Vec<usize>, Vec<DeliveryFuture>) =
-            in_flight.into_iter().unzip();
-        for (i, result) in indices.into_iter().zip(join_all(deliveries).await) {
-            record_fate(&mut fates[i], result);
-        }
+        // Every message is enqueued: now wait for the last delivery report.
+        pending.finished().await;
+        let fates = pending.fates(batch.len());
 
         let mut retriable: Vec<usize> = Vec::new();
         let mut rejected: Vec<usize> = Vec::new();
         for (i, fate) in fates.iter().enumerate() {
             match fate {
-                Fate::Failed(error) if is_permanent(error) => rejected.push(i),
-                Fate::Failed(_) => retriable.push(i),
-                Fate::Pending => unreachable!("every event is delivered or failed by now"),
-                Fate::Delivered => {}
+                Some(error) if is_permanent(error) => rejected.push(i),
+                Some(_) => retriable.push(i),
+                None => {}
             }
         }
-        let fate_error = |i: usize| match &fates[i] {
-            Fate::Failed(error) => error.to_string(),
-            _ => String::new(),
-        };
+        let fate_error = |i: usize| fates[i].as_ref().map(|e| e.to_string()).unwrap_or_default();
 
         if let Some(&first) = retriable.first() {
             self.recover_from_fatal(&producer);
             let all_timed_out = retriable.iter().all(|&i| {
-                matches!(&fates[i], Fate::Failed(e)
+                matches!(&fates[i], Some(e)
                     if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut))
             });
             self.recover_from_stall(&producer, all_timed_out).await;
@@ -350,8 +458,9 @@ impl Sink for KafkaSink {
     fn batching(&self) -> Batching {
         Batching {
             max_events: MAX_BATCH_EVENTS,
+            // librdkafka bounds the bytes it holds itself (`queue.buffering.max.kbytes`).
+            max_bytes: usize::MAX,
             max_wait: Duration::ZERO,
-            ..Batching::default()
         }
     }
 
