@@ -5,60 +5,47 @@
 //! lines then run on two cores at once. The channel bounds how far the reader gets ahead
 //! (a full channel stops it reading, which is the backpressure on the API server's stream);
 //! dropping the returned stream ends the task and closes the watch.
-//!
-//! The readers run on threads of their own ([`readers`]), not on the agent's runtime. There,
-//! a task woken by another task runs next on the waker's worker, and cannot be stolen from
-//! that slot: under a steady stream the informer, taking an event, wakes its reader waiting
-//! for room, and the two then take turns on one core while the other idles. That is what
-//! happened whenever nothing else woke on the informer's worker (measured with the Kafka
-//! sink, whose deliveries wake its driver from librdkafka's thread: the reader ran on the
-//! informer's thread 94 % of the time, against 2 % with the blackhole sink, and the pipeline
-//! ran at half the speed).
-
-use std::sync::OnceLock;
 
 use futures::StreamExt;
-use tokio::runtime::{Builder, Runtime};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::api::EventStream;
 
-/// Events parsed ahead of the informer at most (a few hundred KB of objects).
-const AHEAD: usize = 64;
+/// Events handed over at once at most: only those parsed already (a batch never waits for
+/// more), so a quiet watch's event is not held back.
+const BATCH: usize = 32;
 
-/// The runtime every read-ahead task runs on: half the cores' worth of threads (at least
-/// one), shared by all informers, started on first use and kept for the process's life.
-fn readers() -> &'static Runtime {
-    static READERS: OnceLock<Runtime> = OnceLock::new();
-    READERS.get_or_init(|| {
-        let threads = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
-        Builder::new_multi_thread()
-            .worker_threads(threads)
-            .thread_name("watch-reader")
-            .enable_all()
-            .build()
-            .expect("the watch readers' runtime starts")
-    })
-}
+/// Batches parsed ahead of the informer at most (`BATCH` events each: a few hundred KB of
+/// objects in all).
+const AHEAD: usize = 2;
 
-/// `stream`, polled by a task of its own `AHEAD` events ahead of its reader.
-pub(super) fn read_ahead(mut stream: EventStream) -> EventStream {
-    let (tx, rx) = mpsc::channel(AHEAD);
-    readers().spawn(async move {
+/// `stream`, polled by a task of its own up to `AHEAD` batches ahead of its reader.
+///
+/// The events cross in batches of what was ready, not one by one: while the informer is the
+/// slower side the channel stays full, and one event at a time would wake the reader for
+/// every event the informer takes; a batch wakes it once per `BATCH` events. Tokio runs a
+/// task woken by another next on the waker's worker, so each of those wake-ups also made the
+/// reader take a turn on the informer's core rather than parse beside it on the other.
+pub(super) fn read_ahead(stream: EventStream) -> EventStream {
+    let (tx, rx) = mpsc::channel::<Vec<_>>(AHEAD);
+    let mut batches = stream.ready_chunks(BATCH);
+    tokio::spawn(async move {
         loop {
-            let item = tokio::select! {
+            let batch = tokio::select! {
                 // The reader is gone (the watch was abandoned): stop reading it.
                 () = tx.closed() => return,
-                item = stream.next() => item,
+                batch = batches.next() => batch,
             };
-            let Some(item) = item else { return };
-            if tx.send(item).await.is_err() {
+            let Some(batch) = batch else { return };
+            if tx.send(batch).await.is_err() {
                 return;
             }
         }
     });
-    ReceiverStream::new(rx).boxed()
+    ReceiverStream::new(rx)
+        .flat_map(futures::stream::iter)
+        .boxed()
 }
 
 #[cfg(test)]
@@ -93,31 +80,16 @@ mod tests {
         assert!(s.next().await.is_none());
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_watch_is_parsed_on_the_readers_threads_not_the_agents_workers() {
-        // Where each line would be parsed: the thread that polls the stream.
-        let items: Vec<_> = (0..200).map(added).collect();
-        let pollers = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
-        let seen = pollers.clone();
-        let inner = futures::stream::iter(items)
-            .map(move |e| {
-                let name = std::thread::current().name().unwrap_or("").to_string();
-                seen.lock().unwrap().insert(name);
-                e
-            })
+    #[tokio::test]
+    async fn an_event_of_a_quiet_watch_is_handed_over_at_once_not_held_for_a_batch() {
+        let inner = futures::stream::iter([added(0)])
+            .chain(futures::stream::pending())
             .boxed();
         let mut s = read_ahead(inner);
-        let mut n = 0;
-        while s.next().await.is_some() {
-            n += 1;
-        }
-        assert_eq!(n, 200);
-        let pollers = pollers.lock().unwrap().clone();
-        assert_eq!(
-            pollers,
-            ["watch-reader".to_string()].into(),
-            "the stream was polled on {pollers:?}, not only on the readers' runtime"
-        );
+        let first = tokio::time::timeout(std::time::Duration::from_secs(5), s.next())
+            .await
+            .expect("the lone event arrives without more behind it");
+        assert!(matches!(first, Some((_, Ok(RawEvent::Added(_))))));
     }
 
     /// Marks when the stream it wraps is dropped.
