@@ -16,8 +16,8 @@ use super::api::EventStream;
 /// more), so a quiet watch's event is not held back.
 const BATCH: usize = 32;
 
-/// Batches parsed ahead of the informer at most (`BATCH` events each: a few hundred KB of
-/// objects in all).
+/// Batches waiting for the informer at most (`BATCH` events each; with the batch each side
+/// holds, at most 128 events, a few MB of objects, are between the socket and the informer).
 const AHEAD: usize = 2;
 
 /// `stream`, polled by a task of its own up to `AHEAD` batches ahead of its reader.
