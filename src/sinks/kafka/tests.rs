@@ -614,6 +614,76 @@ async fn a_full_producer_queue_waits_for_room_instead_of_failing() {
     assert_eq!(consume(&bootstrap, &["small"], 300).await.len(), 300);
 }
 
+/// Messages the brokers hold in `topic` (the sum of its partitions' high watermarks).
+fn messages_in(bootstrap: &str, topic: &str) -> i64 {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "lookout-test-count")
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .expect("metadata");
+    metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(5))
+                .expect("watermarks")
+                .1
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_given_up_while_producing_enqueues_nothing_after_the_purge() {
+    let mock = mock(&[("quit", 2)]);
+    let bootstrap = mock.bootstrap_servers();
+    let mut c = config(&bootstrap, "quit");
+    // A small librdkafka queue keeps the producing thread waiting for room, mid-batch.
+    set(&mut c, "queue.buffering.max.messages", "5");
+    let batch: Vec<_> = (0..3000)
+        .map(|i| deployment(&format!("u{}", i % 7), Op::Update, i))
+        .collect();
+    let sink = sink(&c);
+    let count = |b: String| async move {
+        tokio::task::spawn_blocking(move || messages_in(&b, "quit"))
+            .await
+            .unwrap()
+    };
+    // Sending, until the first messages are on the broker.
+    {
+        let send = sink.send(&batch);
+        tokio::pin!(send);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while count(bootstrap.clone()).await == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nothing sent within 20 s"
+            );
+            tokio::select! {
+                r = &mut send => panic!("3000 messages through a queue of 5 went at once: {r:?}"),
+                () = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+        }
+        // The driver gives up: its send future is dropped, then the sink abandoned.
+    }
+    sink.abandon();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after_purge = count(bootstrap.clone()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let later = count(bootstrap.clone()).await;
+    assert!(
+        after_purge < 3000,
+        "the batch was given up before it was all sent"
+    );
+    assert_eq!(
+        later, after_purge,
+        "nothing of the batch is produced after the purge"
+    );
+}
+
 #[tokio::test]
 async fn an_oversized_event_is_dead_lettered_and_the_rest_delivered() {
     let mock = mock(&[("big", 1)]);
