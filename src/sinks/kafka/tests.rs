@@ -601,15 +601,30 @@ async fn connect_framing_and_namespaced_name_keys_when_asked() {
     );
 }
 
-#[tokio::test]
-async fn a_full_producer_queue_waits_for_room_instead_of_failing() {
-    let mock = mock(&[("small", 2)]);
+/// A mock cluster with `topic` (2 partitions), a sink config whose librdkafka queue holds
+/// only 5 messages, and `n` updates of 7 objects.
+fn queue_of_five(
+    topic: &str,
+    n: u64,
+) -> (
+    MockCluster<'static, DefaultProducerContext>,
+    String,
+    KafkaSinkConfig,
+    Vec<Arc<Envelope>>,
+) {
+    let mock = mock(&[(topic, 2)]);
     let bootstrap = mock.bootstrap_servers();
-    let mut c = config(&bootstrap, "small");
+    let mut c = config(&bootstrap, topic);
     set(&mut c, "queue.buffering.max.messages", "5");
-    let batch: Vec<_> = (0..300)
+    let batch = (0..n)
         .map(|i| deployment(&format!("u{}", i % 7), Op::Update, i))
         .collect();
+    (mock, bootstrap, c, batch)
+}
+
+#[tokio::test]
+async fn a_full_producer_queue_waits_for_room_instead_of_failing() {
+    let (_mock, bootstrap, c, batch) = queue_of_five("small", 300);
     sink(&c).send(&batch).await.unwrap();
     assert_eq!(consume(&bootstrap, &["small"], 300).await.len(), 300);
 }
@@ -638,14 +653,8 @@ fn messages_in(bootstrap: &str, topic: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_given_up_while_producing_enqueues_nothing_after_the_purge() {
-    let mock = mock(&[("quit", 2)]);
-    let bootstrap = mock.bootstrap_servers();
-    let mut c = config(&bootstrap, "quit");
-    // A small librdkafka queue keeps the producing thread waiting for room, mid-batch.
-    set(&mut c, "queue.buffering.max.messages", "5");
-    let batch: Vec<_> = (0..3000)
-        .map(|i| deployment(&format!("u{}", i % 7), Op::Update, i))
-        .collect();
+    // The small librdkafka queue keeps the producing thread waiting for room, mid-batch.
+    let (_mock, bootstrap, c, batch) = queue_of_five("quit", 3000);
     let sink = sink(&c);
     let count = |b: String| async move {
         tokio::task::spawn_blocking(move || messages_in(&b, "quit"))
