@@ -65,7 +65,7 @@ async fn route(routes: &str, events: Vec<Envelope>) -> (HashMap<&'static str, Ve
         let e = Arc::new(e);
         let targets = router.route(&e);
         let sinks: Vec<usize> = targets.iter().map(|(s, _)| *s).collect();
-        let state = (e.op != Op::Delete).then(|| e.object.value().clone());
+        let state = (e.op != Op::Delete).then_some(&*e.object);
         let tokens = tracker.register(&ObjectId::of(&e), state, &e.uid, || json!({}), &sinks);
         for ((s, deliver), token) in targets.into_iter().zip(tokens) {
             lanes[s]

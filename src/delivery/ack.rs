@@ -27,11 +27,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
-use crate::event::Envelope;
-use crate::event::object::cache_key;
+use crate::event::{Doc, Envelope};
 use crate::sinks::{AckObserver, Slot};
 use crate::state::{Recorder, StateOp};
 
@@ -49,7 +49,8 @@ impl ObjectId {
     pub fn of(e: &Envelope) -> Self {
         Self {
             source: e.source.clone(),
-            key: cache_key(&e.object).into(),
+            // The envelope's identity, not its object: reading the object could decode it.
+            key: e.display_name().into(),
         }
     }
 }
@@ -79,8 +80,9 @@ impl AckToken {
 /// What the tracker knows of one object while some sink owes a change of it.
 #[derive(Debug)]
 struct Entry {
-    /// The newest registered state (`None`: deleted).
-    latest: Option<Arc<Value>>,
+    /// The newest registered state (`None`: deleted), as the store writes it; kept only
+    /// when there is a store to write it to.
+    latest: Option<Bytes>,
     /// Per sink: changes routed to it and not yet acknowledged.
     owed: Vec<u32>,
     /// Per sink, while it owes: the uids its in-flight marker names, each with the
@@ -143,14 +145,24 @@ impl Tracker {
     /// `targets` (sink indices; a sink may appear more than once, one token each; empty when
     /// routed nowhere). `uid` and `identity` (the object's identity, for a re-sent delete) name
     /// the object in in-flight markers. Returns one token per target, in order.
+    ///
+    /// Only the state's JSON is kept, and only with a store: a tree held here until every
+    /// sink acknowledged would keep each in-flight object's tree alive, and the store writes
+    /// JSON anyway.
     pub fn register(
         &self,
         object: &ObjectId,
-        state: Option<Arc<Value>>,
+        state: Option<&Doc>,
         uid: &str,
         identity: impl Fn() -> Value,
         targets: &[usize],
     ) -> Vec<AckToken> {
+        // Encoded (when the state has no JSON yet) before the lock, which the drivers'
+        // acknowledgements take too.
+        let state = self
+            .durable
+            .as_ref()
+            .and_then(|_| state.map(|d| d.json().clone()));
         let mut inner = self.inner.lock().expect("tracker lock");
         let Inner {
             objects,
@@ -314,14 +326,14 @@ mod tests {
         }
     }
 
-    fn state(v: u32) -> Option<Arc<Value>> {
-        Some(Arc::new(
+    fn state(v: u32) -> Option<Arc<Doc>> {
+        Some(Doc::new(Arc::new(
             json!({"metadata": {"resourceVersion": v.to_string()}}),
-        ))
+        )))
     }
 
     fn register(t: &Tracker, key: &str, v: u32, targets: &[usize]) -> Vec<AckToken> {
-        t.register(&id(key), state(v), "uid", || json!({}), targets)
+        t.register(&id(key), state(v).as_deref(), "uid", || json!({}), targets)
     }
 
     /// The (sink, resourceVersion) base writes in the channel so far; `None` = deleted.
@@ -332,7 +344,7 @@ mod tests {
                 out.push((
                     sink,
                     state.map(|s| {
-                        s["metadata"]["resourceVersion"]
+                        serde_json::from_slice::<Value>(&s).unwrap()["metadata"]["resourceVersion"]
                             .as_str()
                             .unwrap()
                             .to_string()
@@ -462,9 +474,21 @@ mod tests {
     #[test]
     fn a_marker_names_every_incarnation_the_sink_may_hold() {
         let (t, mut rx, _durable) = tracker(1);
-        t.register(&id("a"), state(1), "uid-1", || json!({"uid": 1}), &[0]);
+        t.register(
+            &id("a"),
+            state(1).as_deref(),
+            "uid-1",
+            || json!({"uid": 1}),
+            &[0],
+        );
         t.register(&id("a"), None, "uid-1", || json!({"uid": 1}), &[0]);
-        t.register(&id("a"), state(3), "uid-2", || json!({"uid": 2}), &[0]);
+        t.register(
+            &id("a"),
+            state(3).as_deref(),
+            "uid-2",
+            || json!({"uid": 2}),
+            &[0],
+        );
         let named: Vec<Value> = std::iter::from_fn(|| rx.try_recv().ok())
             .filter_map(|op| match op {
                 StateOp::Owing { identity, .. } => Some((*identity).clone()),
@@ -477,7 +501,7 @@ mod tests {
     #[test]
     fn without_a_store_nothing_is_recorded_and_nothing_waits() {
         let t = Tracker::new(1, None);
-        let tokens = t.register(&id("a"), state(1), "u", || json!({}), &[0]);
+        let tokens = t.register(&id("a"), state(1).as_deref(), "u", || json!({}), &[0]);
         assert_eq!(tokens[0].needs, 0);
         assert_eq!(t.pending(), 1);
         t.ack(tokens[0].clone());

@@ -47,6 +47,21 @@ impl Doc {
         })
     }
 
+    /// Lets go of the tree of a state known as JSON too, when `doc` is its only handle (a
+    /// shared state keeps its tree: another holder may be reading it). Returns whether the
+    /// tree went. Reading the tree afterwards decodes the JSON again.
+    pub fn release_tree(doc: &mut Arc<Doc>) -> bool {
+        match Arc::get_mut(doc) {
+            Some(d) if d.json.get().is_some() => d.value.take().is_some(),
+            _ => false,
+        }
+    }
+
+    /// Whether the tree is at hand (made, or not released).
+    pub fn has_tree(&self) -> bool {
+        self.value.get().is_some()
+    }
+
     /// The tree.
     pub fn value(&self) -> &Arc<Value> {
         self.value.get_or_init(|| {
@@ -115,5 +130,30 @@ mod tests {
             &from_tree.json()[..],
             br#"{"b":1,"a":{"x":[1,"two",null]}}"#
         );
+    }
+
+    #[test]
+    fn a_tree_is_released_only_by_the_sole_holder_of_a_state_known_as_json() {
+        let v = json!({"b": 1, "a": [true]});
+        let mut tree_only = Doc::new(Arc::new(v.clone()));
+        assert!(
+            !Doc::release_tree(&mut tree_only),
+            "no JSON to fall back on"
+        );
+        assert!(tree_only.has_tree());
+
+        let mut both = Doc::new(Arc::new(v.clone()));
+        both.json();
+        let other = both.clone();
+        assert!(
+            !Doc::release_tree(&mut both),
+            "another holder may read the tree"
+        );
+        drop(other);
+        assert!(Doc::release_tree(&mut both));
+        assert!(!both.has_tree());
+        // Decoded again on demand, equal to what it was.
+        assert_eq!(**both.value(), v);
+        assert!(both.has_tree());
     }
 }

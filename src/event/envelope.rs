@@ -229,6 +229,17 @@ impl Envelope {
         self.op == Op::Add && (self.snapshot.is_some() || self.initial_list)
     }
 
+    /// Lets go of the trees of `object` and `old` when `e` is the only handle of the envelope and
+    /// of each state, and each state is known as JSON too (see [`Doc::release_tree`]).
+    pub fn release_trees(e: &mut Arc<Envelope>) {
+        if let Some(e) = Arc::get_mut(e) {
+            Doc::release_tree(&mut e.object);
+            if let Some(old) = &mut e.old {
+                Doc::release_tree(old);
+            }
+        }
+    }
+
     /// `namespace/name` or `name`.
     pub fn display_name(&self) -> String {
         match &self.namespace {

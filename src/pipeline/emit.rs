@@ -36,7 +36,7 @@ impl Forwarding {
     pub(super) async fn dispatch(&self, event: Envelope) {
         let event = Arc::new(event);
         let targets = self.router.route(&event);
-        let state = (event.op != Op::Delete).then(|| event.object.value().clone());
+        let state = (event.op != Op::Delete).then_some(&*event.object);
         self.deliver(&ObjectId::of(&event), state, &event, targets)
             .await;
     }
@@ -49,7 +49,7 @@ impl Forwarding {
     pub(super) async fn deliver(
         &self,
         object: &ObjectId,
-        state: Option<Arc<Value>>,
+        state: Option<&Doc>,
         named: &Envelope,
         targets: Vec<(usize, Arc<Envelope>)>,
     ) {

@@ -18,7 +18,7 @@ use super::{Intake, Parts, StateAccess};
 use crate::backoff::BackoffPolicy;
 use crate::delivery::{ObjectId, Tracker};
 use crate::event::object;
-use crate::event::{Envelope, Op, SnapshotMark, diff};
+use crate::event::{Doc, Envelope, Op, SnapshotMark, diff};
 use crate::state::{SinkBase, StateError, StateStore, StateWriter};
 
 /// Why this replica could not start forwarding.
@@ -362,6 +362,8 @@ async fn reconcile_object(
         owing = ?held.iter().map(|h| h.owing.len()).collect::<Vec<_>>(),
         sends = ?targets.iter().map(|(s, e)| format!("{s}:{}:{}", e.op.as_str(), e.uid)).collect::<Vec<_>>(),
         "start-up comparison");
-    fwd.deliver(&object, current, &named, targets).await;
+    let current = current.map(Doc::new);
+    fwd.deliver(&object, current.as_deref(), &named, targets)
+        .await;
     true
 }

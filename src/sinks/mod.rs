@@ -45,6 +45,16 @@ pub trait Sink: Send + Sync + 'static {
         Batching::default()
     }
 
+    /// Whether `send` reads its events' object trees (`object` and `old` as `Value`s), not
+    /// only their JSON (`Envelope::to_json`). A sink that does not lets the driver release
+    /// the trees as soon as it holds the batch, instead of keeping them for as long as the
+    /// delivery takes: thousands of events in flight to Kafka kept thousands of trees, most
+    /// of the memory the pipeline touched. A released tree is decoded again when read, so a
+    /// wrong `false` costs time, never correctness.
+    fn reads_trees(&self) -> bool {
+        true
+    }
+
     /// Whether the sink can take events now (readiness).
     async fn healthcheck(&self) -> Result<(), SinkError> {
         Ok(())

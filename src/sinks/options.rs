@@ -98,6 +98,12 @@ impl Payload {
         }
     }
 
+    /// Whether encoding reads the object trees, not only the envelope's JSON (see
+    /// [`crate::sinks::Sink::reads_trees`]).
+    pub fn reads_trees(self) -> bool {
+        matches!(self, Payload::Text | Payload::Debezium(_))
+    }
+
     /// The CloudEvents mode, `None` for other payloads.
     pub fn cloud_events(self) -> Option<CloudEventsMode> {
         match self {

@@ -33,6 +33,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -202,8 +204,9 @@ pub enum StateOp {
         source: Arc<str>,
         /// `namespace/name`.
         key: Arc<str>,
-        /// The state.
-        state: Option<Arc<Value>>,
+        /// The state, as its compact JSON (serde_json's encoding, as the cache and the
+        /// envelope have it): written as it is.
+        state: Option<Bytes>,
     },
 }
 
@@ -442,10 +445,7 @@ impl StateStore {
                         key,
                         state,
                     } => {
-                        let state = match state {
-                            Some(v) => Some(serde_json::to_vec(v.as_ref()).map_err(store_err)?),
-                            None => None,
-                        };
+                        let state = state.as_ref().map(|b| b.to_vec());
                         owing
                             .remove(sink_key(&sinks[*sink], source, key).as_str())
                             .map_err(store_err)?;
@@ -632,7 +632,7 @@ mod tests {
             sink,
             source: source.into(),
             key: key.into(),
-            state: state.map(Arc::new),
+            state: state.map(|v| Bytes::from(serde_json::to_vec(&v).unwrap())),
         }
     }
 

@@ -38,6 +38,10 @@ impl Sink for BlackholeSink {
         self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         Ok(())
     }
+
+    fn reads_trees(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

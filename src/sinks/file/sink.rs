@@ -82,6 +82,10 @@ impl Sink for FileSink {
         .map_err(|e| SinkError::retriable(format!("file writer task failed: {e}")))?
         .map_err(|e| SinkError::retriable(format!("cannot write: {e}")))
     }
+
+    fn reads_trees(&self) -> bool {
+        self.payload.reads_trees()
+    }
 }
 
 #[cfg(test)]

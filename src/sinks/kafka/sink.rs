@@ -464,6 +464,10 @@ impl Sink for KafkaSink {
         }
     }
 
+    fn reads_trees(&self) -> bool {
+        self.encoder.debezium.is_some()
+    }
+
     async fn healthcheck(&self) -> Result<(), SinkError> {
         fetch_metadata(self.producer())
             .await

@@ -72,4 +72,8 @@ impl Sink for StdoutSink {
             Err(e) => Err(SinkError::retriable(format!("cannot write to stdout: {e}"))),
         }
     }
+
+    fn reads_trees(&self) -> bool {
+        !matches!(self.format, StdoutFormat::Json)
+    }
 }

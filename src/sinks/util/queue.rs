@@ -338,14 +338,8 @@ mod tests {
 
     fn tokens(t: &crate::delivery::Tracker, e: &Envelope) -> Option<AckToken> {
         let id = crate::delivery::ObjectId::of(e);
-        t.register(
-            &id,
-            Some(e.object.value().clone()),
-            &e.uid,
-            || json!({}),
-            &[0],
-        )
-        .pop()
+        t.register(&id, Some(&e.object), &e.uid, || json!({}), &[0])
+            .pop()
     }
 
     #[tokio::test]

@@ -151,6 +151,10 @@ impl Sink for WebhookSink {
     fn batching(&self) -> Batching {
         self.batching
     }
+
+    fn reads_trees(&self) -> bool {
+        matches!(self.encoding, Encoding::Debezium { .. })
+    }
 }
 
 /// An error with its causes (`error sending request: connection refused`), since reqwest's
