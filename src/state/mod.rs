@@ -34,7 +34,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -445,11 +444,18 @@ impl StateStore {
                         key,
                         state,
                     } => {
-                        let state = state.as_ref().map(|b| b.to_vec());
                         owing
                             .remove(sink_key(&sinks[*sink], source, key).as_str())
                             .map_err(store_err)?;
-                        set_base(&mut objects, &mut bases, sinks, *sink, source, key, state)?;
+                        set_base(
+                            &mut objects,
+                            &mut bases,
+                            sinks,
+                            *sink,
+                            source,
+                            key,
+                            state.as_deref(),
+                        )?;
                     }
                 }
             }
@@ -483,7 +489,7 @@ fn set_base(
     sink: usize,
     source: &str,
     key: &str,
-    state: Option<Vec<u8>>,
+    state: Option<&[u8]>,
 ) -> Result<(), StateError> {
     let okey = object_key(source, key);
     let shared: Option<Vec<u8>> = objects
@@ -502,7 +508,7 @@ fn set_base(
     // A row with an empty value: the sink holds nothing although the shared row has a state.
     let logical = |t: usize| -> Option<&[u8]> {
         if t == sink {
-            return state.as_deref();
+            return state;
         }
         match &rows[t] {
             Some(r) if r.is_empty() => None,
@@ -510,11 +516,11 @@ fn set_base(
             None => shared.as_deref(),
         }
     };
-    let all_agree = (0..sinks.len()).all(|t| logical(t) == state.as_deref());
+    let all_agree = (0..sinks.len()).all(|t| logical(t) == state);
     if all_agree {
-        match &state {
+        match state {
             Some(bytes) => objects
-                .insert(okey.as_str(), bytes.as_slice())
+                .insert(okey.as_str(), bytes)
                 .map(drop)
                 .map_err(store_err)?,
             None => objects.remove(okey.as_str()).map(drop).map_err(store_err)?,
@@ -529,10 +535,10 @@ fn set_base(
         return Ok(());
     }
     let own = sink_key(&sinks[sink], source, key);
-    if state == shared {
+    if state == shared.as_deref() {
         bases.remove(own.as_str()).map_err(store_err)?;
     } else {
-        let bytes: &[u8] = state.as_deref().unwrap_or_default();
+        let bytes: &[u8] = state.unwrap_or_default();
         bases.insert(own.as_str(), bytes).map_err(store_err)?;
     }
     Ok(())
