@@ -13,10 +13,11 @@
 //! value, and only the identity headers (`kind`, `apiVersion`, `namespace`, `name`), no `op`
 //! and no `ce_*`: it is not a change event of its own.
 
+use std::borrow::Cow;
+use std::ffi::{CStr, CString};
 use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
-use rdkafka::message::{Header, OwnedHeaders};
 
 use super::config::CloudEventsMode;
 use super::topic::TopicTemplate;
@@ -26,18 +27,27 @@ use crate::event::{Envelope, Op, cloudevents};
 /// `content-type` of a structured CloudEvent.
 const CLOUDEVENTS_JSON: &str = "application/cloudevents+json";
 
-/// One Kafka message to produce.
-pub struct Message {
+/// One Kafka message to produce. Header values borrow from the envelope: librdkafka copies
+/// them when the message is enqueued, so none needs an allocation of its own.
+pub struct Message<'a> {
     /// Rendered topic.
     pub topic: String,
     /// The record key (see the module doc).
     pub key: Bytes,
     /// Null for tombstones.
     pub payload: Option<Bytes>,
-    /// Headers as described in the module doc.
-    pub headers: OwnedHeaders,
+    /// Headers as described in the module doc, in that order.
+    pub headers: Headers<'a>,
     /// Milliseconds since the epoch.
     pub timestamp: i64,
+}
+
+/// Headers of one message: names as C strings, which is how librdkafka takes them.
+pub type Headers<'a> = Vec<(Cow<'static, CStr>, Cow<'a, str>)>;
+
+/// `name: value`, both borrowed.
+fn header<'a>(name: &'static CStr, value: &'a str) -> (Cow<'static, CStr>, Cow<'a, str>) {
+    (Cow::Borrowed(name), Cow::Borrowed(value))
 }
 
 /// Turns envelopes into messages, per the sink's settings.
@@ -66,7 +76,7 @@ impl Encoder {
     }
 
     /// The message for `e`, then its tombstone when one is due; both have the same key.
-    pub fn encode(&self, e: &Envelope) -> (Message, Option<Message>) {
+    pub fn encode<'a>(&self, e: &'a Envelope) -> (Message<'a>, Option<Message<'a>>) {
         let topic = self.topic.render(e);
         let key = self.key(e);
         let timestamp = e
@@ -78,37 +88,33 @@ impl Encoder {
             topic: topic.clone(),
             key: key.clone(),
             payload: None,
-            headers: identity_headers(OwnedHeaders::new_with_capacity(4), e),
+            headers: identity_headers(Vec::with_capacity(4), e),
             timestamp,
         });
-        let headers = OwnedHeaders::new_with_capacity(16).insert(Header {
-            key: "op",
-            value: Some(e.op.as_str()),
-        });
-        let headers = identity_headers(headers, e);
-        let (payload, headers) = match self.cloud_events {
-            None => (
+        let mut headers = Vec::with_capacity(6);
+        headers.push(header(c"op", e.op.as_str()));
+        let mut headers = identity_headers(headers, e);
+        let payload = match self.cloud_events {
+            None => {
+                headers.push(header(c"content-type", "application/json"));
                 match &self.debezium {
                     Some(d) => d.value(e),
                     None => e.to_json().clone(),
-                },
-                content_type(headers, "application/json"),
-            ),
-            Some(CloudEventsMode::Structured) => (
-                cloudevents::structured(e),
-                content_type(headers, CLOUDEVENTS_JSON),
-            ),
+                }
+            }
+            Some(CloudEventsMode::Structured) => {
+                headers.push(header(c"content-type", CLOUDEVENTS_JSON));
+                cloudevents::structured(e)
+            }
             Some(CloudEventsMode::Binary) => {
-                let mut headers = headers;
                 for (name, value) in cloudevents::attributes(e) {
-                    headers = headers.insert(Header {
-                        key: &format!("ce_{name}"),
-                        value: Some(value.as_str()),
-                    });
+                    let name = CString::new(format!("ce_{name}"))
+                        .expect("CloudEvents attribute names have no NUL");
+                    headers.push((Cow::Owned(name), Cow::Owned(value)));
                 }
                 // The binding maps `datacontenttype` to `content-type`.
-                let headers = content_type(headers, cloudevents::DATA_CONTENT_TYPE);
-                (e.to_json().clone(), headers)
+                headers.push(header(c"content-type", cloudevents::DATA_CONTENT_TYPE));
+                e.to_json().clone()
             }
         };
         let message = Message {
@@ -122,31 +128,12 @@ impl Encoder {
     }
 }
 
-fn identity_headers(headers: OwnedHeaders, e: &Envelope) -> OwnedHeaders {
-    let mut headers = headers
-        .insert(Header {
-            key: "kind",
-            value: Some(&*e.kind),
-        })
-        .insert(Header {
-            key: "apiVersion",
-            value: Some(&*e.api_version),
-        });
+fn identity_headers<'a>(mut headers: Headers<'a>, e: &'a Envelope) -> Headers<'a> {
+    headers.push(header(c"kind", &e.kind));
+    headers.push(header(c"apiVersion", &e.api_version));
     if let Some(ns) = &e.namespace {
-        headers = headers.insert(Header {
-            key: "namespace",
-            value: Some(ns.as_str()),
-        });
+        headers.push(header(c"namespace", ns));
     }
-    headers.insert(Header {
-        key: "name",
-        value: Some(e.name.as_str()),
-    })
-}
-
-fn content_type(headers: OwnedHeaders, value: &str) -> OwnedHeaders {
-    headers.insert(Header {
-        key: "content-type",
-        value: Some(value),
-    })
+    headers.push(header(c"name", &e.name));
+    headers
 }

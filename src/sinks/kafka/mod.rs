@@ -4,6 +4,7 @@
 mod client;
 mod config;
 mod encoding;
+mod native;
 mod sink;
 mod topic;
 

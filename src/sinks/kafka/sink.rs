@@ -18,15 +18,15 @@ use async_trait::async_trait;
 use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{
-    BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
-};
+use bytes::Bytes;
+use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer};
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 use super::client::{ClientError, KafkaContext, client_config};
 use super::config::KafkaSinkConfig;
 use super::encoding::{Encoder, Message};
+use super::native::{Args, Topics};
 use super::topic::TopicTemplate;
 use crate::event::Envelope;
 use crate::sinks::{Batching, Common, Payload, Sink, SinkError};
@@ -45,7 +45,7 @@ const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(1);
 /// the producer is replaced.
 const STALLED_ATTEMPTS: u32 = 2;
 
-type KafkaProducer = ThreadedProducer<Deliveries>;
+pub(super) type KafkaProducer = ThreadedProducer<Deliveries>;
 
 /// The Kafka sink. Many messages are in flight at once: a batch is enqueued whole, then the
 /// sink waits until librdkafka has reported on every message of it.
@@ -134,10 +134,24 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// The delivery opaque of one message: its batch and event.
+/// The delivery opaque of one message: its batch and event, and the key and value
+/// librdkafka reads without a copy until it reports on the message.
 pub(super) struct Delivery {
     batch: Arc<Batch>,
     index: usize,
+    key: Bytes,
+    payload: Option<Bytes>,
+}
+
+impl Delivery {
+    pub(super) fn key(&self) -> &[u8] {
+        &self.key
+    }
+
+    /// `None` for a tombstone.
+    pub(super) fn payload(&self) -> Option<&[u8]> {
+        self.payload.as_deref()
+    }
 }
 
 /// The producer context: librdkafka's logs through [`KafkaContext`], delivery reports into
@@ -273,10 +287,13 @@ fn produce(
     events: &[Arc<Envelope>],
     batch: &Arc<Batch>,
 ) {
+    let mut topics = Topics::new(producer);
+    let mut args = Args::default();
+    let mut enqueue = |message, i| enqueue(&mut topics, &mut args, message, i, batch);
     for (i, e) in events.iter().enumerate() {
         let (message, tombstone) = encoder.encode(e);
-        let enqueued = enqueue(producer, message, i, batch).and_then(|()| match tombstone {
-            Some(t) => enqueue(producer, t, i, batch),
+        let enqueued = enqueue(message, i).and_then(|()| match tombstone {
+            Some(t) => enqueue(t, i),
             None => Ok(()),
         });
         match enqueued {
@@ -290,39 +307,34 @@ fn produce(
 /// Enqueues `message` for event `index` of `batch`, pausing while librdkafka's queue is full
 /// (its delivery reports make room).
 fn enqueue(
-    producer: &KafkaProducer,
-    message: Message,
+    topics: &mut Topics,
+    args: &mut Args,
+    mut message: Message<'_>,
     index: usize,
     batch: &Arc<Batch>,
 ) -> Result<(), Refused> {
-    let mut record: BaseRecord<'_, [u8], [u8], Box<Delivery>> = BaseRecord::with_opaque_to(
-        &message.topic,
-        Box::new(Delivery {
-            batch: batch.clone(),
-            index,
-        }),
-    )
-    .key(message.key.as_ref())
-    .headers(message.headers)
-    .timestamp(message.timestamp);
-    if let Some(payload) = &message.payload {
-        record = record.payload(payload.as_ref());
-    }
+    // The key and value move into the opaque: it keeps them for librdkafka.
+    let mut delivery = Box::new(Delivery {
+        batch: batch.clone(),
+        index,
+        key: std::mem::take(&mut message.key),
+        payload: message.payload.take(),
+    });
     loop {
         let cancelled = batch.cancelled.lock().unwrap_or_else(|p| p.into_inner());
         if *cancelled {
             return Err(Refused::Cancelled);
         }
-        // Counted before the send: its report may come before `send` returns.
+        // Counted before the send: its report may come before `produce` returns.
         batch.outstanding.fetch_add(1, Ordering::AcqRel);
-        match producer.send(record) {
+        match args.produce(topics, &message, delivery) {
             Ok(()) => return Ok(()),
-            Err((error, back)) => {
+            Err(refusal) => {
                 batch.outstanding.fetch_sub(1, Ordering::AcqRel);
-                if error != KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) {
-                    return Err(Refused::Failed(error));
+                if refusal.code != RDKafkaErrorCode::QueueFull {
+                    return Err(Refused::Failed(KafkaError::MessageProduction(refusal.code)));
                 }
-                record = back;
+                delivery = refusal.delivery;
                 drop(cancelled);
                 std::thread::sleep(QUEUE_FULL_PAUSE);
             }

@@ -693,6 +693,44 @@ async fn a_send_given_up_while_producing_enqueues_nothing_after_the_purge() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_in_flight_keep_their_bytes_after_the_sender_dropped_its_events() {
+    // librdkafka is handed each value and key without a copy; a slow broker keeps the
+    // messages in flight after the send was given up and every envelope dropped.
+    let mock = mock(&[("own", 1)]);
+    mock.broker_round_trip_time(1, Duration::from_millis(400))
+        .expect("rtt");
+    let bootstrap = mock.bootstrap_servers();
+    let sink = sink(&config(&bootstrap, "own"));
+    let batch: Vec<Arc<Envelope>> = (0..50)
+        .map(|i| deployment(&format!("u{i}"), Op::Update, i))
+        .collect();
+    let expected: HashMap<String, Value> = batch
+        .iter()
+        .map(|e| {
+            let value = serde_json::from_slice(e.to_json()).unwrap();
+            (e.uid.to_string(), value)
+        })
+        .collect();
+    let given_up = tokio::time::timeout(Duration::from_millis(100), sink.send(&batch)).await;
+    assert!(given_up.is_err(), "a 400 ms broker delivered within 100 ms");
+    drop(batch);
+    // Reuse what the envelopes freed, with bytes that are not JSON.
+    let scribbles: Vec<Vec<u8>> = (0..4000).map(|i| vec![0x55; 64 + (i % 8) * 64]).collect();
+
+    let got = consume(&bootstrap, &["own"], 50).await;
+    drop(scribbles);
+    assert_eq!(got.len(), 50, "every enqueued message is delivered");
+    for m in &got {
+        assert_eq!(
+            m.value.as_ref(),
+            Some(&expected[&m.key]),
+            "the value of {} is its envelope",
+            m.key
+        );
+    }
+}
+
 #[tokio::test]
 async fn an_oversized_event_is_dead_lettered_and_the_rest_delivered() {
     let mock = mock(&[("big", 1)]);
