@@ -1,11 +1,10 @@
 //! librdkafka's produce call, made directly rather than through `rdkafka`'s `send`, so that
 //! a message costs no copy and no allocation the sink does not need:
 //!
-//! - the value and key are not copied (`rdkafka` always passes `RD_KAFKA_MSG_F_COPY`):
-//!   librdkafka reads them from the envelope's own buffer, which the message's delivery
-//!   opaque keeps alive until its delivery report. The copies were allocated by glibc on the
-//!   producing thread and freed on librdkafka's, and that churn showed in the profile as page
-//!   faults and `memmove` on the producing thread;
+//! - the value and key are not copied (`rdkafka` always passes `RD_KAFKA_MSG_F_COPY`, one
+//!   allocation and a copy of the whole envelope per message): librdkafka reads them from
+//!   the envelope's own buffer, which the message's delivery opaque keeps alive until its
+//!   delivery report;
 //! - the topic is a handle looked up once per batch ([`Topics`]), not a name turned into a
 //!   `CString` and looked up per message;
 //! - the headers are passed as name/value pairs borrowed from the envelope, which librdkafka
