@@ -102,14 +102,19 @@ impl Args {
             Ok(t) => t,
             Err(e) => {
                 return Err(Refusal {
-                    code: e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::InvalidTopic),
+                    code: e
+                        .rdkafka_error_code()
+                        .unwrap_or(RDKafkaErrorCode::InvalidTopic),
                     delivery,
                 });
             }
         };
         let args = &mut self.0;
         args.clear();
-        args.push(arg(rd_kafka_vtype_t::RD_KAFKA_VTYPE_RKT, Value { rkt: rkt.as_ptr() }));
+        args.push(arg(
+            rd_kafka_vtype_t::RD_KAFKA_VTYPE_RKT,
+            Value { rkt: rkt.as_ptr() },
+        ));
         // No RD_KAFKA_VTYPE_MSGFLAGS: flags 0, neither copy nor free the value and key.
         if let Some(payload) = delivery.payload() {
             args.push(arg(
