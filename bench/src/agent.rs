@@ -145,6 +145,11 @@ impl Agent {
         None
     }
 
+    /// CPU time the process used so far (user + system, all threads).
+    pub fn cpu(&self) -> Duration {
+        proc_cpu(self.pid())
+    }
+
     /// (VmRSS, VmHWM) in bytes.
     pub fn memory(&self) -> (u64, u64) {
         proc_memory(self.pid())
@@ -192,6 +197,23 @@ pub fn signal(pid: i32, sig: i32) {
     unsafe {
         libc::kill(pid, sig);
     }
+}
+
+/// CPU time a process used so far, user + system over all its threads (`/proc/<pid>/stat`,
+/// in clock ticks: 10 ms on Linux); zero when it cannot be read.
+pub fn proc_cpu(pid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which may itself hold spaces and parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf reads a constant of the system; no memory is involved.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_nanos(ticks * 1_000_000_000 / hz)
 }
 
 /// (VmRSS, VmHWM) of a process, in bytes.

@@ -48,7 +48,7 @@ pub fn compare(
     let port = agent::free_port().port();
     let url = format!("tcp://127.0.0.1:{port}");
     let log = std::fs::File::create(dir.join("tansu.log")).map_err(|e| e.to_string())?;
-    let _broker = Broker(
+    let broker = Broker(
         Command::new(tansu)
             .args([
                 "broker",
@@ -112,6 +112,12 @@ pub fn compare(
                 "lookout did not deliver the initial list to {sink}"
             ))?;
         let mut rates = Vec::new();
+        // CPU per event of the agent and of the broker over each burst: both are frozen or
+        // idle until the thaw, so what they use from then to the burst's last envelope is
+        // the burst's. Steadier than rates on a shared machine, and it says where a gap
+        // between the two sinks goes.
+        let mut cpu = Vec::new();
+        let mut broker_cpu = Vec::new();
         let mut kept = None;
         for run in 0..runs {
             a.freeze();
@@ -120,6 +126,7 @@ pub fn compare(
             for _ in 0..n {
                 objects.push(c.update());
             }
+            let (agent0, broker0) = (a.cpu(), agent::proc_cpu(broker.0.id() as i32));
             a.thaw();
             let burst = a
                 .follow(
@@ -131,15 +138,20 @@ pub fn compare(
                 )
                 .ok_or(format!("lookout's burst to {sink} did not complete"))?;
             rates.push(burst.rate);
+            let per_event = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+            cpu.push(per_event(a.cpu().saturating_sub(agent0)));
+            broker_cpu.push(per_event(
+                agent::proc_cpu(broker.0.id() as i32).saturating_sub(broker0),
+            ));
             if run == 0 && keep {
                 kept = before.map(|b| (b, objects));
             }
         }
         a.shutdown();
-        Ok::<_, String>((rates, kept))
+        Ok::<_, String>((rates, cpu, broker_cpu, kept))
     };
-    let (e2e_kafka, kept) = end_to_end(&kafka_sink, "kafka", &mut c, true)?;
-    let (e2e_blackhole, _) = end_to_end(blackhole, "bh", &mut c, false)?;
+    let (e2e_kafka, cpu_kafka, cpu_broker, kept) = end_to_end(&kafka_sink, "kafka", &mut c, true)?;
+    let (e2e_blackhole, cpu_blackhole, _, _) = end_to_end(blackhole, "bh", &mut c, false)?;
     rt.block_on(c.sim.shutdown());
     let (before, objects) = kept.expect("first burst kept");
 
@@ -190,6 +202,24 @@ pub fn compare(
             ratio(&e2e_kafka, &e2e_blackhole),
             "ratio",
             Some(Target::AtLeast(0.8)),
+        ),
+        (
+            "lookout CPU per event end to end, Kafka sink".into(),
+            cpu_kafka,
+            "µs",
+            None,
+        ),
+        (
+            "lookout CPU per event end to end, blackhole sink".into(),
+            cpu_blackhole,
+            "µs",
+            None,
+        ),
+        (
+            "tansu CPU per event (lookout's Kafka bursts)".into(),
+            cpu_broker,
+            "µs",
+            None,
         ),
     ])
 }
