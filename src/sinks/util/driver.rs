@@ -99,10 +99,11 @@ pub struct SinkLane {
 impl SinkLane {
     /// A lane for `sink` with a queue of `capacity` entries; nothing drains it yet.
     pub fn new(name: String, sink: Arc<dyn Sink>, capacity: usize) -> Self {
+        let queue = SinkQueue::new(capacity).releasing_trees(!sink.reads_trees());
         Self {
             name,
             sink,
-            queue: Arc::new(SinkQueue::new(capacity)),
+            queue: Arc::new(queue),
             stats: Arc::new(SinkStats::default()),
         }
     }
@@ -227,8 +228,8 @@ async fn drive(
             b = queue.pop_batch(batching.max_events, batching.max_bytes, batching.max_wait) => b,
         };
         let Some(mut slots) = slots else { break };
-        // Here, on the driver's task, not where the trees were made: freeing them is work
-        // the informer's loop (the pipeline's bottleneck) would otherwise do.
+        // What the queue could not let go of at a push (the newest entries, entries queued
+        // for other sinks too) goes here, on the driver's task, when nothing else holds it.
         if !reads_trees {
             for slot in &mut slots {
                 Envelope::release_trees(&mut slot.deliver);
