@@ -83,13 +83,13 @@ impl SinkQueue {
     /// each push lets go of the object trees of the entries queued before it, as far as
     /// they are no longer shared ([`Envelope::release_trees`]).
     ///
-    /// Why at push, on the informer's task: a slow sink (Kafka waits for the broker's
-    /// acknowledgements of one batch before it takes the next) leaves hundreds of trees
-    /// queued for milliseconds. Freed only when the driver takes them, they had left the
-    /// core's cache, and with them the memory the informer's next allocations reuse: on
-    /// the benchmark, parsing, encoding and the allocator ran up to 60 % slower with the
-    /// Kafka sink than with the blackhole. Freed one push later they are still hot, and
-    /// the informer's next event reuses their memory at once.
+    /// Why at push: a slow or unreachable sink (Kafka waits for the broker's
+    /// acknowledgement of one batch before it takes the next; an outage stops it) leaves
+    /// up to `queueCapacity` events queued, and a Pod's tree is several times its JSON. A
+    /// Kafka agent whose broker was down held a full queue (10,000 events, most of them updates) in 769 MB before, in
+    /// 410 MB after (`bench/outage-rss.sh`). Freeing a tree one push after it was made,
+    /// while it is still in the core's cache, also costs about half what freeing it in the
+    /// driver did (in `perf`), though the benchmark's throughput did not move with it.
     pub fn releasing_trees(mut self, release: bool) -> Self {
         self.release_trees = release;
         self
