@@ -86,10 +86,11 @@ impl SinkQueue {
     /// Why at push: a slow or unreachable sink (Kafka waits for the broker's
     /// acknowledgement of one batch before it takes the next; an outage stops it) leaves
     /// up to `queueCapacity` events queued, and a Pod's tree is several times its JSON. A
-    /// Kafka agent whose broker was down held a full queue (10,000 events, most of them updates) in 769 MB before, in
-    /// 410 MB after (`bench/outage-rss.sh`). Freeing a tree one push after it was made,
-    /// while it is still in the core's cache, also costs about half what freeing it in the
-    /// driver did (in `perf`), though the benchmark's throughput did not move with it.
+    /// Kafka agent whose broker was down held a full queue (10,000 events, most of them
+    /// updates) in 769 MB before, in 410 MB after (`bench/outage-rss.sh`). Freeing a tree
+    /// one push after it was made, while it is still in the core's cache, also costs about
+    /// half what freeing it in the driver did (in `perf`), though the benchmark's
+    /// throughput did not move with it.
     pub fn releasing_trees(mut self, release: bool) -> Self {
         self.release_trees = release;
         self
