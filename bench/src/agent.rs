@@ -108,9 +108,11 @@ impl Agent {
     }
 
     /// Follows a burst of `n` events after `base` on every sink in `sinks`: from the first
-    /// envelope out to the last one (polled every `every`).
+    /// envelope out to the last one (polled every `every`). Panics, like
+    /// [`Agent::assert_running`], when the agent exits meanwhile, instead of waiting out
+    /// `timeout` for a burst nobody will finish.
     pub fn follow(
-        &self,
+        &mut self,
         sinks: &[&str],
         base: u64,
         n: u64,
@@ -120,6 +122,7 @@ impl Agent {
         let end = Instant::now() + timeout;
         let mut first: Option<(Instant, u64)> = None;
         while Instant::now() < end {
+            self.assert_running();
             let now = Instant::now();
             let done = sinks
                 .iter()
