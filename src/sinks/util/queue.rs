@@ -362,6 +362,33 @@ mod tests {
         );
     }
 
+    /// An outage fills the queue; later changes merge into entries whose trees are gone.
+    #[tokio::test]
+    async fn a_full_queue_for_json_only_sinks_coalesces_into_released_entries() {
+        let q = SinkQueue::new(2).releasing_trees(true);
+        q.push(encoded_update("a", 1, 2)).await.unwrap();
+        q.push(encoded_update("b", 1, 2)).await.unwrap();
+        for v in 3..10 {
+            q.push(encoded_update("a", v - 1, v)).await.unwrap();
+        }
+        assert_eq!(q.coalesced(), 7);
+        let batch = q.pop_batch(10, usize::MAX, Duration::ZERO).await.unwrap();
+        let a = &batch[0].deliver;
+        let mut doc = (*obj("a", 1)).clone();
+        json_patch::patch(&mut doc, a.patch.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            doc,
+            *obj("a", 9),
+            "one patch from the released base to the newest"
+        );
+        let json: Value = serde_json::from_slice(a.to_json()).unwrap();
+        assert_eq!(json["object"], *obj("a", 9));
+        assert_eq!(
+            json["patch"],
+            serde_json::to_value(a.patch.as_ref().unwrap()).unwrap()
+        );
+    }
+
     #[tokio::test]
     async fn a_queue_for_sinks_that_read_trees_keeps_them() {
         let q = SinkQueue::new(10);
