@@ -9,6 +9,12 @@
 # does not compete with what it measures.
 #
 #   bench/kafka-probe.sh     # after `make bench` built the binaries (or `cargo build --release`)
+#   PROBE_RUNS=3 bench/kafka-probe.sh     # three bursts per sink (the harness's `--runs`)
+#
+# After the timelines, a summary per agent: the mean over its busy intervals of the machine's
+# idle cores and of each of the agent's threads (by thread id: the runtime's workers share a
+# name). Idle cores beside workers that are each far from a full core mean the pipeline
+# stalls on one of its stages, not on the machine.
 set -euo pipefail
 
 TARGET=${CARGO_TARGET_DIR:-$(git rev-parse --show-toplevel)/target}
@@ -74,7 +80,7 @@ while True:
 EOF
 
 BENCH_FLOOR=$TARGET/bench-floor/release/lookout-bench-floor \
-  "$TARGET/release/lookout-bench" --only kafka --runs 1 --out "$OUT/bench" 2>"$OUT/progress" \
+  "$TARGET/release/lookout-bench" --only kafka --runs "${PROBE_RUNS:-1}" --out "$OUT/bench" 2>"$OUT/progress" \
   | grep -E '^kafka '
 kill $(jobs -p) 2>/dev/null || true
 
@@ -95,6 +101,7 @@ for agent in agents:
             continue  # not a busy interval of this agent
         cores = collections.Counter()
         threads = collections.Counter()
+        by_tid = collections.Counter()
         for pid, (comm, tb) in b["procs"].items():
             ta = a["procs"].get(pid, (comm, {}))[1]
             for tid, (name, ticks) in tb.items():
@@ -103,17 +110,26 @@ for agent in agents:
                     cores[comm] += used
                     if comm == "lookout" and pid == agent:
                         threads[name] += used
+                        by_tid[f"{name}[{tid}]"] += used
         idle = (b["idle"] - a["idle"]) / HZ / dt
         rows.append((b["ts"], mb.get("sink", "?"), rate, mb.get("sink_queue_depth", 0),
-                     mb.get("sink_coalesced_total", 0), cores, idle, threads))
+                     mb.get("sink_coalesced_total", 0), cores, idle, threads, by_tid))
     if not rows:
         continue
     print(f"\nagent {agent}, sink {rows[0][1]}: per busy 0.25 s interval, events/s, queue depth, "
           "coalesced, cores used (lookout = all agents), machine idle cores, this agent's threads")
     t0 = rows[0][0]
-    for ts, sink, rate, depth, coalesced, cores, idle, threads in rows:
+    for ts, sink, rate, depth, coalesced, cores, idle, threads, _ in rows:
         used = " ".join(f"{c}={v:.2f}" for c, v in sorted(cores.items()))
         top = " ".join(f"{n}={v:.2f}" for n, v in threads.most_common(4) if v >= 0.02)
         print(f"  {ts - t0:5.2f}s {rate:8.0f}/s depth {depth:6.0f} coalesced {coalesced:5.0f}  "
               f"{used}  idle={idle:.2f}  | {top}")
+    n = len(rows)
+    mean_rate = sum(r[2] for r in rows) / n
+    mean_idle = sum(r[6] for r in rows) / n
+    per_thread = collections.Counter()
+    for r in rows:
+        per_thread.update(r[8])
+    top = " ".join(f"{t}={v / n:.2f}" for t, v in per_thread.most_common(6) if v / n >= 0.02)
+    print(f"  mean of {n} busy intervals: {mean_rate:.0f}/s, machine idle {mean_idle:.2f} cores | {top}")
 EOF

@@ -2,20 +2,27 @@
 //! answers, and the implementation over kube's `Api`. The machine never sees a kube type, so
 //! its unit tests script the answers ([`super::machine`]) without a server.
 //!
-//! Decoding happens here (kube parses each watch line into a [`RawObject`]); a line that does
-//! not decode is an item of the stream ([`RawEvent::Undecodable`]), not the end of it.
+//! Decoding happens here: kube parses list pages into [`RawObject`]s, and each watch line into
+//! an [`Unparsed`] object whose parsing and preparing then run on tasks of their own, several
+//! at once, handed over in order. A line or an object that does not decode is an item of the
+//! stream ([`RawEvent::Undecodable`]), not the end of it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
+use futures::future::BoxFuture;
 use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
 use kube::Api;
 use kube::api::{ListParams, WatchEvent, WatchParams};
 use serde_json::Value;
 
 use super::InformerKey;
-use super::raw::{DropManagedFields, ParsePolicy, RawObject, SummarizeManagedFields};
+use super::prepare::{Prepared, Preparer};
+use super::raw::{
+    DropManagedFields, KeepAll, ParsePolicy, RawObject, SummarizeManagedFields, Unparsed,
+};
 
 /// Server-side watch timeout: the server ends the stream after it and the informer resumes
 /// from the last resourceVersion (no re-list). kube-apiserver caps it at about 5 minutes.
@@ -24,6 +31,9 @@ const WATCH_TIMEOUT_SECS: u32 = 290;
 pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// The bookmark annotation that ends a streaming list's initial events.
 const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
+/// Watch events whose objects are being parsed at once, ahead of the informer: enough to
+/// keep both cores of a small machine parsing while the informer works through earlier ones.
+const PARSING: usize = 16;
 
 /// One page of a list.
 #[derive(Debug, Default)]
@@ -50,12 +60,18 @@ pub(super) enum WatchFrom {
 /// One item of a watch stream.
 #[derive(Debug)]
 pub(super) enum RawEvent {
-    /// ADDED.
+    /// ADDED, not prepared: what scripted watches deliver in tests (the real watch prepares
+    /// its objects, [`RawEvent::Applied`]); the machine prepares it.
+    #[cfg(test)]
     Added(Value),
-    /// MODIFIED.
+    /// MODIFIED, not prepared (see `Added`).
+    #[cfg(test)]
     Modified(Value),
     /// DELETED (the object's last state).
     Deleted(Value),
+    /// ADDED or MODIFIED, already prepared (by the watch's parse tasks; see
+    /// [`super::prepare`]): only the informer's own bookkeeping is left to do.
+    Applied(Prepared),
     /// BOOKMARK: no change, only a resourceVersion to resume from.
     Bookmark {
         /// Where a watch can resume.
@@ -71,8 +87,10 @@ pub(super) enum RawEvent {
 ///
 /// Each item comes with the instant its line arrived, before it was parsed (where delivery
 /// latency starts).
-pub(super) type EventStream =
-    BoxStream<'static, (std::time::Instant, Result<RawEvent, RequestError>)>;
+pub(super) type EventStream = BoxStream<'static, Item>;
+
+/// One item of an [`EventStream`].
+type Item = (std::time::Instant, Result<RawEvent, RequestError>);
 
 /// Why a request (or an open watch) failed, by what the informer does about it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -207,6 +225,10 @@ pub(super) struct KubeListWatch {
     /// The same, keeping only the summary of `managedFields` that `changedBy` needs (when
     /// the transforms drop them and changes are attributed).
     summarized: Option<Api<RawObject<SummarizeManagedFields>>>,
+    /// The resource, for the watch's `Api` (see [`Unparsed`]).
+    resource: kube::core::ApiResource,
+    /// What the watch's parse tasks do to each ADDED or MODIFIED object.
+    preparer: Arc<Preparer>,
     label_selector: Option<String>,
     field_selector: Option<String>,
     page_size: u32,
@@ -222,27 +244,35 @@ impl KubeListWatch {
         trim: bool,
         summarize: bool,
         page_size: u32,
+        preparer: Preparer,
     ) -> Self {
-        fn reparsed<P: ParsePolicy>(
-            api: &Api<RawObject>,
-            resource: &kube::core::ApiResource,
-        ) -> Api<RawObject<P>> {
-            let client = api.clone().into_client();
-            match api.namespace() {
-                Some(ns) => Api::namespaced_with(client, ns, resource),
-                None => Api::all_with(client, resource),
-            }
-        }
         let trimmed = (trim && !summarize).then(|| reparsed(&api, resource));
         let summarized = (trim && summarize).then(|| reparsed(&api, resource));
         Self {
             api,
             trimmed,
             summarized,
+            resource: resource.clone(),
+            preparer: Arc::new(preparer),
             label_selector: key.label_selector.clone(),
             field_selector: key.field_selector.clone(),
             page_size,
         }
+    }
+}
+
+/// `api`'s client and namespace, decoding objects as `K`.
+fn reparsed<K>(api: &Api<RawObject>, resource: &kube::core::ApiResource) -> Api<K>
+where
+    K: kube::Resource<
+            DynamicType = kube::core::ApiResource,
+            Scope = kube::core::DynamicResourceScope,
+        >,
+{
+    let client = api.clone().into_client();
+    match api.namespace() {
+        Some(ns) => Api::namespaced_with(client, ns, resource),
+        None => Api::all_with(client, resource),
     }
 }
 
@@ -283,10 +313,28 @@ impl ListWatch for KubeListWatch {
             WatchFrom::Version(rv) => rv.as_str(),
             WatchFrom::InitialEvents => "",
         };
+        // Objects are parsed apart from the reading of the stream (see `Unparsed`), with the
+        // same policy as the lists.
+        let (api, resource, preparer) = (&self.api, &self.resource, &self.preparer);
         match (&self.summarized, &self.trimmed) {
-            (Some(api), _) => bounded(api.watch(&params, rv)).await.map(events),
-            (None, Some(api)) => bounded(api.watch(&params, rv)).await.map(events),
-            (None, None) => bounded(self.api.watch(&params, rv)).await.map(events),
+            (Some(_), _) => {
+                let api = reparsed::<Unparsed<SummarizeManagedFields>>(api, resource);
+                bounded(api.watch(&params, rv))
+                    .await
+                    .map(|s| events(s, preparer.clone()))
+            }
+            (None, Some(_)) => {
+                let api = reparsed::<Unparsed<DropManagedFields>>(api, resource);
+                bounded(api.watch(&params, rv))
+                    .await
+                    .map(|s| events(s, preparer.clone()))
+            }
+            (None, None) => {
+                let api = reparsed::<Unparsed<KeepAll>>(api, resource);
+                bounded(api.watch(&params, rv))
+                    .await
+                    .map(|s| events(s, preparer.clone()))
+            }
         }
     }
 }
@@ -299,41 +347,70 @@ fn page<P: ParsePolicy>(l: kube::core::ObjectList<RawObject<P>>) -> ListPage {
     }
 }
 
-/// The watch as the informer reads it: parsed ahead, on a task of its own (the parse happens
-/// where kube's stream is polled).
+/// The watch as the informer reads it: lines read and parsed ahead, on tasks of their own,
+/// and handed over in order.
 fn events<P: ParsePolicy>(
-    s: impl futures::Stream<Item = Result<WatchEvent<RawObject<P>>, kube::Error>> + Send + 'static,
+    s: impl futures::Stream<Item = Result<WatchEvent<Unparsed<P>>, kube::Error>> + Send + 'static,
+    preparer: Arc<Preparer>,
 ) -> EventStream {
-    super::ahead::read_ahead(s.map(event).boxed())
+    let parsed = s.map(move |r| event(r, &preparer)).buffered(PARSING);
+    super::ahead::read_ahead(parsed.boxed())
 }
 
-/// One decoded watch line, and when it arrived (objects: before they were parsed).
+/// One watch line, decoded; an object is parsed (an added or modified one also prepared) on
+/// a task of its own, so that the next lines' objects are parsed beside it. Each comes with
+/// when its line arrived (objects: before they were parsed).
 fn event<P: ParsePolicy>(
-    r: Result<WatchEvent<RawObject<P>>, kube::Error>,
-) -> (std::time::Instant, Result<RawEvent, RequestError>) {
+    r: Result<WatchEvent<Unparsed<P>>, kube::Error>,
+    preparer: &Arc<Preparer>,
+) -> BoxFuture<'static, Item> {
     let now = std::time::Instant::now;
+    let ready = |item: Item| futures::future::ready(item).boxed();
     match r {
-        Ok(WatchEvent::Added(o)) => (o.arrived, Ok(RawEvent::Added(o.value))),
-        Ok(WatchEvent::Modified(o)) => (o.arrived, Ok(RawEvent::Modified(o.value))),
-        Ok(WatchEvent::Deleted(o)) => (o.arrived, Ok(RawEvent::Deleted(o.value))),
-        Ok(WatchEvent::Bookmark(b)) => (
+        Ok(WatchEvent::Added(o) | WatchEvent::Modified(o)) => {
+            let preparer = preparer.clone();
+            parse_apart(o, move |v| RawEvent::Applied(preparer.prepare(v)))
+        }
+        Ok(WatchEvent::Deleted(o)) => parse_apart(o, RawEvent::Deleted),
+        Ok(WatchEvent::Bookmark(b)) => ready((
             now(),
             Ok(RawEvent::Bookmark {
                 initial_events_end: b.metadata.annotations.contains_key(INITIAL_EVENTS_END),
                 resource_version: b.metadata.resource_version,
             }),
-        ),
-        Ok(WatchEvent::Error(s)) => (
+        )),
+        Ok(WatchEvent::Error(s)) => ready((
             now(),
             Err(RequestError::from_status(
                 s.code,
                 &s.message,
                 s.details.as_ref().map_or(0, |d| d.retry_after_seconds),
             )),
-        ),
-        Err(kube::Error::SerdeError(e)) => (now(), Ok(RawEvent::Undecodable(e.to_string()))),
-        Err(e) => (now(), Err(e.into())),
+        )),
+        Err(kube::Error::SerdeError(e)) => ready((now(), Ok(RawEvent::Undecodable(e.to_string())))),
+        Err(e) => ready((now(), Err(e.into()))),
     }
+}
+
+/// Parses `o` and makes it an `event` on a task of its own; an object that does not decode is
+/// an item of the stream like a line that does not.
+fn parse_apart<P: ParsePolicy>(
+    o: Unparsed<P>,
+    event: impl FnOnce(Value) -> RawEvent + Send + 'static,
+) -> BoxFuture<'static, Item> {
+    let arrived = o.arrived();
+    let parsing = tokio::spawn(async move { o.parse().map(|object| event(object.value)) });
+    async move {
+        let item = match parsing.await {
+            Ok(Ok(event)) => Ok(event),
+            Ok(Err(e)) => Ok(RawEvent::Undecodable(e.to_string())),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // The runtime is shutting down: so is the watch.
+            Err(e) => Err(RequestError::Transport(format!("watch abandoned: {e}"))),
+        };
+        (arrived, item)
+    }
+    .boxed()
 }
 
 #[cfg(test)]
@@ -370,10 +447,80 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_watch_line_that_does_not_decode_is_an_item_not_the_end_of_the_stream() {
+    #[tokio::test]
+    async fn a_watch_line_that_does_not_decode_is_an_item_not_the_end_of_the_stream() {
         let bad = serde_json::from_str::<Value>("{").unwrap_err();
-        let (_, item) = event::<super::super::KeepAll>(Err(kube::Error::SerdeError(bad)));
+        let (_, item) = event::<KeepAll>(Err(kube::Error::SerdeError(bad)), &preparer()).await;
         assert!(matches!(item, Ok(RawEvent::Undecodable(_))), "{item:?}");
+    }
+
+    /// Prepares ConfigMaps with the default transforms (`managedFields` dropped).
+    fn preparer() -> Arc<Preparer> {
+        use crate::event::transform::{ObjectTransform, TransformConfig};
+        let transform = ObjectTransform::new(&TransformConfig::default(), "t").expect("defaults");
+        Arc::new(Preparer::new("v1", "ConfigMap", Arc::new(transform)))
+    }
+
+    /// A watch line as kube decodes it.
+    fn line<P: ParsePolicy>(json: &str) -> Result<WatchEvent<Unparsed<P>>, kube::Error> {
+        serde_json::from_str(json).map_err(kube::Error::SerdeError)
+    }
+
+    #[tokio::test]
+    async fn watch_objects_are_parsed_and_prepared_apart_and_handed_over_in_order() {
+        let lines: Vec<_> = (0..100)
+            .map(|i| {
+                line::<DropManagedFields>(&format!(
+                    r#"{{"type":"MODIFIED","object":{{"kind":"ConfigMap","metadata":{{"name":"c{i}","managedFields":[{{"manager":"m"}}]}},"data":{{"k":"<&>\u003c"}}}}}}"#
+                ))
+            })
+            .collect();
+        let preparer = preparer();
+        let items: Vec<Item> = events(futures::stream::iter(lines), preparer.clone())
+            .collect()
+            .await;
+        assert_eq!(items.len(), 100);
+        for (i, (_, item)) in items.into_iter().enumerate() {
+            let Ok(RawEvent::Applied(p)) = item else {
+                panic!("event {i}: {item:?}")
+            };
+            // The type meta filled in, managedFields dropped: what the informer's own
+            // preparation makes of the same object.
+            let raw = serde_json::json!({"kind": "ConfigMap", "metadata": {"name": format!("c{i}")},
+                "data": {"k": "<&><"}});
+            let (expected, managers) = preparer.transform(raw);
+            assert_eq!(p.value, expected);
+            assert_eq!(p.value["apiVersion"], "v1");
+            assert_eq!(p.managers.is_some(), managers.is_some());
+            assert_eq!(
+                p.json,
+                serde_json::to_vec(&p.value).unwrap(),
+                "the JSON is the prepared object's, as the cache and the envelope encode it"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watch_object_that_does_not_parse_is_an_item_that_does_not_quote_it() {
+        let items: Vec<Item> = events(
+            futures::stream::iter(vec![
+                line::<DropManagedFields>(r#"{"type":"ADDED","object":"password=hunter2"}"#),
+                line::<DropManagedFields>(
+                    r#"{"type":"ADDED","object":{"metadata":{"name":"ok"}}}"#,
+                ),
+            ]),
+            preparer(),
+        )
+        .collect()
+        .await;
+        match &items[0].1 {
+            Ok(RawEvent::Undecodable(e)) => assert!(!e.contains("hunter2"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(&items[1].1, Ok(RawEvent::Applied(_))),
+            "{:?}",
+            items[1].1
+        );
     }
 }

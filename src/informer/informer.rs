@@ -28,6 +28,7 @@ use tracing::{debug, error, info, warn};
 use super::api::{KubeListWatch, ListWatch};
 use super::config::InitialList;
 use super::machine::{Change, Machine, Output, RestartReason, Settings, State};
+use super::prepare::Preparer;
 use super::store::{Entry, Staging, Store};
 use super::{ChangedBy, Handler, InformerKey, RawObject};
 use crate::event::changed_by::Managers;
@@ -175,6 +176,8 @@ pub struct SharedInformer {
     /// The resource and its scope in messages, e.g. `configmaps in all namespaces`.
     target: String,
     transform: Arc<ObjectTransform>,
+    /// The object-local part of preparing objects (the watch has its own copy).
+    preparer: Preparer,
     store: Store,
     handlers: Mutex<Vec<Arc<dyn Handler>>>,
     stats: InformerStats,
@@ -215,6 +218,7 @@ impl SharedInformer {
             transform.drops_managed_fields(),
             transform.attributes_changes(),
             LIST_PAGE_SIZE,
+            Preparer::new(&resource.api_version, &resource.kind, transform.clone()),
         );
         let target = describe(&key, &resource, namespaced);
         Self::with_api(key, resource, target, Box::new(api), transform, settings)
@@ -231,6 +235,7 @@ impl SharedInformer {
         settings: InformerSettings,
     ) -> Self {
         Self {
+            preparer: Preparer::new(&resource.api_version, &resource.kind, transform.clone()),
             key,
             resource,
             api,
@@ -342,6 +347,7 @@ impl SharedInformer {
     /// for queue room) ends at once when it fires.
     async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let prepare = |obj: Value| self.prepare(obj);
+        let observe = |obj: &Value, managers: Option<Managers>| self.observe(obj, managers);
         let settings = Settings {
             idle_timeout: self.settings.idle_timeout,
             initial_list: self.settings.initial_list,
@@ -349,6 +355,7 @@ impl SharedInformer {
         let mut machine = Machine::new(
             &*self.api,
             &prepare,
+            &observe,
             &self.store,
             &self.stats,
             &self.target,
@@ -404,30 +411,33 @@ impl SharedInformer {
         }
     }
 
-    /// The one place objects are transformed, before they are cached, diffed or emitted.
-    /// When changes are attributed, the summary of their `managedFields` is kept first (the
-    /// transforms drop them).
-    fn prepare(&self, mut obj: Value) -> Value {
-        self.ensure_type_meta(&mut obj);
-        if self.transform.attributes_changes() {
-            let observed = Managers::of(&obj);
-            let key: Box<str> = object::cache_key(&obj).into();
-            let mut known = self.managers.lock().expect("managers lock");
-            match known.get_mut(&key) {
-                Some(a) => a.observed = observed,
-                None => {
-                    known.insert(
-                        key,
-                        Attribution {
-                            observed,
-                            emitted: None,
-                        },
-                    );
-                }
+    /// The one place objects are transformed, before they are cached, diffed or emitted
+    /// (the object-local part by [`Preparer`], which the watch runs on its parse tasks).
+    fn prepare(&self, obj: Value) -> Value {
+        let (obj, managers) = self.preparer.transform(obj);
+        self.observe(&obj, managers);
+        obj
+    }
+
+    /// The informer's part of preparing `obj`: when changes are attributed, `managers` (the
+    /// summary of its `managedFields`, taken before the transforms dropped them) becomes what
+    /// its next change is attributed against. Called in the order changes arrive.
+    fn observe(&self, obj: &Value, managers: Option<Managers>) {
+        let Some(observed) = managers else { return };
+        let key: Box<str> = object::cache_key(obj).into();
+        let mut known = self.managers.lock().expect("managers lock");
+        match known.get_mut(&key) {
+            Some(a) => a.observed = observed,
+            None => {
+                known.insert(
+                    key,
+                    Attribution {
+                        observed,
+                        emitted: None,
+                    },
+                );
             }
         }
-        self.transform.apply(&mut obj);
-        obj
     }
 
     /// Who changed `key` since its last emitted state (`created`: it is new, every writer
@@ -454,22 +464,6 @@ impl SharedInformer {
 
     fn forget(&self, key: &str) {
         self.managers.lock().expect("managers lock").remove(key);
-    }
-
-    /// API servers omit `apiVersion` and `kind` on list items; envelopes and transforms
-    /// (Secret redaction) need them, so they are filled from the resource type.
-    fn ensure_type_meta(&self, obj: &mut Value) {
-        if let Some(map) = obj.as_object_mut() {
-            if !map.contains_key("apiVersion") {
-                map.insert(
-                    "apiVersion".into(),
-                    self.resource.api_version.clone().into(),
-                );
-            }
-            if !map.contains_key("kind") {
-                map.insert("kind".into(), self.resource.kind.clone().into());
-            }
-        }
     }
 
     /// The patch from `base` (last emitted) to `obj`; `None` when nothing worth emitting
@@ -536,7 +530,7 @@ impl SharedInformer {
     async fn apply(&self, change: Change) {
         let _held = self.processing.lock().await;
         match change {
-            Change::Applied(obj) => self.upsert(obj).await,
+            Change::Applied(obj, json) => self.upsert(obj, json).await,
             Change::Deleted(obj) => {
                 let key = object::cache_key(&obj);
                 self.forget(&key);
@@ -547,8 +541,9 @@ impl SharedInformer {
         }
     }
 
-    /// An ADDED or MODIFIED object: cache it, emit the add or the update.
-    async fn upsert(&self, obj: Value) {
+    /// An ADDED or MODIFIED object: cache it, emit the add or the update. `json` is its compact
+    /// JSON when the watch's parse task already encoded it.
+    async fn upsert(&self, obj: Value, json: Option<Bytes>) {
         let key = object::cache_key(&obj);
         // The state the patch starts from is read as the compact JSON the cache keeps, and
         // diffed from its bytes: it is decoded only if a handler asks for its tree.
@@ -568,7 +563,9 @@ impl SharedInformer {
         let base = Doc::from_json(base);
         // Encoded once: compared with the base's bytes, packed into the cache, and written
         // into the envelope as it is.
-        let json = Bytes::from(serde_json::to_vec(&obj).expect("a JSON value always serializes"));
+        let json = json.unwrap_or_else(|| {
+            Bytes::from(serde_json::to_vec(&obj).expect("a JSON value always serializes"))
+        });
         let patch = diff::diff_json(base.json(), &json, &obj)
             .unwrap_or_else(|| diff::diff(base.value(), &obj));
         // Equal uids leave `/metadata/uid` untouched; only then is the tree needed to know.
@@ -578,7 +575,7 @@ impl SharedInformer {
             if let Some(entry) = self.store.remove(&key) {
                 self.emit_delete(&Doc::new(entry.current), true).await;
             }
-            return Box::pin(self.upsert(obj)).await;
+            return Box::pin(self.upsert(obj, Some(json))).await;
         }
         if diff::only_ignored_changes(&patch, &self.transform.ignore) {
             self.store.update_json(key, &json, true);

@@ -30,6 +30,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::Value;
 use tokio::time::{Instant, Sleep};
@@ -38,6 +39,7 @@ use tracing::{info, warn};
 use super::api::{EventStream, ListWatch, RawEvent, RequestError, WatchFrom};
 use super::config::InitialList;
 use super::informer::InformerStats;
+use super::prepare::Prepared;
 use super::store::{Staging, Store};
 use crate::backoff::{Backoff, BackoffPolicy};
 use crate::event::object;
@@ -140,8 +142,9 @@ pub(super) enum Output {
 /// A watch event for the cache.
 #[derive(Debug)]
 pub(super) enum Change {
-    /// ADDED or MODIFIED: the object as it is now.
-    Applied(Value),
+    /// ADDED or MODIFIED: the object as it is now, and its compact JSON when the watch's
+    /// parse task encoded it.
+    Applied(Value, Option<Bytes>),
     /// DELETED: the object's last state.
     Deleted(Value),
 }
@@ -286,6 +289,8 @@ pub(super) struct Machine<'a> {
     api: &'a dyn ListWatch,
     /// The informer's one transform helper (type meta, then the object transform).
     prepare: &'a (dyn Fn(Value) -> Value + Send + Sync),
+    /// What is left of preparing an object the watch prepared: the informer's bookkeeping.
+    observe: &'a Observe<'a>,
     store: &'a Store,
     stats: &'a InformerStats,
     /// `configmaps in all namespaces`: the resource in messages.
@@ -307,11 +312,16 @@ pub(super) struct Machine<'a> {
     arrived: std::time::Instant,
 }
 
+/// See [`Machine::observe`]: an object and the summary of its `managedFields`.
+pub(super) type Observe<'a> =
+    dyn Fn(&Value, Option<crate::event::changed_by::Managers>) + Send + Sync + 'a;
+
 impl<'a> Machine<'a> {
     /// A machine over `api` staging into `store`'s codec and counting into `stats`.
     pub(super) fn new(
         api: &'a dyn ListWatch,
         prepare: &'a (dyn Fn(Value) -> Value + Send + Sync),
+        observe: &'a Observe<'a>,
         store: &'a Store,
         stats: &'a InformerStats,
         resource: &'a str,
@@ -320,6 +330,7 @@ impl<'a> Machine<'a> {
         Self {
             api,
             prepare,
+            observe,
             store,
             stats,
             resource,
@@ -450,9 +461,18 @@ impl<'a> Machine<'a> {
         mut staged: Staging,
     ) -> (Option<Output>, State) {
         match self.next_or_idle(&mut stream).await {
+            #[cfg(test)]
             Next::Item(Ok(RawEvent::Added(obj) | RawEvent::Modified(obj))) => {
                 self.delivered();
                 self.stage(&mut staged, obj);
+                (None, State::Streaming { stream, staged })
+            }
+            Next::Item(Ok(RawEvent::Applied(prepared))) => {
+                self.delivered();
+                let mut ignored = String::new();
+                if let Some((obj, _)) = self.accept_prepared(prepared, &mut ignored) {
+                    staged.insert(object::cache_key(&obj), &obj);
+                }
                 (None, State::Streaming { stream, staged })
             }
             Next::Item(Ok(RawEvent::Deleted(obj))) => {
@@ -558,10 +578,21 @@ impl<'a> Machine<'a> {
         mut stream: EventStream,
     ) -> (Option<Output>, State) {
         let (output, state) = match self.next_or_idle(&mut stream).await {
+            #[cfg(test)]
             Next::Item(Ok(RawEvent::Added(obj) | RawEvent::Modified(obj))) => {
                 self.delivered();
                 match self.accept(obj, &mut resource_version) {
-                    Some(obj) => (Some(Output::Changed(Change::Applied(obj))), None),
+                    Some(obj) => (Some(Output::Changed(Change::Applied(obj, None))), None),
+                    None => (Some(Output::Skipped), None),
+                }
+            }
+            Next::Item(Ok(RawEvent::Applied(prepared))) => {
+                self.delivered();
+                match self.accept_prepared(prepared, &mut resource_version) {
+                    Some((obj, json)) => (
+                        Some(Output::Changed(Change::Applied(obj, Some(json)))),
+                        None,
+                    ),
                     None => (Some(Output::Skipped), None),
                 }
             }
@@ -640,15 +671,41 @@ impl<'a> Machine<'a> {
     /// Checks that an object is one (a JSON object with a name), moves the resume point to
     /// its resourceVersion and prepares it; `None` (counted) for anything else.
     fn accept(&self, obj: Value, resource_version: &mut String) -> Option<Value> {
-        if !obj.is_object() || object::name(&obj).is_empty() {
+        self.identified(&obj, resource_version)
+            .then(|| (self.prepare)(obj))
+    }
+
+    /// True when `obj` is an object with a name (its resourceVersion is then the resume
+    /// point); else counted as skipped.
+    fn identified(&self, obj: &Value, resource_version: &mut String) -> bool {
+        if !obj.is_object() || object::name(obj).is_empty() {
             self.skipped("an object without metadata.name");
-            return None;
+            return false;
         }
-        let rv = object::resource_version(&obj);
+        let rv = object::resource_version(obj);
         if !rv.is_empty() {
             rv.clone_into(resource_version);
         }
-        Some((self.prepare)(obj))
+        true
+    }
+
+    /// [`Machine::accept`] for an object the watch prepared: only the informer's bookkeeping
+    /// is left; the object and its JSON.
+    fn accept_prepared(
+        &self,
+        prepared: Prepared,
+        resource_version: &mut String,
+    ) -> Option<(Value, Bytes)> {
+        let Prepared {
+            value,
+            json,
+            managers,
+        } = prepared;
+        if !self.identified(&value, resource_version) {
+            return None;
+        }
+        (self.observe)(&value, managers);
+        Some((value, json))
     }
 
     /// The next item of an open watch, or why there is none.
@@ -770,6 +827,9 @@ mod tests {
         store: Store,
         stats: InformerStats,
         prepare: Box<dyn Fn(Value) -> Value + Send + Sync>,
+        /// What the machine observed of prepared objects: their names and summaries.
+        observed: std::sync::Arc<std::sync::Mutex<Vec<(String, bool)>>>,
+        observe: Box<Observe<'static>>,
     }
 
     impl Rig {
@@ -783,13 +843,26 @@ mod tests {
                     v["prepared"] = json!(true);
                     v
                 }),
+                observed: Default::default(),
+                observe: Box::new(|_, _| {}),
             }
+        }
+
+        /// Records what the machine observes of prepared objects.
+        fn observing(mut self) -> Self {
+            let observed = self.observed.clone();
+            self.observe = Box::new(move |v: &Value, m| {
+                let name = object::name(v).to_string();
+                observed.lock().unwrap().push((name, m.is_some()));
+            });
+            self
         }
 
         fn machine(&self, initial_list: InitialList) -> Machine<'_> {
             Machine::new(
                 &self.script,
                 &*self.prepare,
+                &*self.observe,
                 &self.store,
                 &self.stats,
                 "configmaps in all namespaces",
@@ -955,7 +1028,7 @@ mod tests {
             let (out, s) = m.step(state).await;
             state = s;
             match out {
-                Some(Output::Changed(Change::Applied(o))) => {
+                Some(Output::Changed(Change::Applied(o, _))) => {
                     assert_eq!(o["prepared"], true);
                     seen.push(format!("apply {}", object::resource_version(&o)));
                 }
@@ -970,6 +1043,81 @@ mod tests {
             matches!(&state, State::Watching { resource_version, .. } if resource_version == "12")
         );
         assert_eq!(rig.stats.events_received.load(Ordering::Relaxed), 3);
+    }
+
+    /// `obj` as the watch's parse tasks hand it over: prepared, with its JSON and a summary
+    /// of its writers.
+    fn prepared(obj: Value) -> Result<RawEvent, RequestError> {
+        let json = Bytes::from(serde_json::to_vec(&obj).unwrap());
+        Ok(RawEvent::Applied(Prepared {
+            value: obj,
+            json,
+            managers: Some(crate::event::changed_by::Managers::default()),
+        }))
+    }
+
+    #[tokio::test]
+    async fn prepared_watch_events_are_only_observed_and_keep_their_json() {
+        let rig = Rig::new(Script::default().watch(Ok((
+            vec![
+                prepared(cm("a", "10")),
+                prepared(json!({"metadata": {"namespace": "default"}})),
+                prepared(cm("b", "11")),
+            ],
+            Then::Hang,
+        ))))
+        .observing();
+        let mut m = rig.machine(InitialList::Paginate);
+        let mut state = watching(&mut m, "9").await;
+        let mut applied = Vec::new();
+        for _ in 0..3 {
+            let (out, s) = m.step(state).await;
+            state = s;
+            match out {
+                Some(Output::Changed(Change::Applied(o, json))) => {
+                    assert!(o.get("prepared").is_none(), "not prepared twice: {o}");
+                    assert_eq!(json, Some(Bytes::from(serde_json::to_vec(&o).unwrap())));
+                    applied.push(object::name(&o).to_string());
+                }
+                Some(Output::Skipped) => applied.push("skipped".into()),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(applied, ["a", "skipped", "b"]);
+        assert_eq!(
+            *rig.observed.lock().unwrap(),
+            [("a".to_string(), true), ("b".to_string(), true)],
+            "the informer's bookkeeping sees each named object once, in order"
+        );
+        assert!(
+            matches!(&state, State::Watching { resource_version, .. } if resource_version == "11")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_streaming_list_stages_prepared_objects_and_observes_them() {
+        let rig = Rig::new(Script::default().watch(Ok((
+            vec![
+                prepared(cm("a", "4")),
+                Ok(RawEvent::Bookmark {
+                    resource_version: "8".into(),
+                    initial_events_end: true,
+                }),
+            ],
+            Then::Hang,
+        ))))
+        .observing();
+        let mut m = rig.machine(InitialList::Auto);
+        let (_, mut state) = m.step(State::Empty).await;
+        let staged = loop {
+            let (out, s) = m.step(state).await;
+            state = s;
+            if let Some(o) = out {
+                break listed(Some(o));
+            }
+        };
+        assert_eq!(names(staged, &rig.store), ["default/a"]);
+        assert_eq!(*rig.observed.lock().unwrap(), [("a".to_string(), true)]);
     }
 
     #[tokio::test]
@@ -1103,7 +1251,7 @@ mod tests {
             state = s;
         }
         let (out, state) = m.step(state).await;
-        assert!(matches!(out, Some(Output::Changed(Change::Applied(_)))));
+        assert!(matches!(out, Some(Output::Changed(Change::Applied(..)))));
         assert!(matches!(state, State::Watching { .. }));
         assert_eq!(rig.stats.decode_errors.load(Ordering::Relaxed), 3);
     }
@@ -1277,7 +1425,7 @@ mod tests {
             "the same stream carries on: {state:?}"
         );
         let (out, _) = m.step(state).await;
-        assert!(matches!(out, Some(Output::Changed(Change::Applied(_)))));
+        assert!(matches!(out, Some(Output::Changed(Change::Applied(..)))));
         assert_eq!(rig.script.calls(), ["watch(initial-events)"]);
     }
 

@@ -13,6 +13,7 @@ mod factory;
 #[allow(clippy::module_inception)]
 mod informer;
 mod machine;
+mod prepare;
 mod raw;
 mod snapshot;
 mod store;

@@ -98,7 +98,16 @@ impl<P: ParsePolicy> RawObject<P> {
 impl<'de, P: ParsePolicy> Deserialize<'de> for RawObject<P> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         // kube has read the whole watch line and parsed only its `type` so far.
-        let arrived = std::time::Instant::now();
+        Self::deserialize_arrived(d, std::time::Instant::now())
+    }
+}
+
+impl<P: ParsePolicy> RawObject<P> {
+    /// Parses an object whose bytes were in hand at `arrived`.
+    fn deserialize_arrived<'de, D: Deserializer<'de>>(
+        d: D,
+        arrived: std::time::Instant,
+    ) -> Result<Self, D::Error> {
         let wrap = |value| RawObject::arrived_at(value, arrived);
         if P::DROP_MANAGED_FIELDS {
             // `any`, not `map`: a non-object then reaches the visitor, whose error does not
@@ -264,6 +273,81 @@ impl<P: ParsePolicy> Resource for RawObject<P> {
     }
     fn plural(dt: &ApiResource) -> Cow<'_, str> {
         Cow::Borrowed(&dt.plural)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.meta
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.meta
+    }
+}
+
+/// A watch event's object before it is parsed: its JSON text, cut out of the line by a
+/// scan that builds nothing, and when the line arrived.
+///
+/// The watch reads `WatchEvent<Unparsed<P>>` so that the task reading the stream only splits
+/// lines; the objects are then parsed on the runtime's workers in parallel ([`Self::parse`]),
+/// in order. Parsing is the larger part of the informer's work per event, and done inline it
+/// made the stream's reader one of two stages in a row, each on a core of its own: any other
+/// thread (a sink's client library, the broker on a small machine) taking a core then stalled
+/// the whole pipeline while the other core idled.
+#[derive(Debug, Clone)]
+pub struct Unparsed<P: ParsePolicy = KeepAll> {
+    json: Box<serde_json::value::RawValue>,
+    arrived: std::time::Instant,
+    /// Empty: kube's `Resource` asks for metadata, nothing reads it from a watch event.
+    meta: ObjectMeta,
+    policy: PhantomData<P>,
+}
+
+impl<P: ParsePolicy> Unparsed<P> {
+    /// The object, parsed as `RawObject<P>` parses it; arrived when the line did.
+    ///
+    /// # Errors
+    /// The JSON is not a Kubernetes object (the line itself was valid JSON).
+    pub fn parse(self) -> Result<RawObject<P>, serde_json::Error> {
+        let mut d = serde_json::Deserializer::from_str(self.json.get());
+        let object = RawObject::deserialize_arrived(&mut d, self.arrived)?;
+        d.end()?;
+        Ok(object)
+    }
+
+    /// When the line arrived, before anything of it was parsed.
+    pub fn arrived(&self) -> std::time::Instant {
+        self.arrived
+    }
+}
+
+impl<'de, P: ParsePolicy> Deserialize<'de> for Unparsed<P> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let arrived = std::time::Instant::now();
+        Ok(Self {
+            json: Deserialize::deserialize(d)?,
+            arrived,
+            meta: ObjectMeta::default(),
+            policy: PhantomData,
+        })
+    }
+}
+
+impl<P: ParsePolicy> Resource for Unparsed<P> {
+    type DynamicType = ApiResource;
+    type Scope = DynamicResourceScope;
+
+    fn kind(dt: &ApiResource) -> Cow<'_, str> {
+        RawObject::<P>::kind(dt)
+    }
+    fn group(dt: &ApiResource) -> Cow<'_, str> {
+        RawObject::<P>::group(dt)
+    }
+    fn version(dt: &ApiResource) -> Cow<'_, str> {
+        RawObject::<P>::version(dt)
+    }
+    fn api_version(dt: &ApiResource) -> Cow<'_, str> {
+        RawObject::<P>::api_version(dt)
+    }
+    fn plural(dt: &ApiResource) -> Cow<'_, str> {
+        RawObject::<P>::plural(dt)
     }
     fn meta(&self) -> &ObjectMeta {
         &self.meta
