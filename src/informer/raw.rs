@@ -285,12 +285,9 @@ impl<P: ParsePolicy> Resource for RawObject<P> {
 /// A watch event's object before it is parsed: its JSON text, cut out of the line by a
 /// scan that builds nothing, and when the line arrived.
 ///
-/// The watch reads `WatchEvent<Unparsed<P>>` so that the task reading the stream only splits
-/// lines; the objects are then parsed on the runtime's workers in parallel ([`Self::parse`]),
-/// in order. Parsing is the larger part of the informer's work per event, and done inline it
-/// made the stream's reader one of two stages in a row, each on a core of its own: any other
-/// thread (a sink's client library, the broker on a small machine) taking a core then stalled
-/// the whole pipeline while the other core idled.
+/// The watch reads `WatchEvent<Unparsed<P>>` so that the task reading the stream only cuts
+/// out each line's object; the objects are then parsed ([`Self::parse`]) and prepared on tasks
+/// of their own, several at once, and handed over in order (why: `super::prepare`).
 #[derive(Debug, Clone)]
 pub struct Unparsed<P: ParsePolicy = KeepAll> {
     json: Box<serde_json::value::RawValue>,
