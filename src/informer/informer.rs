@@ -548,16 +548,24 @@ impl SharedInformer {
         // The state the patch starts from is read as the compact JSON the cache keeps, and
         // diffed from its bytes: it is decoded only if a handler asks for its tree.
         let Some(base) = self.store.base_json(&key) else {
-            let obj = Arc::new(obj);
             let by = self.attribute(&key, true);
-            self.store.insert(
-                key,
-                Entry {
-                    current: obj.clone(),
-                    emitted: None,
-                },
-            );
-            self.emit_add(&Doc::new(obj), false, by).await;
+            // A new object: cached and emitted from the JSON the watch made, when it did.
+            let added = match json {
+                Some(json) => {
+                    self.store.update_json(key, &json, false);
+                    Doc::with_json(Arc::new(obj), json)
+                }
+                None => {
+                    let obj = Arc::new(obj);
+                    let entry = Entry {
+                        current: obj.clone(),
+                        emitted: None,
+                    };
+                    self.store.insert(key, entry);
+                    Doc::new(obj)
+                }
+            };
+            self.emit_add(&added, false, by).await;
             return;
         };
         let base = Doc::from_json(base);
@@ -738,6 +746,59 @@ mod tests {
 
     fn gone() -> (Vec<Result<RawEvent, RequestError>>, Then) {
         (vec![Err(RequestError::Gone("too old".into()))], Then::Hang)
+    }
+
+    /// Keeps the JSON of every object it is handed.
+    struct Json(std::sync::Mutex<Vec<Bytes>>);
+
+    #[async_trait]
+    impl Handler for Json {
+        async fn on_add(&self, obj: &Arc<Doc>, _: bool) {
+            self.0.lock().unwrap().push(obj.json().clone());
+        }
+        async fn on_update(&self, _: &Arc<Doc>, new: &Arc<Doc>, _: Patch) {
+            self.0.lock().unwrap().push(new.json().clone());
+        }
+        async fn on_delete(&self, _: &Arc<Doc>, _: bool) {}
+    }
+
+    #[tokio::test]
+    async fn objects_the_watch_prepared_are_cached_and_emitted_from_the_json_it_made() {
+        // The watch's JSON, told apart from a second encoding of the tree by a member the
+        // tree does not have.
+        let prepared = |o: Value| {
+            let mut marked = o.clone();
+            marked["made"] = json!("by the watch");
+            let json = Bytes::from(serde_json::to_vec(&marked).unwrap());
+            Ok(RawEvent::Applied(crate::informer::prepare::Prepared {
+                value: o,
+                json,
+                managers: None,
+            }))
+        };
+        let script = Script::default().list(Ok(page(&[], "1", None))).watch(Ok((
+            vec![prepared(cm("a", "2")), prepared(cm("a", "3"))],
+            Then::Hang,
+        )));
+        let (informer, mut rx) = informer(script);
+        let json = Arc::new(Json(std::sync::Mutex::new(Vec::new())));
+        informer.add_handler(json.clone());
+        informer.start();
+        assert_eq!(take(&mut rx, 2).await, ["add a", "update a 2→3"]);
+        let seen = json.0.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2);
+        for j in &seen {
+            let v: Value = serde_json::from_slice(j).unwrap();
+            assert_eq!(v["made"], "by the watch", "emitted as the watch encoded it");
+        }
+        let cached: Value =
+            serde_json::from_slice(&informer.store().base_json("default/a").unwrap()).unwrap();
+        assert_eq!(
+            cached["made"], "by the watch",
+            "cached as the watch encoded it"
+        );
+        assert_eq!(cached["metadata"]["resourceVersion"], "3");
+        informer.stop().await;
     }
 
     #[tokio::test]

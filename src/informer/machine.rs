@@ -470,8 +470,8 @@ impl<'a> Machine<'a> {
             Next::Item(Ok(RawEvent::Applied(prepared))) => {
                 self.delivered();
                 let mut ignored = String::new();
-                if let Some((obj, _)) = self.accept_prepared(prepared, &mut ignored) {
-                    staged.insert(object::cache_key(&obj), &obj);
+                if let Some((obj, json)) = self.accept_prepared(prepared, &mut ignored) {
+                    staged.insert_json(object::cache_key(&obj), &json);
                 }
                 (None, State::Streaming { stream, staged })
             }

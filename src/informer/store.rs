@@ -268,8 +268,18 @@ pub(super) struct Staging {
 impl Staging {
     /// Adds (or replaces) one listed object.
     pub(super) fn insert(&mut self, key: String, obj: &Value) {
-        let key = key.into_boxed_str();
         let packed = self.codec.pack(obj);
+        self.insert_packed(key, packed);
+    }
+
+    /// Adds (or replaces) one listed object, given as its compact JSON.
+    pub(super) fn insert_json(&mut self, key: String, json: &[u8]) {
+        let packed = self.codec.pack_json(json);
+        self.insert_packed(key, packed);
+    }
+
+    fn insert_packed(&mut self, key: String, packed: Packed) {
+        let key = key.into_boxed_str();
         if self.entries.insert(key.clone(), packed).is_none() {
             self.order.push(key);
         }

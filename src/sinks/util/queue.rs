@@ -305,15 +305,20 @@ mod tests {
         assert_eq!(q.coalesced(), 47);
         let batch = q.pop_batch(10, usize::MAX, Duration::ZERO).await.unwrap();
         let a = &batch[0].deliver;
-        let mut doc = (*obj("a", 1)).clone();
-        json_patch::patch(&mut doc, a.patch.as_ref().unwrap()).unwrap();
         assert_eq!(
-            doc,
+            replayed(&obj("a", 1), a),
             *obj("a", 49),
             "one patch from the last delivered state to the newest"
         );
         assert_eq!(a.resource_version, "49");
         assert_eq!(batch[1].deliver.uid, "b");
+    }
+
+    /// `base` with `e`'s patch applied.
+    fn replayed(base: &Value, e: &Envelope) -> Value {
+        let mut doc = base.clone();
+        json_patch::patch(&mut doc, e.patch.as_ref().expect("an update")).unwrap();
+        doc
     }
 
     /// An update as the informer makes it: both states known as JSON too, so their trees
@@ -374,10 +379,8 @@ mod tests {
         assert_eq!(q.coalesced(), 7);
         let batch = q.pop_batch(10, usize::MAX, Duration::ZERO).await.unwrap();
         let a = &batch[0].deliver;
-        let mut doc = (*obj("a", 1)).clone();
-        json_patch::patch(&mut doc, a.patch.as_ref().unwrap()).unwrap();
         assert_eq!(
-            doc,
+            replayed(&obj("a", 1), a),
             *obj("a", 9),
             "one patch from the released base to the newest"
         );
