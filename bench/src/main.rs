@@ -362,6 +362,7 @@ fn steady(
     let mut a = agent::spawn(lookout, &c.kubeconfig, dir, "small", SINKS, Stdio::null());
     a.wait_emitted(BOTH, p, LONG).expect("initial sync");
     let mut lookout_rates = Vec::new();
+    let (mut agent_cpu, mut sim_cpu) = (Vec::new(), Vec::new());
     let mut writes = Vec::new();
     let mut kubectl_rates = Vec::new();
     let mut kubectl_error = None;
@@ -385,6 +386,7 @@ fn steady(
         }
         let (wrote, from) = c.write_updates(args.updates);
         writes.push(args.updates as f64 / wrote.as_secs_f64());
+        let cpu = BurstCpu::start(&a);
         a.thaw();
         let burst = a
             .follow(
@@ -396,6 +398,7 @@ fn steady(
             )
             .expect("burst delivered");
         done += args.updates as u64;
+        cpu.stop(&a, args.updates, &mut agent_cpu, &mut sim_cpu);
         lookout_rates.push(burst.rate);
         eprintln!("  run {run}: lookout {:.0} events/s", burst.rate);
         if let Some(k) = kubectl.as_mut() {
@@ -477,6 +480,7 @@ fn steady(
             lookout_rates.clone(),
             "events/s",
         );
+        BurstCpu::report(r, "throughput", agent_cpu, sim_cpu);
         if let Some(f) = &floors {
             r.target(
                 "throughput",
@@ -608,6 +612,41 @@ impl Drop for Kubectl {
     }
 }
 
+/// CPU used while a burst is consumed: by the agent, and by this process (kubesim serving
+/// the watch; the harness only polls meanwhile). Per event, to tell a slower pipeline from
+/// one that gets less of the machine.
+struct BurstCpu {
+    agent: Duration,
+    sim: Duration,
+}
+
+impl BurstCpu {
+    fn start(a: &agent::Agent) -> Self {
+        BurstCpu {
+            agent: a.cpu(),
+            sim: agent::proc_cpu(std::process::id() as i32),
+        }
+    }
+
+    fn stop(self, a: &agent::Agent, n: usize, agent: &mut Vec<f64>, sim: &mut Vec<f64>) {
+        let per_event = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+        agent.push(per_event(a.cpu().saturating_sub(self.agent)));
+        sim.push(per_event(
+            agent::proc_cpu(std::process::id() as i32).saturating_sub(self.sim),
+        ));
+    }
+
+    fn report(r: &mut Report, section: &'static str, agent: Vec<f64>, sim: Vec<f64>) {
+        r.info(section, "lookout CPU per event (burst)", agent, "µs");
+        r.info(
+            section,
+            "kubesim + harness CPU per event (burst)",
+            sim,
+            "µs",
+        );
+    }
+}
+
 /// Initial sync, memory and throughput on the large cluster, `runs` agents one after the
 /// other.
 fn large(
@@ -633,6 +672,7 @@ fn large(
     let lp = args.large_pods as u64;
     let (mut sync, mut hwm, mut rss, mut ratio, mut per_object, mut rates) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut agent_cpu, mut sim_cpu) = (vec![], vec![]);
     for run in 0..n {
         eprintln!("  run {run}: initial sync of {} pods", args.large_pods);
         let mut a = agent::spawn(lookout, &c.kubeconfig, dir, "large", SINKS, Stdio::null());
@@ -650,6 +690,7 @@ fn large(
         if args.runs("scaling") {
             a.freeze();
             c.write_updates(args.updates);
+            let cpu = BurstCpu::start(&a);
             a.thaw();
             let burst = a
                 .follow(
@@ -660,6 +701,7 @@ fn large(
                     LONG,
                 )
                 .expect("burst delivered");
+            cpu.stop(&a, args.updates, &mut agent_cpu, &mut sim_cpu);
             eprintln!("  run {run}: lookout {:.0} events/s", burst.rate);
             rates.push(burst.rate);
         }
@@ -707,6 +749,7 @@ fn large(
             rates.clone(),
             "events/s",
         );
+        BurstCpu::report(r, "scaling", agent_cpu, sim_cpu);
         if !small_rates.is_empty() {
             r.target(
                 "scaling",
