@@ -14,11 +14,15 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use serde_json::Value;
 
+use super::object::Ident;
+
 /// One state of an object (see the module documentation). Dereferences to the tree.
 pub struct Doc {
     value: OnceLock<Arc<Value>>,
     /// `serde_json`'s compact encoding of `value`, byte for byte.
     json: OnceLock<Bytes>,
+    /// What names it, read from the tree on first need unless given.
+    ident: OnceLock<Ident>,
 }
 
 impl Doc {
@@ -27,6 +31,7 @@ impl Doc {
         Arc::new(Doc {
             value: OnceLock::from(value),
             json: OnceLock::new(),
+            ident: OnceLock::new(),
         })
     }
 
@@ -35,6 +40,7 @@ impl Doc {
         Arc::new(Doc {
             value: OnceLock::from(value),
             json: OnceLock::from(json),
+            ident: OnceLock::new(),
         })
     }
 
@@ -44,7 +50,24 @@ impl Doc {
         Arc::new(Doc {
             value: OnceLock::new(),
             json: OnceLock::from(json),
+            ident: OnceLock::new(),
         })
+    }
+
+    /// A state known as compact JSON that `serde_json` wrote and named by `ident` (read from
+    /// the tree it was written from, which is gone): a watch's object, whose tree was let go
+    /// on the task that parsed it. Decoded on first need, which the default envelope never has.
+    pub fn named(json: Bytes, ident: Ident) -> Arc<Doc> {
+        Arc::new(Doc {
+            value: OnceLock::new(),
+            json: OnceLock::from(json),
+            ident: OnceLock::from(ident),
+        })
+    }
+
+    /// What names this state.
+    pub fn ident(&self) -> &Ident {
+        self.ident.get_or_init(|| Ident::of(self.value()))
     }
 
     /// Lets go of the tree of a state known as JSON too, when `doc` is its only handle (a
@@ -155,5 +178,20 @@ mod tests {
         // Decoded again on demand, equal to what it was.
         assert_eq!(**both.value(), v);
         assert!(both.has_tree());
+    }
+
+    #[test]
+    fn a_named_state_is_named_without_decoding_its_json_and_decodes_when_asked() {
+        let v = json!({"metadata": {"namespace": "shop", "name": "a", "uid": "u1",
+            "resourceVersion": "7"}, "data": {"k": "v"}});
+        let ident = Ident::of(&v);
+        assert_eq!(ident.cache_key(), "shop/a");
+        let named = Doc::named(Bytes::from(serde_json::to_vec(&v).unwrap()), ident.clone());
+        assert_eq!(named.ident(), &ident);
+        assert!(!named.has_tree(), "naming it decoded nothing");
+        assert_eq!(named["data"]["k"], "v");
+        assert!(named.has_tree());
+        // A state known as a tree is named from it.
+        assert_eq!(Doc::new(Arc::new(v)).ident(), &ident);
     }
 }

@@ -12,7 +12,6 @@ use uuid::Uuid;
 
 use super::changed_by::ManagerEntry;
 use super::doc::Doc;
-use super::object;
 
 /// What happened to the object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -322,6 +321,7 @@ impl EnvelopeBuilder {
         patch: Option<Patch>,
         observed: Instant,
     ) -> Envelope {
+        let ident = object.ident().clone();
         Envelope {
             id: Uuid::now_v7(),
             op,
@@ -331,10 +331,10 @@ impl EnvelopeBuilder {
             kind: self.kind.clone(),
             plural: self.plural.clone(),
             source: self.source.clone(),
-            namespace: object::namespace(&object).map(str::to_string),
-            name: object::name(&object).to_string(),
-            uid: object::uid(&object).to_string(),
-            resource_version: object::resource_version(&object).to_string(),
+            namespace: ident.namespace,
+            name: ident.name,
+            uid: ident.uid,
+            resource_version: ident.resource_version,
             object,
             patch,
             old,

@@ -39,6 +39,41 @@ pub fn cache_key(obj: &Value) -> String {
     }
 }
 
+/// The metadata that names one state of an object: read from its tree once, so that a state
+/// held only as JSON (its tree let go on the task that parsed it) is named without decoding
+/// it again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ident {
+    /// `metadata.namespace`, absent for cluster-scoped objects.
+    pub namespace: Option<String>,
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.uid`.
+    pub uid: String,
+    /// `metadata.resourceVersion`.
+    pub resource_version: String,
+}
+
+impl Ident {
+    /// What names `obj` (empty fields where it has none, as the accessors above answer).
+    pub fn of(obj: &Value) -> Ident {
+        Ident {
+            namespace: namespace(obj).map(str::to_string),
+            name: name(obj).to_string(),
+            uid: uid(obj).to_string(),
+            resource_version: resource_version(obj).to_string(),
+        }
+    }
+
+    /// [`cache_key`] of the object named.
+    pub fn cache_key(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{ns}/{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
 /// Sets `metadata.resourceVersion` in place (used when only ignored fields changed).
 pub fn set_resource_version(obj: &mut Value, rv: &str) {
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {

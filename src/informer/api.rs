@@ -489,14 +489,15 @@ mod tests {
             let raw = serde_json::json!({"kind": "ConfigMap", "metadata": {"name": format!("c{i}")},
                 "data": {"k": "<&><"}});
             let (expected, managers) = preparer.transform(raw);
-            assert_eq!(p.value, expected);
-            assert_eq!(p.value["apiVersion"], "v1");
+            assert_eq!(expected["apiVersion"], "v1");
             assert_eq!(p.managers.is_some(), managers.is_some());
             assert_eq!(
                 p.json,
-                serde_json::to_vec(&p.value).unwrap(),
+                serde_json::to_vec(&expected).unwrap(),
                 "the JSON is the prepared object's, as the cache and the envelope encode it"
             );
+            assert_eq!(p.ident, crate::event::object::Ident::of(&expected));
+            assert_eq!(p.ident.name, format!("c{i}"));
         }
     }
 

@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use json_patch::Patch;
 use kube::Api;
 use kube::core::ApiResource;
@@ -347,7 +346,7 @@ impl SharedInformer {
     /// for queue room) ends at once when it fires.
     async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let prepare = |obj: Value| self.prepare(obj);
-        let observe = |obj: &Value, managers: Option<Managers>| self.observe(obj, managers);
+        let observe = |key: &str, managers: Option<Managers>| self.observe(key, managers);
         let settings = Settings {
             idle_timeout: self.settings.idle_timeout,
             initial_list: self.settings.initial_list,
@@ -415,22 +414,23 @@ impl SharedInformer {
     /// (the object-local part by [`Preparer`], which the watch runs on its parse tasks).
     fn prepare(&self, obj: Value) -> Value {
         let (obj, managers) = self.preparer.transform(obj);
-        self.observe(&obj, managers);
+        if managers.is_some() {
+            self.observe(&object::cache_key(&obj), managers);
+        }
         obj
     }
 
     /// The informer's part of preparing `obj`: when changes are attributed, `managers` (the
     /// summary of its `managedFields`, taken before the transforms dropped them) becomes what
     /// its next change is attributed against. Called in the order changes arrive.
-    fn observe(&self, obj: &Value, managers: Option<Managers>) {
+    fn observe(&self, key: &str, managers: Option<Managers>) {
         let Some(observed) = managers else { return };
-        let key: Box<str> = object::cache_key(obj).into();
         let mut known = self.managers.lock().expect("managers lock");
-        match known.get_mut(&key) {
+        match known.get_mut(key) {
             Some(a) => a.observed = observed,
             None => {
                 known.insert(
-                    key,
+                    key.into(),
                     Attribution {
                         observed,
                         emitted: None,
@@ -530,7 +530,7 @@ impl SharedInformer {
     async fn apply(&self, change: Change) {
         let _held = self.processing.lock().await;
         match change {
-            Change::Applied(obj, json) => self.upsert(obj, json).await,
+            Change::Applied(doc) => self.upsert(doc).await,
             Change::Deleted(obj) => {
                 let key = object::cache_key(&obj);
                 self.forget(&key);
@@ -541,58 +541,40 @@ impl SharedInformer {
         }
     }
 
-    /// An ADDED or MODIFIED object: cache it, emit the add or the update. `json` is its compact
-    /// JSON when the watch's parse task already encoded it.
-    async fn upsert(&self, obj: Value, json: Option<Bytes>) {
-        let key = object::cache_key(&obj);
+    /// An ADDED or MODIFIED object: cache it, emit the add or the update. A watch's object
+    /// comes as JSON and its name only ([`Doc::named`]); its tree is decoded only if a handler
+    /// asks for it.
+    async fn upsert(&self, new: Arc<Doc>) {
+        let key = new.ident().cache_key();
         // The state the patch starts from is read as the compact JSON the cache keeps, and
         // diffed from its bytes: it is decoded only if a handler asks for its tree.
         let Some(base) = self.store.base_json(&key) else {
             let by = self.attribute(&key, true);
-            // A new object: cached and emitted from the JSON the watch made, when it did.
-            let added = match json {
-                Some(json) => {
-                    self.store.update_json(key, &json, false);
-                    Doc::with_json(Arc::new(obj), json)
-                }
-                None => {
-                    let obj = Arc::new(obj);
-                    let entry = Entry {
-                        current: obj.clone(),
-                        emitted: None,
-                    };
-                    self.store.insert(key, entry);
-                    Doc::new(obj)
-                }
-            };
-            self.emit_add(&added, false, by).await;
+            self.store.update_json(key, new.json(), false);
+            self.emit_add(&new, false, by).await;
             return;
         };
         let base = Doc::from_json(base);
-        // Encoded once: compared with the base's bytes, packed into the cache, and written
-        // into the envelope as it is.
-        let json = json.unwrap_or_else(|| {
-            Bytes::from(serde_json::to_vec(&obj).expect("a JSON value always serializes"))
-        });
-        let patch = diff::diff_json(base.json(), &json, &obj)
-            .unwrap_or_else(|| diff::diff(base.value(), &obj));
-        // Equal uids leave `/metadata/uid` untouched; only then is the tree needed to know.
-        if diff::touches(&patch, "/metadata/uid") && object::uid(base.value()) != object::uid(&obj)
-        {
+        // Encoded once (by the watch's parse task): compared with the base's bytes, packed
+        // into the cache, and written into the envelope as it is.
+        let json = new.json();
+        let patch = diff::diff_json(base.json(), json)
+            .unwrap_or_else(|| diff::diff(base.value(), new.value()));
+        // Equal uids leave `/metadata/uid` untouched; only then is the base's name needed.
+        if diff::touches(&patch, "/metadata/uid") && base.ident().uid != new.ident().uid {
             // Deleted and re-created under the same name while we were not watching.
             if let Some(entry) = self.store.remove(&key) {
                 self.emit_delete(&Doc::new(entry.current), true).await;
             }
-            return Box::pin(self.upsert(obj, Some(json))).await;
+            return Box::pin(self.upsert(new)).await;
         }
         if diff::only_ignored_changes(&patch, &self.transform.ignore) {
-            self.store.update_json(key, &json, true);
+            self.store.update_json(key, json, true);
             return;
         }
         let by = self.attribute(&key, false);
-        self.store.update_json(key, &json, false);
-        self.emit_update(&base, &Doc::with_json(Arc::new(obj), json), patch, by)
-            .await;
+        self.store.update_json(key, json, false);
+        self.emit_update(&base, &new, patch, by).await;
     }
 
     async fn emit_add(&self, obj: &Arc<Doc>, initial_list: bool, changed_by: ChangedBy) {
@@ -749,7 +731,7 @@ mod tests {
     }
 
     /// Keeps the JSON of every object it is handed.
-    struct Json(std::sync::Mutex<Vec<Bytes>>);
+    struct Json(std::sync::Mutex<Vec<bytes::Bytes>>);
 
     #[async_trait]
     impl Handler for Json {
@@ -769,9 +751,9 @@ mod tests {
         let prepared = |o: Value| {
             let mut marked = o.clone();
             marked["made"] = json!("by the watch");
-            let json = Bytes::from(serde_json::to_vec(&marked).unwrap());
+            let json = bytes::Bytes::from(serde_json::to_vec(&marked).unwrap());
             Ok(RawEvent::Applied(crate::informer::prepare::Prepared {
-                value: o,
+                ident: crate::event::object::Ident::of(&o),
                 json,
                 managers: None,
             }))

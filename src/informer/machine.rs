@@ -27,6 +27,7 @@
 
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -42,7 +43,8 @@ use super::informer::InformerStats;
 use super::prepare::Prepared;
 use super::store::{Staging, Store};
 use crate::backoff::{Backoff, BackoffPolicy};
-use crate::event::object;
+use crate::event::Doc;
+use crate::event::object::{self, Ident};
 
 /// Where an informer is in its list/watch protocol.
 pub(super) enum State {
@@ -142,9 +144,9 @@ pub(super) enum Output {
 /// A watch event for the cache.
 #[derive(Debug)]
 pub(super) enum Change {
-    /// ADDED or MODIFIED: the object as it is now, and its compact JSON when the watch's
-    /// parse task encoded it.
-    Applied(Value, Option<Bytes>),
+    /// ADDED or MODIFIED: the object as it is now (known only as JSON and its name when the
+    /// watch's parse task prepared it).
+    Applied(Arc<Doc>),
     /// DELETED: the object's last state.
     Deleted(Value),
 }
@@ -312,9 +314,9 @@ pub(super) struct Machine<'a> {
     arrived: std::time::Instant,
 }
 
-/// See [`Machine::observe`]: an object and the summary of its `managedFields`.
+/// See [`Machine::observe`]: an object's cache key and the summary of its `managedFields`.
 pub(super) type Observe<'a> =
-    dyn Fn(&Value, Option<crate::event::changed_by::Managers>) + Send + Sync + 'a;
+    dyn Fn(&str, Option<crate::event::changed_by::Managers>) + Send + Sync + 'a;
 
 impl<'a> Machine<'a> {
     /// A machine over `api` staging into `store`'s codec and counting into `stats`.
@@ -470,8 +472,8 @@ impl<'a> Machine<'a> {
             Next::Item(Ok(RawEvent::Applied(prepared))) => {
                 self.delivered();
                 let mut ignored = String::new();
-                if let Some((obj, json)) = self.accept_prepared(prepared, &mut ignored) {
-                    staged.insert_json(object::cache_key(&obj), &json);
+                if let Some((ident, json)) = self.accept_prepared(prepared, &mut ignored) {
+                    staged.insert_json(ident.cache_key(), &json);
                 }
                 (None, State::Streaming { stream, staged })
             }
@@ -582,15 +584,18 @@ impl<'a> Machine<'a> {
             Next::Item(Ok(RawEvent::Added(obj) | RawEvent::Modified(obj))) => {
                 self.delivered();
                 match self.accept(obj, &mut resource_version) {
-                    Some(obj) => (Some(Output::Changed(Change::Applied(obj, None))), None),
+                    Some(obj) => (
+                        Some(Output::Changed(Change::Applied(Doc::new(Arc::new(obj))))),
+                        None,
+                    ),
                     None => (Some(Output::Skipped), None),
                 }
             }
             Next::Item(Ok(RawEvent::Applied(prepared))) => {
                 self.delivered();
                 match self.accept_prepared(prepared, &mut resource_version) {
-                    Some((obj, json)) => (
-                        Some(Output::Changed(Change::Applied(obj, Some(json)))),
+                    Some((ident, json)) => (
+                        Some(Output::Changed(Change::Applied(Doc::named(json, ident)))),
                         None,
                     ),
                     None => (Some(Output::Skipped), None),
@@ -678,11 +683,20 @@ impl<'a> Machine<'a> {
     /// True when `obj` is an object with a name (its resourceVersion is then the resume
     /// point); else counted as skipped.
     fn identified(&self, obj: &Value, resource_version: &mut String) -> bool {
-        if !obj.is_object() || object::name(obj).is_empty() {
+        // Anything but an object has no name either.
+        self.named(
+            object::name(obj),
+            object::resource_version(obj),
+            resource_version,
+        )
+    }
+
+    /// [`Machine::identified`] from an object's name and resourceVersion.
+    fn named(&self, name: &str, rv: &str, resource_version: &mut String) -> bool {
+        if name.is_empty() {
             self.skipped("an object without metadata.name");
             return false;
         }
-        let rv = object::resource_version(obj);
         if !rv.is_empty() {
             rv.clone_into(resource_version);
         }
@@ -695,17 +709,17 @@ impl<'a> Machine<'a> {
         &self,
         prepared: Prepared,
         resource_version: &mut String,
-    ) -> Option<(Value, Bytes)> {
+    ) -> Option<(Ident, Bytes)> {
         let Prepared {
-            value,
+            ident,
             json,
             managers,
         } = prepared;
-        if !self.identified(&value, resource_version) {
+        if !self.named(&ident.name, &ident.resource_version, resource_version) {
             return None;
         }
-        (self.observe)(&value, managers);
-        Some((value, json))
+        (self.observe)(&ident.cache_key(), managers);
+        Some((ident, json))
     }
 
     /// The next item of an open watch, or why there is none.
@@ -851,9 +865,11 @@ mod tests {
         /// Records what the machine observes of prepared objects.
         fn observing(mut self) -> Self {
             let observed = self.observed.clone();
-            self.observe = Box::new(move |v: &Value, m| {
-                let name = object::name(v).to_string();
-                observed.lock().unwrap().push((name, m.is_some()));
+            self.observe = Box::new(move |key: &str, m| {
+                observed
+                    .lock()
+                    .unwrap()
+                    .push((key.to_string(), m.is_some()));
             });
             self
         }
@@ -1028,7 +1044,7 @@ mod tests {
             let (out, s) = m.step(state).await;
             state = s;
             match out {
-                Some(Output::Changed(Change::Applied(o, _))) => {
+                Some(Output::Changed(Change::Applied(o))) => {
                     assert_eq!(o["prepared"], true);
                     seen.push(format!("apply {}", object::resource_version(&o)));
                 }
@@ -1050,7 +1066,7 @@ mod tests {
     fn prepared(obj: Value) -> Result<RawEvent, RequestError> {
         let json = Bytes::from(serde_json::to_vec(&obj).unwrap());
         Ok(RawEvent::Applied(Prepared {
-            value: obj,
+            ident: Ident::of(&obj),
             json,
             managers: Some(crate::event::changed_by::Managers::default()),
         }))
@@ -1074,10 +1090,13 @@ mod tests {
             let (out, s) = m.step(state).await;
             state = s;
             match out {
-                Some(Output::Changed(Change::Applied(o, json))) => {
-                    assert!(o.get("prepared").is_none(), "not prepared twice: {o}");
-                    assert_eq!(json, Some(Bytes::from(serde_json::to_vec(&o).unwrap())));
-                    applied.push(object::name(&o).to_string());
+                Some(Output::Changed(Change::Applied(doc))) => {
+                    assert!(
+                        !doc.has_tree(),
+                        "handed over as the watch's JSON, its tree not rebuilt"
+                    );
+                    assert!(doc.get("prepared").is_none(), "not prepared twice: {doc:?}");
+                    applied.push(doc.ident().name.clone());
                 }
                 Some(Output::Skipped) => applied.push("skipped".into()),
                 other => panic!("{other:?}"),
@@ -1086,7 +1105,10 @@ mod tests {
         assert_eq!(applied, ["a", "skipped", "b"]);
         assert_eq!(
             *rig.observed.lock().unwrap(),
-            [("a".to_string(), true), ("b".to_string(), true)],
+            [
+                ("default/a".to_string(), true),
+                ("default/b".to_string(), true)
+            ],
             "the informer's bookkeeping sees each named object once, in order"
         );
         assert!(
@@ -1117,7 +1139,10 @@ mod tests {
             }
         };
         assert_eq!(names(staged, &rig.store), ["default/a"]);
-        assert_eq!(*rig.observed.lock().unwrap(), [("a".to_string(), true)]);
+        assert_eq!(
+            *rig.observed.lock().unwrap(),
+            [("default/a".to_string(), true)]
+        );
     }
 
     #[tokio::test]
