@@ -328,7 +328,9 @@ impl Route {
     /// The tests on the object's state (`when`) and on the change (`changed`, ignore paths).
     fn matches_content(&self, e: &Envelope) -> bool {
         for (path, test) in &self.when {
-            let at = e.object.pointer(path);
+            // Read from the object's JSON when its tree was never built (a watched object).
+            let at = e.object.lookup(path);
+            let at = at.as_deref();
             let ok = match test {
                 Test::Equals(v) => at == Some(v),
                 Test::Exists(want) => at.is_some_and(|v| !v.is_null()) == *want,
@@ -487,5 +489,44 @@ impl Router {
             }
         }
         chosen.into_iter().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use bytes::Bytes;
+    use serde_json::json;
+
+    use super::*;
+    use crate::event::object::Ident;
+    use crate::event::{EnvelopeBuilder, Op};
+
+    #[test]
+    fn when_conditions_read_a_watched_object_from_its_json_without_building_its_tree() {
+        let config: RouteConfig = serde_yaml_ng::from_str(
+            "sinks: [lake]\nwhen:\n  - {path: /spec/replicas, equals: 3}\n  - {path: /metadata/labels/app~1tier, matches: '^fr'}\n  - {path: /status/gone, exists: false}\n",
+        )
+        .unwrap();
+        let route = Route::compile(&config, 0, &["lake".to_string()], b"k").unwrap();
+        let event = |replicas: u32| {
+            let v = json!({"metadata": {"name": "web", "namespace": "shop",
+                "labels": {"app/tier": "front"}}, "spec": {"replicas": replicas}, "status": {}});
+            let mut e = EnvelopeBuilder::for_test("apps/v1", "Deployment").build(
+                Op::Add,
+                Arc::new(json!({})),
+                None,
+                None,
+                Instant::now(),
+            );
+            // As the informer hands a watched object over: its JSON and its name.
+            e.object = Doc::named(Bytes::from(serde_json::to_vec(&v).unwrap()), Ident::of(&v));
+            e
+        };
+        let (three, two) = (event(3), event(2));
+        assert!(route.matches_content(&three));
+        assert!(!route.matches_content(&two), "replicas is 2");
+        assert!(!three.object.has_tree() && !two.object.has_tree());
     }
 }

@@ -84,6 +84,52 @@ pub fn elements(b: &[u8]) -> Option<Vec<Range<usize>>> {
     })
 }
 
+/// The span of the value at the JSON Pointer `path` (RFC 6901) in the compact JSON `b`,
+/// found as `serde_json::Value::pointer` finds it in `b`'s tree: `None` when nothing is
+/// there (or `b` is not such JSON). Only the containers on the way are scanned.
+pub fn pointer(b: &[u8], path: &str) -> Option<Range<usize>> {
+    if path.is_empty() {
+        return Some(0..b.len());
+    }
+    let mut at = 0..b.len();
+    for token in path.strip_prefix('/')?.split('/') {
+        let token = token.replace("~1", "/").replace("~0", "~");
+        let v = &b[at.clone()];
+        let inner = match v.first()? {
+            b'{' => {
+                members(v)?
+                    .into_iter()
+                    .find(|(name, _)| name_is(&v[name.clone()], &token))?
+                    .1
+            }
+            b'[' => elements(v)?.get(index(&token)?)?.clone(),
+            _ => return None,
+        };
+        at = at.start + inner.start..at.start + inner.end;
+    }
+    Some(at)
+}
+
+/// Whether the member name `name` (as written: quoted, maybe escaped) is `key`.
+fn name_is(name: &[u8], key: &str) -> bool {
+    let Some(inner) = name.get(1..name.len().saturating_sub(1)) else {
+        return false;
+    };
+    if inner.contains(&b'\\') {
+        serde_json::from_slice::<String>(name).is_ok_and(|n| n == key)
+    } else {
+        inner == key.as_bytes()
+    }
+}
+
+/// An array index token, read as `serde_json` reads it (no sign, no leading zeros).
+fn index(token: &str) -> Option<usize> {
+    if token.starts_with('+') || (token.starts_with('0') && token.len() != 1) {
+        return None;
+    }
+    token.parse().ok()
+}
+
 /// The comma-separated items of the container `b` (exactly one, from `open` to `close`);
 /// `item` reads the one that starts at its argument and says where it ends.
 fn items<T>(
@@ -151,6 +197,37 @@ mod tests {
             let shown = String::from_utf8_lossy(bad);
             assert_eq!(members(bad), None, "{shown}");
             assert_eq!(elements(bad), None, "{shown}");
+        }
+    }
+
+    #[test]
+    fn a_pointer_finds_in_the_bytes_what_it_finds_in_the_tree() {
+        let v = json!({"metadata": {"name": "a", "labels": {"app/x": "1", "t~y": "2", "q\"": 3}},
+            "spec": {"items": [{"n": 0}, {"n": 1}], "empty": {}, "z": null}, "": 5});
+        let b = serde_json::to_vec(&v).unwrap();
+        for path in [
+            "",
+            "/metadata",
+            "/metadata/name",
+            "/metadata/labels/app~1x",
+            "/metadata/labels/t~0y",
+            "/metadata/labels/q\"",
+            "/spec/items/1/n",
+            "/spec/items/01",
+            "/spec/items/+1",
+            "/spec/items/2",
+            "/spec/empty",
+            "/spec/empty/x",
+            "/spec/z",
+            "/spec/z/a",
+            "/",
+            "/x",
+            "metadata",
+            "/metadata/name/more",
+        ] {
+            let found = pointer(&b, path)
+                .map(|r| serde_json::from_slice::<serde_json::Value>(&b[r]).unwrap());
+            assert_eq!(found.as_ref(), v.pointer(path), "{path}");
         }
     }
 }

@@ -29,10 +29,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::changed_by::{self, ManagerEntry};
-use super::{Envelope, Op, object};
+use super::{Doc, Envelope, Op};
 
 /// `connector` in `source`.
 pub const CONNECTOR: &str = "lookout";
@@ -100,8 +101,10 @@ pub fn source_time(e: &Envelope) -> SystemTime {
         return e.time;
     }
     let told = match e.op {
-        Op::Add => object::meta_str(&e.object, "creationTimestamp")
-            .and_then(changed_by::parse_time)
+        Op::Add => e
+            .object
+            .lookup("/metadata/creationTimestamp")
+            .and_then(|t| t.as_str().and_then(changed_by::parse_time))
             .and_then(|s| u64::try_from(s).ok())
             .map(|s| UNIX_EPOCH + std::time::Duration::from_secs(s)),
         Op::Update => e.changed_by.as_deref().and_then(changed_by::newest_time),
@@ -158,21 +161,28 @@ struct Row<'a> {
     name: &'a str,
     uid: &'a str,
     resource_version: &'a str,
-    object: String,
+    object: &'a str,
 }
 
 impl<'a> Row<'a> {
-    fn of(e: &'a Envelope, obj: &'a Value) -> Row<'a> {
+    fn of(e: &'a Envelope, obj: &'a Doc) -> Row<'a> {
+        let ident = obj.ident();
         Row {
             api_version: &e.api_version,
             kind: &e.kind,
-            namespace: object::namespace(obj).or(e.namespace.as_deref()),
+            namespace: ident.namespace.as_deref().or(e.namespace.as_deref()),
             name: &e.name,
             uid: &e.uid,
-            resource_version: object::resource_version(obj),
-            object: serde_json::to_string(obj).expect("a JSON value always serializes"),
+            resource_version: &ident.resource_version,
+            object: std::str::from_utf8(obj.json()).expect("serde_json writes UTF-8"),
         }
     }
+}
+
+/// A state as it goes into `before`/`after`: its JSON as written (what serializing its tree
+/// would write, byte for byte), so a watched object's tree is never built for it.
+fn raw(obj: &Doc) -> &RawValue {
+    serde_json::from_slice(obj.json()).expect("a Doc's JSON is serde_json's")
 }
 
 #[derive(Serialize)]
@@ -184,10 +194,10 @@ struct Framed<'a, P> {
 impl Encoding {
     /// The change event for `e` (a Kafka message value, a webhook item, a JSONL line).
     pub fn value(&self, e: &Envelope) -> Bytes {
-        let (before, after): (Option<&Value>, Option<&Value>) = match e.op {
-            Op::Add => (None, Some(&**e.object)),
-            Op::Update => (e.old.as_deref().map(|o| &**o), Some(&**e.object)),
-            Op::Delete => (Some(&**e.object), None),
+        let (before, after): (Option<&Doc>, Option<&Doc>) = match e.op {
+            Op::Add => (None, Some(&e.object)),
+            Op::Update => (e.old.as_deref(), Some(&e.object)),
+            Op::Delete => (Some(&e.object), None),
         };
         let source = Source {
             version: env!("CARGO_PKG_VERSION"),
@@ -220,8 +230,8 @@ impl Encoding {
             })
         } else {
             serde_json::to_vec(&Change {
-                before,
-                after,
+                before: before.map(raw),
+                after: after.map(raw),
                 source,
                 op,
                 ts_ms,
@@ -565,5 +575,22 @@ mod tests {
         let framed = decode(&Encoding { schemas: true }.value(&del));
         check_connect(&framed["schema"], &framed["payload"], "payload");
         assert!(framed["payload"]["after"].is_null());
+    }
+
+    #[test]
+    fn states_known_only_as_json_encode_to_the_bytes_their_trees_encode_to() {
+        let tree = scaled(json!([{"manager": "m", "operation": "Update"}]));
+        let json = |v: &Arc<Value>| Bytes::from(serde_json::to_vec(&**v).unwrap());
+        // As the informer hands a watched object over: JSON and its name, no tree.
+        let mut named = tree.rederive(Op::Update, Some(Doc::from_json(json(&obj("7", 1)))), None);
+        named.object = Doc::named(
+            json(&obj("8", 3)),
+            crate::event::object::Ident::of(&obj("8", 3)),
+        );
+        for schemas in [false, true] {
+            let enc = Encoding { schemas };
+            assert_eq!(enc.value(&named), enc.value(&tree), "schemas: {schemas}");
+        }
+        assert!(!named.object.has_tree() && !named.old.as_ref().unwrap().has_tree());
     }
 }

@@ -7,6 +7,7 @@
 //! encoding made for the cache is the one the envelope writes. Encoding an object and
 //! decoding it again were, with parsing the change, most of an event's cost.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::ops::Deref;
 use std::sync::{Arc, OnceLock};
@@ -14,6 +15,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use serde_json::Value;
 
+use super::compact;
 use super::object::Ident;
 
 /// One state of an object (see the module documentation). Dereferences to the tree.
@@ -65,9 +67,36 @@ impl Doc {
         })
     }
 
-    /// What names this state.
+    /// What names this state: read from the tree when at hand, else from the JSON's bytes
+    /// (a few members' spans; the tree is not built for it).
     pub fn ident(&self) -> &Ident {
-        self.ident.get_or_init(|| Ident::of(self.value()))
+        self.ident.get_or_init(|| {
+            if let Some(v) = self.value.get() {
+                return Ident::of(v);
+            }
+            let text = |field: &str| match self.lookup(&format!("/metadata/{field}")) {
+                Some(Cow::Owned(Value::String(s))) => s,
+                _ => String::new(),
+            };
+            Ident {
+                namespace: Some(text("namespace")).filter(|ns| !ns.is_empty()),
+                name: text("name"),
+                uid: text("uid"),
+                resource_version: text("resourceVersion"),
+            }
+        })
+    }
+
+    /// The value at the JSON Pointer `path`, as [`Value::pointer`] finds it: from the tree
+    /// when at hand, else decoded from its span of the JSON alone (a route's `when` reads a
+    /// field or two; decoding the whole object for them cost as much as parsing the change).
+    pub fn lookup(&self, path: &str) -> Option<Cow<'_, Value>> {
+        if let Some(v) = self.value.get() {
+            return v.pointer(path).map(Cow::Borrowed);
+        }
+        let json = self.json();
+        let span = compact::pointer(json, path)?;
+        serde_json::from_slice(&json[span]).ok().map(Cow::Owned)
     }
 
     /// Lets go of the tree of a state known as JSON too, when `doc` is its only handle (a
@@ -193,5 +222,24 @@ mod tests {
         assert!(named.has_tree());
         // A state known as a tree is named from it.
         assert_eq!(Doc::new(Arc::new(v)).ident(), &ident);
+    }
+
+    #[test]
+    fn a_state_known_as_json_is_looked_into_and_named_without_its_tree() {
+        let v = json!({"metadata": {"name": "a", "uid": "u", "resourceVersion": "3",
+            "labels": {"k": "v"}}, "spec": {"n": [1, 2]}});
+        let doc = Doc::from_json(Bytes::from(serde_json::to_vec(&v).unwrap()));
+        assert_eq!(doc.lookup("/spec/n/1").as_deref(), Some(&json!(2)));
+        assert_eq!(
+            doc.lookup("/metadata/labels").as_deref(),
+            v.pointer("/metadata/labels")
+        );
+        assert_eq!(doc.lookup("/spec/missing"), None);
+        assert_eq!(doc.ident(), &Ident::of(&v));
+        assert_eq!(doc.ident().namespace, None, "cluster-scoped");
+        assert!(!doc.has_tree());
+        // With the tree at hand, the same answers from it.
+        let tree = Doc::new(Arc::new(v.clone()));
+        assert_eq!(tree.lookup("/spec/n/1").as_deref(), Some(&json!(2)));
     }
 }
