@@ -74,9 +74,10 @@ impl Doc {
             if let Some(v) = self.value.get() {
                 return Ident::of(v);
             }
-            let text = |field: &str| match self.lookup(&format!("/metadata/{field}")) {
-                Some(Cow::Owned(Value::String(s))) => s,
-                _ => String::new(),
+            let text = |field: &str| {
+                self.lookup(&format!("/metadata/{field}"))
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
             };
             Ident {
                 namespace: Some(text("namespace")).filter(|ns| !ns.is_empty()),
