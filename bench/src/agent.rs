@@ -80,25 +80,26 @@ impl Agent {
         http_get(self.ops, "/metrics")
     }
 
-    /// `lookout_events_emitted_total{sink=…}`.
-    pub fn emitted(&self, sink: &str) -> Option<u64> {
+    /// Events sink `sink` is done with: emitted (`lookout_events_emitted_total`), or folded
+    /// into a later event of the same object while queued (`lookout_sink_coalesced_total`).
+    /// A burst of N changes is through a sink when N more are settled: a sink that lags
+    /// coalesces, and counting emitted events alone would wait forever for the folded ones.
+    pub fn settled(&self, sink: &str) -> Option<u64> {
         let text = self.metrics()?;
-        metric(
-            &text,
-            "lookout_events_emitted_total",
-            &format!("sink=\"{sink}\""),
-        )
-        .map(|v| v as u64)
+        let label = format!("sink=\"{sink}\"");
+        let emitted = metric(&text, "lookout_events_emitted_total", &label)?;
+        let coalesced = metric(&text, "lookout_sink_coalesced_total", &label).unwrap_or(0.0);
+        Some((emitted + coalesced) as u64)
     }
 
-    /// Waits until every sink in `sinks` emitted at least `n` events; the instant it was seen.
-    pub fn wait_emitted(&mut self, sinks: &[&str], n: u64, timeout: Duration) -> Option<Instant> {
+    /// Waits until every sink in `sinks` settled at least `n` events; the instant it was seen.
+    pub fn wait_settled(&mut self, sinks: &[&str], n: u64, timeout: Duration) -> Option<Instant> {
         let end = Instant::now() + timeout;
         while Instant::now() < end {
             self.assert_running();
             if sinks
                 .iter()
-                .all(|s| self.emitted(s).is_some_and(|c| c >= n))
+                .all(|s| self.settled(s).is_some_and(|c| c >= n))
             {
                 return Some(Instant::now());
             }
@@ -126,7 +127,7 @@ impl Agent {
             let now = Instant::now();
             let done = sinks
                 .iter()
-                .map(|s| self.emitted(s).unwrap_or(0))
+                .map(|s| self.settled(s).unwrap_or(0))
                 .min()
                 .unwrap_or(0);
             if first.is_none() && done > base {

@@ -107,7 +107,7 @@ pub fn compare(
     let blackhole = "  - name: bh\n    type: blackhole\n    queueCapacity: 10000\n";
     let end_to_end = |sinks: &str, sink: &str, c: &mut Cluster, keep: bool| {
         let mut a = agent::spawn(lookout, &c.kubeconfig, dir, sink, sinks, Stdio::null());
-        a.wait_emitted(&[sink], pods as u64, Duration::from_secs(300))
+        a.wait_settled(&[sink], pods as u64, Duration::from_secs(300))
             .ok_or(format!(
                 "lookout did not deliver the initial list to {sink}"
             ))?;

@@ -360,7 +360,7 @@ fn steady(
         }
     );
     let mut a = agent::spawn(lookout, &c.kubeconfig, dir, "small", SINKS, Stdio::null());
-    a.wait_emitted(BOTH, p, LONG).expect("initial sync");
+    a.wait_settled(BOTH, p, LONG).expect("initial sync");
     let mut lookout_rates = Vec::new();
     let (mut agent_cpu, mut sim_cpu) = (Vec::new(), Vec::new());
     let mut writes = Vec::new();
@@ -676,7 +676,7 @@ fn large(
     for run in 0..n {
         eprintln!("  run {run}: initial sync of {} pods", args.large_pods);
         let mut a = agent::spawn(lookout, &c.kubeconfig, dir, "large", SINKS, Stdio::null());
-        let synced = a.wait_emitted(BOTH, lp, LONG).expect("initial sync");
+        let synced = a.wait_settled(BOTH, lp, LONG).expect("initial sync");
         sync.push(synced.duration_since(a.spawned).as_secs_f64());
         // The cache is complete when both sinks acknowledged every add; RSS settles within
         // a second (allocator returns, no more list pages in flight).
@@ -787,7 +787,7 @@ fn huge(
         eprintln!("  run {run}: initial sync of {pods} pods");
         let mut a = agent::spawn(lookout, &c.kubeconfig, dir, "huge", SINKS, Stdio::null());
         let synced = a
-            .wait_emitted(BOTH, pods as u64, LONG)
+            .wait_settled(BOTH, pods as u64, LONG)
             .expect("initial sync of the generated cluster");
         sync.push(synced.duration_since(a.spawned).as_secs_f64());
         std::thread::sleep(Duration::from_secs(1));
