@@ -97,61 +97,90 @@ pub fn compare(
     let n = args.kafka_events;
     let pods = args.kafka_pods.min(n);
     let runs = args.runs;
-    let mut c = Cluster::start(rt, pods, 2 * runs * n + 10_000, dir);
+    let mut c = Cluster::start(rt, pods, runs * n + 10_000, dir);
 
-    // lookout end to end, once with the Kafka sink and once with the blackhole (the same
-    // pipeline, nothing downstream): initial adds, then a frozen-then-released burst.
+    // lookout end to end with the Kafka sink and with the blackhole (the same pipeline,
+    // nothing downstream): two agents on one cluster. Both list it; then each burst is written
+    // while both are frozen and consumed by one agent and right after by the other, the order
+    // alternating from run to run. Measured in blocks (every Kafka burst, then every blackhole
+    // burst), the two sides of a ratio were minutes apart, and this host's speed drifts over
+    // minutes: one build's blackhole CPU per event moved from 48 to 88 µs within an hour.
     let kafka_sink = format!(
         "  - name: kafka\n    type: kafka\n    brokers: [\"{bootstrap}\"]\n    topic: {TOPIC}\n    queueCapacity: 10000\n"
     );
     let blackhole = "  - name: bh\n    type: blackhole\n    queueCapacity: 10000\n";
-    let end_to_end = |sinks: &str, sink: &str, c: &mut Cluster, keep: bool| {
-        let mut a = agent::spawn(lookout, &c.kubeconfig, dir, sink, sinks, Stdio::null());
-        a.wait_settled(&[sink], pods as u64, Duration::from_secs(300))
+    let mut agents = [
+        (
+            agent::spawn(
+                lookout,
+                &c.kubeconfig,
+                dir,
+                "kafka",
+                &kafka_sink,
+                Stdio::null(),
+            ),
+            "kafka",
+        ),
+        (
+            agent::spawn(lookout, &c.kubeconfig, dir, "bh", blackhole, Stdio::null()),
+            "bh",
+        ),
+    ];
+    for (a, sink) in &mut agents {
+        a.wait_settled(&[*sink], pods as u64, Duration::from_secs(300))
             .ok_or(format!(
                 "lookout did not deliver the initial list to {sink}"
             ))?;
-        let mut rates = Vec::new();
-        // CPU per event of the agent and of the broker over each burst: both are frozen or
-        // idle until the thaw, so what they use from then to the burst's last envelope is
-        // the burst's. Steadier than rates on a shared machine, and it says where a gap
-        // between the two sinks goes.
-        let mut cpu = Vec::new();
-        let mut broker_cpu = Vec::new();
-        let mut kept = None;
-        for run in 0..runs {
+    }
+    // Per agent (Kafka, blackhole): rates and CPU per event of each burst; and the broker's
+    // CPU per event over the Kafka bursts. Every process is frozen or idle outside its own
+    // burst, so what it uses from its thaw to the burst's last envelope is the burst's.
+    let mut rates = [Vec::new(), Vec::new()];
+    let mut cpu = [Vec::new(), Vec::new()];
+    let mut cpu_broker = Vec::new();
+    let per_event = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+    let broker_cpu = || agent::proc_cpu(broker.0.id() as i32);
+    let mut kept = None;
+    for run in 0..runs {
+        for (a, _) in &agents {
             a.freeze();
-            let before = keep.then(|| c.sim.list("v1", "Pod"));
-            let mut objects = Vec::with_capacity(n);
-            for _ in 0..n {
-                objects.push(c.update());
-            }
-            let (agent0, broker0) = (a.cpu(), agent::proc_cpu(broker.0.id() as i32));
+        }
+        let before = (run == 0).then(|| c.sim.list("v1", "Pod"));
+        let mut objects = Vec::with_capacity(n);
+        for _ in 0..n {
+            objects.push(c.update());
+        }
+        let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let (a, sink) = &mut agents[i];
+            let (agent0, broker0) = (a.cpu(), broker_cpu());
             a.thaw();
             let burst = a
                 .follow(
-                    &[sink],
+                    &[*sink],
                     (pods + run * n) as u64,
                     n as u64,
                     Duration::from_millis(10),
                     Duration::from_secs(600),
                 )
                 .ok_or(format!("lookout's burst to {sink} did not complete"))?;
-            rates.push(burst.rate);
-            let per_event = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
-            cpu.push(per_event(a.cpu().saturating_sub(agent0)));
-            broker_cpu.push(per_event(
-                agent::proc_cpu(broker.0.id() as i32).saturating_sub(broker0),
-            ));
-            if run == 0 && keep {
-                kept = before.map(|b| (b, objects));
+            let used = a.cpu().saturating_sub(agent0);
+            a.freeze();
+            rates[i].push(burst.rate);
+            cpu[i].push(per_event(used));
+            if i == 0 {
+                cpu_broker.push(per_event(broker_cpu().saturating_sub(broker0)));
             }
         }
+        if run == 0 {
+            kept = before.map(|b| (b, objects));
+        }
+    }
+    for (a, _) in agents {
         a.shutdown();
-        Ok::<_, String>((rates, cpu, broker_cpu, kept))
-    };
-    let (e2e_kafka, cpu_kafka, cpu_broker, kept) = end_to_end(&kafka_sink, "kafka", &mut c, true)?;
-    let (e2e_blackhole, cpu_blackhole, _, _) = end_to_end(blackhole, "bh", &mut c, false)?;
+    }
+    let [e2e_kafka, e2e_blackhole] = rates;
+    let [cpu_kafka, cpu_blackhole] = cpu;
     rt.block_on(c.sim.shutdown());
     let (before, objects) = kept.expect("first burst kept");
 
