@@ -109,6 +109,8 @@ pub fn compare(
         "  - name: kafka\n    type: kafka\n    brokers: [\"{bootstrap}\"]\n    topic: {TOPIC}\n    queueCapacity: 10000\n"
     );
     let blackhole = "  - name: bh\n    type: blackhole\n    queueCapacity: 10000\n";
+    // Indices into `agents` and the per-agent figures below.
+    const KAFKA: usize = 0;
     let mut agents = [
         (
             agent::spawn(
@@ -168,7 +170,7 @@ pub fn compare(
             a.freeze();
             rates[i].push(burst.rate);
             cpu[i].push(per_event(used));
-            if i == 0 {
+            if i == KAFKA {
                 cpu_broker.push(per_event(broker_cpu().saturating_sub(broker0)));
             }
         }
