@@ -109,7 +109,7 @@ pub fn compare(
         "  - name: kafka\n    type: kafka\n    brokers: [\"{bootstrap}\"]\n    topic: {TOPIC}\n    queueCapacity: 10000\n"
     );
     let blackhole = "  - name: bh\n    type: blackhole\n    queueCapacity: 10000\n";
-    // Indices into `agents` and the per-agent figures below.
+    // The Kafka agent's index into `agents` and the per-agent figures below (the blackhole: 1).
     const KAFKA: usize = 0;
     let mut agents = [
         (
