@@ -638,7 +638,8 @@ impl BurstCpu {
 }
 
 /// Initial sync, memory and throughput on the large cluster, `runs` agents one after the
-/// other.
+/// other; for the scaling ratio, each run's burst is paired with one on a steady-size
+/// cluster alive beside it.
 fn large(
     args: &Args,
     lookout: &Path,
