@@ -377,21 +377,10 @@ fn steady(
         }
         let (wrote, from) = c.write_updates(args.updates);
         writes.push(args.updates as f64 / wrote.as_secs_f64());
-        let cpu = BurstCpu::start(&a);
-        a.thaw();
-        let burst = a
-            .follow(
-                BOTH,
-                done,
-                args.updates as u64,
-                Duration::from_millis(10),
-                LONG,
-            )
-            .expect("burst delivered");
+        let rate = consume_burst(&mut a, done, args.updates, &mut agent_cpu, &mut sim_cpu);
         done += args.updates as u64;
-        cpu.stop(&a, args.updates, &mut agent_cpu, &mut sim_cpu);
-        lookout_rates.push(burst.rate);
-        eprintln!("  run {run}: lookout {:.0} events/s", burst.rate);
+        lookout_rates.push(rate);
+        eprintln!("  run {run}: lookout {rate:.0} events/s");
         if let Some(k) = kubectl.as_mut() {
             match k.time_burst(args.kubectl_updates.min(args.updates)) {
                 Ok(rate) => {
@@ -602,6 +591,24 @@ impl Drop for Kubectl {
     }
 }
 
+/// Thaws `a` and follows its burst of `n` changes after `base` settled events on both sinks;
+/// the burst's rate. Its CPU per event goes to `agent_cpu` and `sim_cpu` ([`BurstCpu`]).
+fn consume_burst(
+    a: &mut agent::Agent,
+    base: u64,
+    n: usize,
+    agent_cpu: &mut Vec<f64>,
+    sim_cpu: &mut Vec<f64>,
+) -> f64 {
+    let cpu = BurstCpu::start(a);
+    a.thaw();
+    let burst = a
+        .follow(BOTH, base, n as u64, Duration::from_millis(10), LONG)
+        .expect("burst delivered");
+    cpu.stop(a, n, agent_cpu, sim_cpu);
+    burst.rate
+}
+
 /// CPU used while a burst is consumed: by the agent, and by this process (kubesim serving
 /// the watch; the harness only polls meanwhile). Per event, to tell a slower pipeline from
 /// one that gets less of the machine.
@@ -701,30 +708,15 @@ fn large(
             s.write_updates(args.updates);
             let large_first = run % 2 == 0;
             for large_turn in [large_first, !large_first] {
-                let (agent, base, out, cpu_out, sim_out) = if large_turn {
-                    (&mut a, lp, &mut rates, &mut agent_cpu, &mut sim_cpu)
+                if large_turn {
+                    let rate =
+                        consume_burst(&mut a, lp, args.updates, &mut agent_cpu, &mut sim_cpu);
+                    rates.push(rate);
                 } else {
-                    (
-                        &mut *small,
-                        *done,
-                        &mut small_rates,
-                        &mut small_cpu,
-                        &mut small_sim,
-                    )
-                };
-                let cpu = BurstCpu::start(agent);
-                agent.thaw();
-                let burst = agent
-                    .follow(
-                        BOTH,
-                        base,
-                        args.updates as u64,
-                        Duration::from_millis(10),
-                        LONG,
-                    )
-                    .expect("burst delivered");
-                cpu.stop(agent, args.updates, cpu_out, sim_out);
-                out.push(burst.rate);
+                    let rate =
+                        consume_burst(small, *done, args.updates, &mut small_cpu, &mut small_sim);
+                    small_rates.push(rate);
+                }
             }
             *done += args.updates as u64;
             eprintln!(
