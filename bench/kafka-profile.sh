@@ -15,13 +15,18 @@ RUNS=${RUNS:-2}
 mkdir -p "$OUT"
 "$TARGET/release/lookout-bench" --only kafka --runs "$RUNS" --out "$OUT/bench" >"$OUT/bench.log" 2>&1 &
 bench=$!
+# Both agents live side by side (the harness alternates their bursts): one recorder each,
+# at the same time.
+recorders=()
 for tag in kafka bh; do
   until pid=$(pgrep -f "lookout-$tag.yaml"); do
     kill -0 "$bench" 2>/dev/null || { cat "$OUT/bench.log"; exit 1; }
     sleep 0.05
   done
-  perf record -F 999 -g -p "$pid" -o "$OUT/perf-$tag.data" >"$OUT/perf-$tag.log" 2>&1
+  perf record -F 999 -g -p "$pid" -o "$OUT/perf-$tag.data" >"$OUT/perf-$tag.log" 2>&1 &
+  recorders+=($!)
 done
 wait "$bench"
+wait "${recorders[@]}"
 grep -E "end to end|CPU" "$OUT/bench/report.txt"
 echo "profiles: $OUT/perf-kafka.data $OUT/perf-bh.data"
