@@ -10,6 +10,7 @@ pub mod doc;
 pub mod envelope;
 pub mod object;
 pub mod pointer;
+pub mod recompact;
 #[cfg(test)]
 pub(crate) mod schema_check;
 pub mod transform;

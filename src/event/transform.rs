@@ -433,6 +433,14 @@ impl ObjectTransform {
         self.changed_by
     }
 
+    /// True when applying this transform needs the object's tree: it redacts or reshapes.
+    /// Otherwise it only drops `managedFields` (or nothing) and perhaps summarizes them,
+    /// which an object's JSON can be rewritten for without one
+    /// ([`crate::event::recompact`]).
+    pub fn needs_tree(&self) -> bool {
+        self.secret.is_some() || !self.shape.is_identity()
+    }
+
     /// Applies the transforms in place.
     pub fn apply(&self, obj: &mut Value) {
         if self.drop_managed_fields

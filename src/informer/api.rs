@@ -369,7 +369,13 @@ fn event<P: ParsePolicy>(
     match r {
         Ok(WatchEvent::Added(o) | WatchEvent::Modified(o)) => {
             let preparer = preparer.clone();
-            parse_apart(o, move |v| RawEvent::Applied(preparer.prepare(v)))
+            apart(o, move |o| match preparer.prepare_json(o.json()) {
+                // No tree needed: the JSON is rewritten from the line's bytes.
+                Some(prepared) => Ok(RawEvent::Applied(prepared)),
+                None => o
+                    .parse()
+                    .map(|object| RawEvent::Applied(preparer.prepare(object.value))),
+            })
         }
         Ok(WatchEvent::Deleted(o)) => parse_apart(o, RawEvent::Deleted),
         Ok(WatchEvent::Bookmark(b)) => ready((
@@ -398,8 +404,16 @@ fn parse_apart<P: ParsePolicy>(
     o: Unparsed<P>,
     event: impl FnOnce(Value) -> RawEvent + Send + 'static,
 ) -> BoxFuture<'static, Item> {
+    apart(o, move |o| o.parse().map(|object| event(object.value)))
+}
+
+/// Makes `o` an event with `decode` on a task of its own.
+fn apart<P: ParsePolicy>(
+    o: Unparsed<P>,
+    decode: impl FnOnce(Unparsed<P>) -> Result<RawEvent, serde_json::Error> + Send + 'static,
+) -> BoxFuture<'static, Item> {
     let arrived = o.arrived();
-    let parsing = tokio::spawn(async move { o.parse().map(|object| event(object.value)) });
+    let parsing = tokio::spawn(async move { decode(o) });
     async move {
         let item = match parsing.await {
             Ok(Ok(event)) => Ok(event),

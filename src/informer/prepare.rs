@@ -11,6 +11,12 @@
 //! (the sink's client library, the broker on a small machine) preempting either one idled the
 //! second core; parsing on parallel tasks alone did not help, moving the encoding too did.
 //!
+//! When the transform needs no tree (it does not redact or reshape), a parse task builds none:
+//! [`Preparer::prepare_json`] rewrites the object's JSON from the line's bytes
+//! ([`crate::event::recompact`]), summarizing `managedFields` on the way when changes are
+//! attributed. The tree path below stays for the transforms that need it and for the objects
+//! the rewrite leaves to it.
+//!
 //! The tree a parse task builds also dies on that task: what leaves it is the JSON and what
 //! names the object ([`Prepared`]). A tree handed to another worker is freed there, and each
 //! of its hundreds of blocks then travels back between the cores through the allocator's
@@ -25,6 +31,7 @@ use serde_json::Value;
 
 use crate::event::changed_by::Managers;
 use crate::event::object::Ident;
+use crate::event::recompact::{Options, recompact};
 use crate::event::transform::ObjectTransform;
 
 /// The object-local part of preparing objects of one resource type.
@@ -77,6 +84,28 @@ impl Preparer {
             json,
             managers,
         }
+    }
+
+    /// [`Self::prepare`] from the object's JSON as the API server sent it, without building
+    /// its tree, when the transform needs none; `None` when the tree must be built (the
+    /// transform needs it, or only the tree can tell how `serde_json` writes these bytes:
+    /// see [`recompact`]). The same JSON and name as [`Self::prepare`] of the parsed object.
+    pub(super) fn prepare_json(&self, json: &str) -> Option<Prepared> {
+        if self.transform.needs_tree() {
+            return None;
+        }
+        let options = Options {
+            drop_managed_fields: self.transform.drops_managed_fields(),
+            summarize_managed_fields: self.transform.attributes_changes(),
+            api_version: &self.api_version,
+            kind: &self.kind,
+        };
+        let r = recompact(json, options)?;
+        Some(Prepared {
+            ident: r.ident,
+            json: Bytes::from(r.json),
+            managers: r.managers,
+        })
     }
 
     /// API servers omit `apiVersion` and `kind` on list items; envelopes and transforms

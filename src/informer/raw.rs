@@ -309,6 +309,11 @@ impl<P: ParsePolicy> Unparsed<P> {
         Ok(object)
     }
 
+    /// The object's JSON as the line carried it.
+    pub fn json(&self) -> &str {
+        self.json.get()
+    }
+
     /// When the line arrived, before anything of it was parsed.
     pub fn arrived(&self) -> std::time::Instant {
         self.arrived
