@@ -369,12 +369,13 @@ fn event<P: ParsePolicy>(
     match r {
         Ok(WatchEvent::Added(o) | WatchEvent::Modified(o)) => {
             let preparer = preparer.clone();
-            apart(o, move |o| match preparer.prepare_json(o.json()) {
-                // No tree needed: the JSON is rewritten from the line's bytes.
-                Some(prepared) => Ok(RawEvent::Applied(prepared)),
-                None => o
-                    .parse()
-                    .map(|object| RawEvent::Applied(preparer.prepare(object.value))),
+            apart(o, move |o| {
+                let prepared = match preparer.prepare_json(o.json()) {
+                    // No tree needed: the JSON is rewritten from the line's bytes.
+                    Some(prepared) => prepared,
+                    None => preparer.prepare(o.parse()?.value),
+                };
+                Ok(RawEvent::Applied(preparer.look_ahead(prepared)))
             })
         }
         Ok(WatchEvent::Deleted(o)) => parse_apart(o, RawEvent::Deleted),

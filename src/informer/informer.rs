@@ -27,7 +27,7 @@ use tracing::{debug, error, info, warn};
 use super::api::{KubeListWatch, ListWatch};
 use super::config::InitialList;
 use super::machine::{Change, Machine, Output, RestartReason, Settings, State};
-use super::prepare::Preparer;
+use super::prepare::{Ahead, Preparer};
 use super::store::{Entry, Staging, Store};
 use super::{ChangedBy, Handler, InformerKey, RawObject};
 use crate::event::changed_by::Managers;
@@ -177,7 +177,7 @@ pub struct SharedInformer {
     transform: Arc<ObjectTransform>,
     /// The object-local part of preparing objects (the watch has its own copy).
     preparer: Preparer,
-    store: Store,
+    store: Arc<Store>,
     handlers: Mutex<Vec<Arc<dyn Handler>>>,
     stats: InformerStats,
     /// Held while a change goes from the cache to the handlers, so that a re-sync against
@@ -210,6 +210,7 @@ impl SharedInformer {
         transform: Arc<ObjectTransform>,
         settings: InformerSettings,
     ) -> Self {
+        let store = Arc::new(Store::default());
         let api = KubeListWatch::new(
             &key,
             &resource,
@@ -217,10 +218,14 @@ impl SharedInformer {
             transform.drops_managed_fields(),
             transform.attributes_changes(),
             LIST_PAGE_SIZE,
-            Preparer::new(&resource.api_version, &resource.kind, transform.clone()),
+            Preparer::new(&resource.api_version, &resource.kind, transform.clone())
+                .with_cache(store.clone()),
         );
         let target = describe(&key, &resource, namespaced);
-        Self::with_api(key, resource, target, Box::new(api), transform, settings)
+        let mut informer =
+            Self::with_api(key, resource, target, Box::new(api), transform, settings);
+        informer.store = store;
+        informer
     }
 
     /// An informer over any [`ListWatch`] (tests script one); `target` names the resource
@@ -241,7 +246,7 @@ impl SharedInformer {
             settings,
             target,
             transform,
-            store: Store::default(),
+            store: Arc::new(Store::default()),
             handlers: Mutex::new(Vec::new()),
             stats: InformerStats::default(),
             processing: Arc::new(tokio::sync::Mutex::new(())),
@@ -530,7 +535,7 @@ impl SharedInformer {
     async fn apply(&self, change: Change) {
         let _held = self.processing.lock().await;
         match change {
-            Change::Applied(doc) => self.upsert(doc).await,
+            Change::Applied(doc, ahead) => self.upsert(doc, ahead).await,
             Change::Deleted(obj) => {
                 let key = object::cache_key(&obj);
                 self.forget(&key);
@@ -544,13 +549,31 @@ impl SharedInformer {
     /// An ADDED or MODIFIED object: cache it, emit the add or the update. A watch's object
     /// comes as JSON and its name only ([`Doc::named`]); its tree is decoded only if a handler
     /// asks for it.
-    async fn upsert(&self, new: Arc<Doc>) {
+    async fn upsert(&self, new: Arc<Doc>, ahead: Option<Box<Ahead>>) {
         let key = new.ident().cache_key();
+        // The parse task's work holds if the entry is the one it was done from.
+        let (packed, ahead) = match ahead {
+            Some(a) => {
+                let current = self.store.version(&key) == a.version;
+                (Some(a.packed), current.then_some(a.patch))
+            }
+            None => (None, None),
+        };
+        let store = |key: String, json: &[u8], keep_base: bool| match packed {
+            Some(packed) => self.store.update_packed(key, packed, keep_base),
+            None => self.store.update_json(key, json, keep_base),
+        };
         // The state the patch starts from is read as the compact JSON the cache keeps, and
         // diffed from its bytes: it is decoded only if a handler asks for its tree.
-        let Some(base) = self.store.base_json(&key) else {
+        let (base, patch) = match ahead {
+            // No entry when the parse task looked, and none since: a new object.
+            Some(None) if self.store.version(&key).is_none() => (None, None),
+            Some(Some((base, patch))) => (Some(base), Some(patch)),
+            _ => (self.store.base_json(&key), None),
+        };
+        let Some(base) = base else {
             let by = self.attribute(&key, true);
-            self.store.update_json(key, new.json(), false);
+            store(key, new.json(), false);
             self.emit_add(&new, false, by).await;
             return;
         };
@@ -558,22 +581,24 @@ impl SharedInformer {
         // Encoded once (by the watch's parse task): compared with the base's bytes, packed
         // into the cache, and written into the envelope as it is.
         let json = new.json();
-        let patch = diff::diff_json(base.json(), json)
-            .unwrap_or_else(|| diff::diff(base.value(), new.value()));
+        let patch = patch.unwrap_or_else(|| {
+            diff::diff_json(base.json(), json)
+                .unwrap_or_else(|| diff::diff(base.value(), new.value()))
+        });
         // Equal uids leave `/metadata/uid` untouched; only then is the base's name needed.
         if diff::touches(&patch, "/metadata/uid") && base.ident().uid != new.ident().uid {
             // Deleted and re-created under the same name while we were not watching.
             if let Some(entry) = self.store.remove(&key) {
                 self.emit_delete(&Doc::new(entry.current), true).await;
             }
-            return Box::pin(self.upsert(new)).await;
+            return Box::pin(self.upsert(new, None)).await;
         }
         if diff::only_ignored_changes(&patch, &self.transform.ignore) {
-            self.store.update_json(key, json, true);
+            store(key, json, true);
             return;
         }
         let by = self.attribute(&key, false);
-        self.store.update_json(key, json, false);
+        store(key, json, false);
         self.emit_update(&base, &new, patch, by).await;
     }
 
@@ -756,6 +781,7 @@ mod tests {
                 ident: crate::event::object::Ident::of(&o),
                 json,
                 managers: None,
+                ahead: None,
             }))
         };
         let script = Script::default().list(Ok(page(&[], "1", None))).watch(Ok((
@@ -780,6 +806,78 @@ mod tests {
             "cached as the watch encoded it"
         );
         assert_eq!(cached["metadata"]["resourceVersion"], "3");
+        informer.stop().await;
+    }
+
+    /// Keeps every patch it is handed.
+    struct Patches(std::sync::Mutex<Vec<Patch>>);
+
+    #[async_trait]
+    impl Handler for Patches {
+        async fn on_add(&self, _: &Arc<Doc>, _: bool) {}
+        async fn on_update(&self, _: &Arc<Doc>, _: &Arc<Doc>, patch: Patch) {
+            self.0.lock().unwrap().push(patch);
+        }
+        async fn on_delete(&self, _: &Arc<Doc>, _: bool) {}
+    }
+
+    #[tokio::test]
+    async fn work_done_ahead_is_used_while_the_entry_is_unchanged_and_redone_once_it_changed() {
+        let json = |o: &Value| bytes::Bytes::from(serde_json::to_vec(o).unwrap());
+        // Packed by another store before its dictionary: a plain frame any store reads.
+        let packer = Store::default();
+        let with = |o: &Value, version: Option<u64>, patch: Option<(&Value, Patch)>| {
+            Ok(RawEvent::Applied(crate::informer::prepare::Prepared {
+                ident: crate::event::object::Ident::of(o),
+                json: json(o),
+                managers: None,
+                ahead: Some(Box::new(Ahead {
+                    packed: packer.pack_json(&json(o)),
+                    version,
+                    patch: patch.map(|(base, p)| (json(base), p)),
+                })),
+            }))
+        };
+        let (a2, a3, a4) = (cm("a", "2"), cm("a", "3"), cm("a", "4"));
+        // Correct but coarser than the diff would be: tells the patch made ahead apart.
+        let coarse: Patch = serde_json::from_value(json!([
+            {"op": "replace", "path": "/metadata/resourceVersion", "value": "3"},
+            {"op": "replace", "path": "/data", "value": {"rv": "3"}},
+        ]))
+        .unwrap();
+        // Made from a state the entry no longer has: wrong for the entry as it is.
+        let stale: Patch = serde_json::from_value(json!([
+            {"op": "add", "path": "/stale", "value": true},
+        ]))
+        .unwrap();
+        let script = Script::default().list(Ok(page(&[], "1", None))).watch(Ok((
+            vec![
+                // No entry when looked at, none since: an add. The entry is version 1 then.
+                with(&a2, None, None),
+                // Made from version 1, which the entry still is: used as made.
+                with(&a3, Some(1), Some((&a2, coarse.clone()))),
+                // Made from version 1 again, but the entry is version 2 now: made again.
+                with(&a4, Some(1), Some((&a2, stale))),
+                // No entry when looked at, but `a` has one since: an update, not an add.
+                with(&cm("a", "5"), None, None),
+            ],
+            Then::Hang,
+        )));
+        let (informer, mut rx) = informer(script);
+        let patches = Arc::new(Patches(std::sync::Mutex::new(Vec::new())));
+        informer.add_handler(patches.clone());
+        informer.start();
+        // `Collect` checks that every patch replays from the old state to the new one.
+        assert_eq!(
+            take(&mut rx, 4).await,
+            ["add a", "update a 2→3", "update a 3→4", "update a 4→5"]
+        );
+        let seen = patches.0.lock().unwrap().clone();
+        assert_eq!(seen[0], coarse, "the patch made ahead, as made");
+        assert_eq!(seen[1], diff::diff(&a3, &a4), "made again from the entry");
+        let cached: Value =
+            serde_json::from_slice(&informer.store().base_json("default/a").unwrap()).unwrap();
+        assert_eq!(cached, cm("a", "5"), "cached as packed ahead");
         informer.stop().await;
     }
 

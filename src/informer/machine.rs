@@ -40,7 +40,7 @@ use tracing::{info, warn};
 use super::api::{EventStream, ListWatch, RawEvent, RequestError, WatchFrom};
 use super::config::InitialList;
 use super::informer::InformerStats;
-use super::prepare::Prepared;
+use super::prepare::{Ahead, Prepared};
 use super::store::{Staging, Store};
 use crate::backoff::{Backoff, BackoffPolicy};
 use crate::event::Doc;
@@ -145,8 +145,8 @@ pub(super) enum Output {
 #[derive(Debug)]
 pub(super) enum Change {
     /// ADDED or MODIFIED: the object as it is now (known only as JSON and its name when the
-    /// watch's parse task prepared it).
-    Applied(Arc<Doc>),
+    /// watch's parse task prepared it), and the informer's work on it done ahead there.
+    Applied(Arc<Doc>, Option<Box<Ahead>>),
     /// DELETED: the object's last state.
     Deleted(Value),
 }
@@ -472,8 +472,11 @@ impl<'a> Machine<'a> {
             Next::Item(Ok(RawEvent::Applied(prepared))) => {
                 self.delivered();
                 let mut ignored = String::new();
-                if let Some((ident, json)) = self.accept_prepared(prepared, &mut ignored) {
-                    staged.insert_json(ident.cache_key(), &json);
+                if let Some((ident, json, ahead)) = self.accept_prepared(prepared, &mut ignored) {
+                    match ahead {
+                        Some(ahead) => staged.insert_packed(ident.cache_key(), ahead.packed),
+                        None => staged.insert_json(ident.cache_key(), &json),
+                    }
                 }
                 (None, State::Streaming { stream, staged })
             }
@@ -585,7 +588,10 @@ impl<'a> Machine<'a> {
                 self.delivered();
                 match self.accept(obj, &mut resource_version) {
                     Some(obj) => (
-                        Some(Output::Changed(Change::Applied(Doc::new(Arc::new(obj))))),
+                        Some(Output::Changed(Change::Applied(
+                            Doc::new(Arc::new(obj)),
+                            None,
+                        ))),
                         None,
                     ),
                     None => (Some(Output::Skipped), None),
@@ -594,8 +600,11 @@ impl<'a> Machine<'a> {
             Next::Item(Ok(RawEvent::Applied(prepared))) => {
                 self.delivered();
                 match self.accept_prepared(prepared, &mut resource_version) {
-                    Some((ident, json)) => (
-                        Some(Output::Changed(Change::Applied(Doc::named(json, ident)))),
+                    Some((ident, json, ahead)) => (
+                        Some(Output::Changed(Change::Applied(
+                            Doc::named(json, ident),
+                            ahead,
+                        ))),
                         None,
                     ),
                     None => (Some(Output::Skipped), None),
@@ -709,17 +718,18 @@ impl<'a> Machine<'a> {
         &self,
         prepared: Prepared,
         resource_version: &mut String,
-    ) -> Option<(Ident, Bytes)> {
+    ) -> Option<(Ident, Bytes, Option<Box<Ahead>>)> {
         let Prepared {
             ident,
             json,
             managers,
+            ahead,
         } = prepared;
         if !self.named(&ident.name, &ident.resource_version, resource_version) {
             return None;
         }
         (self.observe)(&ident.cache_key(), managers);
-        Some((ident, json))
+        Some((ident, json, ahead))
     }
 
     /// The next item of an open watch, or why there is none.
@@ -1044,7 +1054,7 @@ mod tests {
             let (out, s) = m.step(state).await;
             state = s;
             match out {
-                Some(Output::Changed(Change::Applied(o))) => {
+                Some(Output::Changed(Change::Applied(o, _))) => {
                     assert_eq!(o["prepared"], true);
                     seen.push(format!("apply {}", object::resource_version(&o)));
                 }
@@ -1069,6 +1079,7 @@ mod tests {
             ident: Ident::of(&obj),
             json,
             managers: Some(crate::event::changed_by::Managers::default()),
+            ahead: None,
         }))
     }
 
@@ -1090,7 +1101,7 @@ mod tests {
             let (out, s) = m.step(state).await;
             state = s;
             match out {
-                Some(Output::Changed(Change::Applied(doc))) => {
+                Some(Output::Changed(Change::Applied(doc, _))) => {
                     assert!(
                         !doc.has_tree(),
                         "handed over as the watch's JSON, its tree not rebuilt"

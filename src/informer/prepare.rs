@@ -17,6 +17,13 @@
 //! attributed. The tree path below stays for the transforms that need it and for the objects
 //! the rewrite leaves to it.
 //!
+//! A parse task also does the informer's own work on the object ahead ([`Ahead`]): it packs the
+//! JSON for the cache and diffs it against the cached state it starts from. Timed stage by
+//! stage on the harness's throughput bursts, the informer's ordered stage was busy about 80 %
+//! of the time (the reader waited on it half of its time), and of that, the diff took 39 %,
+//! packing 21 % and unpacking the base 11 %. The informer keeps a patch made ahead only if the
+//! object's cache entry is still the one it was made from ([`super::store::Store::version`]).
+//!
 //! The tree a parse task builds also dies on that task: what leaves it is the JSON and what
 //! names the object ([`Prepared`]). A tree handed to another worker is freed there, and each
 //! of its hundreds of blocks then travels back between the cores through the allocator's
@@ -30,9 +37,13 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::event::changed_by::Managers;
+use crate::event::diff;
 use crate::event::object::Ident;
 use crate::event::recompact::{Options, recompact};
 use crate::event::transform::ObjectTransform;
+use json_patch::Patch;
+
+use super::store::{Packed, Store};
 
 /// The object-local part of preparing objects of one resource type.
 #[derive(Debug, Clone)]
@@ -40,6 +51,9 @@ pub(super) struct Preparer {
     api_version: String,
     kind: String,
     transform: Arc<ObjectTransform>,
+    /// The informer's cache, which a watch's prepared objects are packed for and diffed
+    /// against ahead of the informer ([`Preparer::look_ahead`]).
+    cache: Option<Arc<Store>>,
 }
 
 /// An object prepared by a [`Preparer`], without its tree (see the module documentation).
@@ -51,6 +65,25 @@ pub(super) struct Prepared {
     pub json: Bytes,
     /// The summary of its `managedFields` before the transforms, when changes are attributed.
     pub managers: Option<Managers>,
+    /// The informer's work on it, done ahead on the parse task ([`Preparer::look_ahead`]).
+    pub ahead: Option<Box<Ahead>>,
+}
+
+/// The informer's work on a watch's object, done on its parse task beside the informer, which
+/// does it in order, one object at a time: packing it for the cache, and its patch from the
+/// cached state. The patch holds only if the cache entry is still the one it was made from
+/// (the informer checks [`Store::version`]): an earlier change of the same object may have
+/// been applied in between.
+#[derive(Debug)]
+pub(super) struct Ahead {
+    /// The object packed for the cache (always valid).
+    pub packed: Packed,
+    /// The [`Store::version`] of the object's entry when the work was done (`None`: there
+    /// was none; the object is new unless an earlier change added it since).
+    pub version: Option<u64>,
+    /// The cached state the next patch starts from and the patch from it to the object,
+    /// when there was an entry and its bytes could be diffed.
+    pub patch: Option<(Bytes, Patch)>,
 }
 
 impl Preparer {
@@ -60,7 +93,37 @@ impl Preparer {
             api_version: api_version.to_string(),
             kind: kind.to_string(),
             transform,
+            cache: None,
         }
+    }
+
+    /// The same preparer, doing the informer's work on `cache` ahead ([`Self::look_ahead`]).
+    pub(super) fn with_cache(mut self, cache: Arc<Store>) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// Adds the informer's work on `prepared` done ahead, when there is a cache.
+    pub(super) fn look_ahead(&self, mut prepared: Prepared) -> Prepared {
+        let Some(cache) = &self.cache else {
+            return prepared;
+        };
+        let key = prepared.ident.cache_key();
+        let packed = cache.pack_json(&prepared.json);
+        let ahead = match cache.versioned_base_json(&key) {
+            Some((base, version)) => Ahead {
+                packed,
+                version: Some(version),
+                patch: diff::diff_json(&base, &prepared.json).map(|p| (base, p)),
+            },
+            None => Ahead {
+                packed,
+                version: None,
+                patch: None,
+            },
+        };
+        prepared.ahead = Some(Box::new(ahead));
+        prepared
     }
 
     /// `obj` with its type meta, its `managedFields` summary when changes are attributed (taken
@@ -83,6 +146,7 @@ impl Preparer {
             ident: Ident::of(&value),
             json,
             managers,
+            ahead: None,
         }
     }
 
@@ -105,6 +169,7 @@ impl Preparer {
             ident: r.ident,
             json: Bytes::from(r.json),
             managers: r.managers,
+            ahead: None,
         })
     }
 

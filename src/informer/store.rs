@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -38,14 +38,18 @@ impl Entry {
     }
 }
 
-/// One object, packed: `[codec tag][JSON length, u32 LE][zstd frame]`.
-type Packed = Box<[u8]>;
+/// One object, packed: `[codec tag][JSON length, u32 LE][zstd frame]`. Packed by any
+/// thread with the store's codec ([`Store::pack_json`]), it is valid for the store whenever
+/// it is put in: the codec's dictionary never changes once trained.
+pub(super) type Packed = Box<[u8]>;
 
 /// A cached object and, when it differs, its last emitted state.
 #[derive(Debug)]
 struct Stored {
     current: Packed,
     emitted: Option<Packed>,
+    /// Changes with every write of the entry ([`Store::version`]).
+    version: u64,
 }
 
 /// A thread-safe map from cache key (`namespace/name`) to [`Entry`].
@@ -60,9 +64,41 @@ pub struct Store {
     codec: Arc<Codec>,
     /// Lists swapped in so far ([`Store::generation`]).
     generation: AtomicU64,
+    /// The last entry version handed out ([`Store::version`]).
+    versions: AtomicU64,
 }
 
 impl Store {
+    fn stored(&self, current: Packed, emitted: Option<Packed>) -> Stored {
+        Stored {
+            current,
+            emitted,
+            version: self.versions.fetch_add(1, Ordering::Relaxed) + 1,
+        }
+    }
+
+    /// The version of `key`'s entry: it changes whenever the entry is written, so work done
+    /// from the entry as it was (a diff from its base, on a watch's parse task) is still
+    /// right when the version is the same. `None` when there is no entry.
+    pub(super) fn version(&self, key: &str) -> Option<u64> {
+        Some(self.map.read().expect("store lock").get(key)?.version)
+    }
+
+    /// [`Store::base_json`] and the entry's [`Store::version`].
+    pub(super) fn versioned_base_json(&self, key: &str) -> Option<(Bytes, u64)> {
+        let (packed, version) = {
+            let map = self.map.read().expect("store lock");
+            let s = map.get(key)?;
+            (s.emitted.as_ref().unwrap_or(&s.current).clone(), s.version)
+        };
+        Some((self.codec.unpack_json(&packed), version))
+    }
+
+    /// Packs an object's compact JSON the way the cache keeps it, on the calling thread.
+    pub(super) fn pack_json(&self, json: &[u8]) -> Packed {
+        self.codec.pack_json(json)
+    }
+
     /// The entry under `key`.
     pub fn get(&self, key: &str) -> Option<Entry> {
         let (current, emitted) = {
@@ -101,10 +137,10 @@ impl Store {
 
     /// Inserts or replaces.
     pub fn insert(&self, key: String, entry: Entry) {
-        let stored = Stored {
-            current: self.codec.pack(&entry.current),
-            emitted: entry.emitted.map(|e| self.codec.pack(&e)),
-        };
+        let stored = self.stored(
+            self.codec.pack(&entry.current),
+            entry.emitted.map(|e| self.codec.pack(&e)),
+        );
         self.map
             .write()
             .expect("store lock")
@@ -121,13 +157,17 @@ impl Store {
 
     /// [`Store::update`] with the state given as its compact JSON (`serde_json::to_vec`).
     pub fn update_json(&self, key: String, current: &[u8], keep_base: bool) {
-        let current = self.codec.pack_json(current);
+        self.update_packed(key, self.codec.pack_json(current), keep_base);
+    }
+
+    /// [`Store::update_json`] with the state already packed ([`Store::pack_json`]).
+    pub(super) fn update_packed(&self, key: String, current: Packed, keep_base: bool) {
         let mut map = self.map.write().expect("store lock");
         let emitted = match map.remove(key.as_str()) {
             Some(old) if keep_base => Some(old.emitted.unwrap_or(old.current)),
             _ => None,
         };
-        map.insert(key.into_boxed_str(), Stored { current, emitted });
+        map.insert(key.into_boxed_str(), self.stored(current, emitted));
     }
 
     /// An empty staging area for a list, packing with this store's codec.
@@ -167,13 +207,7 @@ impl Store {
                     if let Some(prev) = prev {
                         old.insert(key.clone(), prev);
                     }
-                    map.insert(
-                        key.clone(),
-                        Stored {
-                            current,
-                            emitted: None,
-                        },
-                    );
+                    map.insert(key.clone(), self.stored(current, None));
                     changed.push(key);
                 }
             }
@@ -198,6 +232,7 @@ impl Store {
     pub(super) fn keep_base(&self, key: &str, base: PackedBase) {
         if let Some(s) = self.map.write().expect("store lock").get_mut(key) {
             s.emitted = Some(base.0);
+            s.version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
         }
     }
 
@@ -278,7 +313,8 @@ impl Staging {
         self.insert_packed(key, packed);
     }
 
-    fn insert_packed(&mut self, key: String, packed: Packed) {
+    /// Adds (or replaces) one listed object, packed already ([`Store::pack_json`]).
+    pub(super) fn insert_packed(&mut self, key: String, packed: Packed) {
         let key = key.into_boxed_str();
         if self.entries.insert(key.clone(), packed).is_none() {
             self.order.push(key);
@@ -372,9 +408,18 @@ const TAG_PLAIN: u8 = 0;
 const TAG_DICT: u8 = 1;
 
 /// Packs and unpacks objects; trains its dictionary on the first objects it packs.
+///
+/// Any thread may pack and unpack at once (the watch's parse tasks pack beside the
+/// informer): each takes a set of zstd contexts from a pool and compresses outside any lock.
 #[derive(Default)]
 struct Codec {
-    state: Mutex<CodecState>,
+    /// The first objects' JSON until the dictionary is trained.
+    training: Mutex<Training>,
+    /// The dictionary, once training was tried (`None` inside: training failed, objects
+    /// are packed without one).
+    dict: OnceLock<Option<Arc<[u8]>>>,
+    /// Idle contexts; as many as ever were in use at once.
+    pool: Mutex<Vec<Contexts>>,
 }
 
 impl std::fmt::Debug for Codec {
@@ -384,16 +429,18 @@ impl std::fmt::Debug for Codec {
 }
 
 #[derive(Default)]
-struct CodecState {
-    /// JSON of the first objects, until the dictionary is trained.
+struct Training {
     samples: Vec<Vec<u8>>,
-    /// Training was tried (successfully or not).
-    trained: bool,
+}
+
+/// One user's zstd contexts, made on first use.
+#[derive(Default)]
+struct Contexts {
     plain: Option<(Compressor<'static>, Decompressor<'static>)>,
     dict: Option<(Compressor<'static>, Decompressor<'static>)>,
 }
 
-impl CodecState {
+impl Contexts {
     fn plain(&mut self) -> &mut (Compressor<'static>, Decompressor<'static>) {
         self.plain.get_or_insert_with(|| {
             (
@@ -403,18 +450,14 @@ impl CodecState {
         })
     }
 
-    fn train(&mut self) {
-        self.trained = true;
-        let samples = std::mem::take(&mut self.samples);
-        let Ok(dict) = zstd::dict::from_samples(&samples, DICT_BYTES) else {
-            return;
-        };
-        if let (Ok(c), Ok(d)) = (
-            Compressor::with_dictionary(LEVEL, &dict),
-            Decompressor::with_dictionary(&dict),
-        ) {
-            self.dict = Some((c, d));
-        }
+    /// The contexts of `dict` (the codec's only dictionary).
+    fn dict(&mut self, dict: &[u8]) -> &mut (Compressor<'static>, Decompressor<'static>) {
+        self.dict.get_or_insert_with(|| {
+            (
+                Compressor::with_dictionary(LEVEL, dict).expect("zstd dictionary"),
+                Decompressor::with_dictionary(dict).expect("zstd dictionary"),
+            )
+        })
     }
 }
 
@@ -423,19 +466,47 @@ impl Codec {
         self.pack_json(&serde_json::to_vec(v).expect("a JSON value always serializes"))
     }
 
-    /// Packs an object's compact JSON.
-    fn pack_json(&self, json: &[u8]) -> Packed {
-        let mut st = self.state.lock().expect("codec lock");
-        if !st.trained {
-            st.samples.push(json.to_vec());
-            if st.samples.len() >= TRAIN_AFTER {
-                st.train();
+    /// The dictionary, once trained; samples `json` until then.
+    fn dictionary(&self, json: &[u8]) -> Option<Arc<[u8]>> {
+        if let Some(dict) = self.dict.get() {
+            return dict.clone();
+        }
+        let mut training = self.training.lock().expect("codec lock");
+        if self.dict.get().is_none() {
+            training.samples.push(json.to_vec());
+            if training.samples.len() >= TRAIN_AFTER {
+                let samples = std::mem::take(&mut training.samples);
+                let dict = zstd::dict::from_samples(&samples, DICT_BYTES)
+                    .ok()
+                    // A dictionary zstd cannot load is no dictionary.
+                    .filter(|d| Compressor::with_dictionary(LEVEL, d).is_ok())
+                    .map(Arc::from);
+                let _ = self.dict.set(dict);
             }
         }
-        let (tag, frame) = match st.dict.as_mut() {
-            Some((c, _)) => (TAG_DICT, c.compress(json)),
-            None => (TAG_PLAIN, st.plain().0.compress(json)),
-        };
+        self.dict.get().cloned().flatten()
+    }
+
+    /// Runs `f` with a set of contexts taken from the pool.
+    fn with_contexts<T>(&self, f: impl FnOnce(&mut Contexts) -> T) -> T {
+        let mut contexts = self
+            .pool
+            .lock()
+            .expect("codec pool")
+            .pop()
+            .unwrap_or_default();
+        let out = f(&mut contexts);
+        self.pool.lock().expect("codec pool").push(contexts);
+        out
+    }
+
+    /// Packs an object's compact JSON.
+    fn pack_json(&self, json: &[u8]) -> Packed {
+        let dict = self.dictionary(json);
+        let (tag, frame) = self.with_contexts(|c| match &dict {
+            Some(d) => (TAG_DICT, c.dict(d).0.compress(json)),
+            None => (TAG_PLAIN, c.plain().0.compress(json)),
+        });
         let frame = frame.expect("zstd compresses any input");
         let mut out = Vec::with_capacity(5 + frame.len());
         out.push(tag);
@@ -451,14 +522,16 @@ impl Codec {
     /// The JSON a packed object was made from.
     fn unpack_json(&self, p: &[u8]) -> Bytes {
         let len = u32::from_le_bytes([p[1], p[2], p[3], p[4]]) as usize;
-        let json = {
-            let mut st = self.state.lock().expect("codec lock");
+        let json = self.with_contexts(|c| {
             let d = match p[0] {
-                TAG_DICT => &mut st.dict.as_mut().expect("packed with the dictionary").1,
-                _ => &mut st.plain().1,
+                TAG_DICT => {
+                    let dict = self.dict.get().cloned().flatten();
+                    &mut c.dict(&dict.expect("packed with the dictionary")).1
+                }
+                _ => &mut c.plain().1,
             };
             d.decompress(&p[5..], len).expect("packed by this codec")
-        };
+        });
         Bytes::from(json)
     }
 }
@@ -474,6 +547,68 @@ mod tests {
                 "resourceVersion": i.to_string(), "labels": {"app": "web", "z": i, "a": null}},
             "spec": {"containers": [{"name": "main", "image": "nginx", "ports": [{"containerPort": 80}]}]},
             "status": {"phase": "Running", "ratio": 0.5, "ready": true}})
+    }
+
+    #[test]
+    fn an_entry_has_a_new_version_after_every_write_and_keeps_it_otherwise() {
+        let store = Store::default();
+        assert_eq!(store.version("k"), None);
+        store.update_json("k".into(), b"{\"a\":1}", false);
+        let v1 = store.version("k").unwrap();
+        assert_eq!(store.version("k"), Some(v1), "reading does not change it");
+        assert_eq!(store.versioned_base_json("k").unwrap().1, v1);
+        store.update_json("k".into(), b"{\"a\":2}", true);
+        let v2 = store.version("k").unwrap();
+        assert_ne!(v1, v2);
+        let (base, version) = store.versioned_base_json("k").unwrap();
+        assert_eq!(
+            (&base[..], version),
+            (&b"{\"a\":1}"[..], v2),
+            "the kept base"
+        );
+        // A list with the same state keeps the entry; one with another state replaces it.
+        let mut same = store.staging();
+        same.insert_json("k".into(), b"{\"a\":2}");
+        store.swap_in(same);
+        assert_eq!(store.version("k"), Some(v2));
+        let mut other = store.staging();
+        other.insert_json("k".into(), b"{\"a\":3}");
+        let mut swapped = store.swap_in(other);
+        let v3 = store.version("k").unwrap();
+        assert_ne!(v3, v2);
+        let old = swapped.take_old("k").unwrap();
+        store.keep_base("k", old.packed_base);
+        assert_ne!(store.version("k").unwrap(), v3, "keeping a base is a write");
+        store.remove("k");
+        assert_eq!(store.version("k"), None);
+    }
+
+    #[test]
+    fn objects_packed_on_many_threads_at_once_come_back_identical() {
+        let store = Arc::new(Store::default());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    // Across the dictionary's training (after 256 objects).
+                    for i in 0..200 {
+                        let json = serde_json::to_vec(&obj(t * 1000 + i)).unwrap();
+                        let packed = store.pack_json(&json);
+                        let key = format!("{t}/{i}");
+                        store.update_packed(key.clone(), packed, false);
+                        assert_eq!(&store.base_json(&key).unwrap()[..], &json[..]);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(store.len(), 800);
+        assert!(
+            store.codec.dict.get().is_some(),
+            "the dictionary was trained"
+        );
     }
 
     #[test]
