@@ -210,6 +210,7 @@ impl SharedInformer {
         transform: Arc<ObjectTransform>,
         settings: InformerSettings,
     ) -> Self {
+        // The watch's parse tasks work ahead on the informer's cache.
         let store = Arc::new(Store::default());
         let api = KubeListWatch::new(
             &key,
@@ -222,14 +223,20 @@ impl SharedInformer {
                 .with_cache(store.clone()),
         );
         let target = describe(&key, &resource, namespaced);
-        let mut informer =
-            Self::with_api(key, resource, target, Box::new(api), transform, settings);
-        informer.store = store;
-        informer
+        Self::with_store(
+            key,
+            resource,
+            target,
+            Box::new(api),
+            transform,
+            settings,
+            store,
+        )
     }
 
     /// An informer over any [`ListWatch`] (tests script one); `target` names the resource
     /// in messages.
+    #[cfg(test)]
     pub(super) fn with_api(
         key: InformerKey,
         resource: ApiResource,
@@ -237,6 +244,21 @@ impl SharedInformer {
         api: Box<dyn ListWatch>,
         transform: Arc<ObjectTransform>,
         settings: InformerSettings,
+    ) -> Self {
+        let store = Arc::new(Store::default());
+        Self::with_store(key, resource, target, api, transform, settings, store)
+    }
+
+    /// [`Self::with_api`] over `store`, which `api` may share (its parse tasks work ahead on
+    /// it).
+    fn with_store(
+        key: InformerKey,
+        resource: ApiResource,
+        target: String,
+        api: Box<dyn ListWatch>,
+        transform: Arc<ObjectTransform>,
+        settings: InformerSettings,
+        store: Arc<Store>,
     ) -> Self {
         Self {
             preparer: Preparer::new(&resource.api_version, &resource.kind, transform.clone()),
@@ -246,7 +268,7 @@ impl SharedInformer {
             settings,
             target,
             transform,
-            store: Arc::new(Store::default()),
+            store,
             handlers: Mutex::new(Vec::new()),
             stats: InformerStats::default(),
             processing: Arc::new(tokio::sync::Mutex::new(())),
@@ -554,8 +576,13 @@ impl SharedInformer {
         // The parse task's work holds if the entry is the one it was done from.
         let (packed, ahead) = match ahead {
             Some(a) => {
-                let current = self.store.version(&key) == a.version;
-                (Some(a.packed), current.then_some(a.patch))
+                let Ahead {
+                    packed,
+                    version,
+                    patch,
+                } = *a;
+                let current = self.store.version(&key) == version;
+                (Some(packed), current.then_some((version, patch)))
             }
             None => (None, None),
         };
@@ -567,8 +594,9 @@ impl SharedInformer {
         // diffed from its bytes: it is decoded only if a handler asks for its tree.
         let (base, patch) = match ahead {
             // No entry when the parse task looked, and none since: a new object.
-            Some(None) if self.store.version(&key).is_none() => (None, None),
-            Some(Some((base, patch))) => (Some(base), Some(patch)),
+            Some((None, _)) => (None, None),
+            Some((Some(_), Some((base, patch)))) => (Some(base), Some(patch)),
+            // Nothing ahead, or an entry whose bytes could not be diffed: diffed here.
             _ => (self.store.base_json(&key), None),
         };
         let Some(base) = base else {

@@ -69,11 +69,16 @@ pub struct Store {
 }
 
 impl Store {
+    /// A version no entry had before.
+    fn next_version(&self) -> u64 {
+        self.versions.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     fn stored(&self, current: Packed, emitted: Option<Packed>) -> Stored {
         Stored {
             current,
             emitted,
-            version: self.versions.fetch_add(1, Ordering::Relaxed) + 1,
+            version: self.next_version(),
         }
     }
 
@@ -127,12 +132,7 @@ impl Store {
     /// The state the next emitted patch of `key` starts from ([`Entry::base`]), as the
     /// compact JSON it is kept as, not decoded: what [`crate::event::diff::diff_json`] reads.
     pub fn base_json(&self, key: &str) -> Option<Bytes> {
-        let packed = {
-            let map = self.map.read().expect("store lock");
-            let s = map.get(key)?;
-            s.emitted.as_ref().unwrap_or(&s.current).clone()
-        };
-        Some(self.codec.unpack_json(&packed))
+        self.versioned_base_json(key).map(|(json, _)| json)
     }
 
     /// Inserts or replaces.
@@ -232,7 +232,7 @@ impl Store {
     pub(super) fn keep_base(&self, key: &str, base: PackedBase) {
         if let Some(s) = self.map.write().expect("store lock").get_mut(key) {
             s.emitted = Some(base.0);
-            s.version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
+            s.version = self.next_version();
         }
     }
 
