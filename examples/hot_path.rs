@@ -27,7 +27,7 @@ use kubesim::loadgen::LoadGen;
 use kubesim::{KubeSim, SimConfig};
 use lookout::event::transform::{ObjectTransform, TransformConfig};
 use lookout::event::{Doc, EnvelopeBuilder, Op};
-use lookout::informer::{Handler, InformerFactory, InformerKey};
+use lookout::informer::{Gone, Handler, InformerFactory, InformerKey};
 use serde_json::json;
 
 /// The agent's allocator (see `src/main.rs`).
@@ -69,11 +69,17 @@ impl Handler for Blackhole {
         );
         self.take(e);
     }
-    async fn on_delete(&self, last: &Arc<Doc>, final_state_unknown: bool) {
-        let mut e = self
-            .builder
-            .build_doc(Op::Delete, last.clone(), None, None, Instant::now());
-        e.final_state_unknown = final_state_unknown;
+    async fn on_delete(&self, last: &Arc<Doc>, gone: Gone<'_>) {
+        let e = match gone {
+            Gone::Seen => {
+                self.builder
+                    .build_doc(Op::Delete, last.clone(), None, None, Instant::now())
+            }
+            Gone::Unseen { at } => {
+                self.builder
+                    .build_unseen_delete(last.clone(), at, Instant::now())
+            }
+        };
         self.take(e);
     }
 }

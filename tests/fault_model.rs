@@ -748,10 +748,22 @@ fn real_state(history: &[Version], e: &Value) -> Result<(), String> {
     if object.get("data").is_some() && object["data"] != state["data"] {
         return Err("data differs from the state with that resourceVersion".into());
     }
-    if e["uid"] != object["metadata"]["uid"]
-        || e["resourceVersion"] != object["metadata"]["resourceVersion"]
-    {
-        return Err("envelope identity differs from its object".into());
+    if e["uid"] != object["metadata"]["uid"] {
+        return Err("envelope uid differs from its object's".into());
+    }
+    if e["finalStateUnknown"] == true {
+        // Inferred: the resourceVersion it was found gone at, newer than every state it had.
+        let num = |v: &str| v.parse::<u64>().ok();
+        let newest = live
+            .iter()
+            .filter(|s| uid(s) == uid(object))
+            .filter_map(|s| num(rv(s)))
+            .max();
+        if e["resourceVersion"].as_str().and_then(num) <= newest {
+            return Err("an inferred delete is not newer than every state of its object".into());
+        }
+    } else if e["resourceVersion"] != object["metadata"]["resourceVersion"] {
+        return Err("envelope resourceVersion differs from its object's".into());
     }
     if e["op"] == "update" {
         let old = &e["old"];

@@ -225,7 +225,7 @@ async fn shared_informer_hands_the_same_informer_and_every_change_to_each_handle
         async fn on_update(&self, _: &Arc<Doc>, new: &Arc<Doc>, _: json_patch::Patch) {
             let _ = self.0.send(format!("update {}", new["metadata"]["name"]));
         }
-        async fn on_delete(&self, last: &Arc<Doc>, _: bool) {
+        async fn on_delete(&self, last: &Arc<Doc>, _: lookout::informer::Gone<'_>) {
             let _ = self.0.send(format!("delete {}", last["metadata"]["name"]));
         }
     }
@@ -328,6 +328,14 @@ async fn relist_after_410_emits_only_real_changes() {
     )
     .unwrap();
     sim.compact();
+    // The re-list comes after every change above: at least this resourceVersion.
+    let rv = |v: &Value| v.as_str().unwrap().parse::<u64>().unwrap();
+    let newest = sim
+        .list("v1", "ConfigMap")
+        .iter()
+        .map(|o| rv(&o["metadata"]["resourceVersion"]))
+        .max()
+        .unwrap();
     sim.resume_answering();
 
     let mut events = agent.take(5).await;
@@ -365,6 +373,14 @@ async fn relist_after_410_emits_only_real_changes() {
         ]
     );
     assert_eq!(events[0]["object"]["data"]["v"], "2");
+    // An inferred delete carries the re-list's resourceVersion: newer than every state of
+    // its object (consumers ordering by resourceVersion apply it; (uid, resourceVersion)
+    // names no earlier change), and no older than the last change before the re-list.
+    for e in events.iter().filter(|e| e["finalStateUnknown"] == true) {
+        let last_known = rv(&e["object"]["metadata"]["resourceVersion"]);
+        assert!(rv(&e["resourceVersion"]) > last_known, "{e}");
+        assert!(rv(&e["resourceVersion"]) >= newest, "newest {newest}: {e}");
+    }
     let lists = initial_lists(&sim.request_log(), "/api/v1/configmaps");
     assert_eq!(lists, 2, "one initial list and one re-list");
 }

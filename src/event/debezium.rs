@@ -12,7 +12,7 @@
 //! | `source.name`          | the cluster (Debezium's logical server name)                    |
 //! | `source.ts_ms`         | when the API server made the change, as far as the object tells: adds its `creationTimestamp`, attributed updates the newest `changedBy` time (whole seconds); else, and for reads and deletes, the envelope `time` |
 //! | `source.snapshot`      | `first`, `true`, `last` on reads; `false` on changes            |
-//! | `source.apiVersion`, `.kind`, `.namespace` (`null` when cluster-scoped), `.objectName`, `.uid`, `.resourceVersion` | the object's identity |
+//! | `source.apiVersion`, `.kind`, `.namespace` (`null` when cluster-scoped), `.objectName`, `.uid`, `.resourceVersion` | the object's identity (on an inferred delete, `resourceVersion` is the one it was found gone at) |
 //! | `source.finalStateUnknown` | `true` on deletes inferred at a re-list, else absent        |
 //! | `source.changedBy`     | the envelope's `changedBy`, when attributed                     |
 //!
@@ -452,12 +452,14 @@ mod tests {
             "creationTimestamp"
         );
 
-        let mut del = builder().build(Op::Delete, obj("2", 1), None, None, Instant::now());
-        del.final_state_unknown = true;
+        // Inferred at a re-list at resourceVersion 12: `before` is the last state known, the
+        // source carries the resourceVersion it was found gone at.
+        let del = builder().build_unseen_delete(Doc::new(obj("2", 1)), "12", Instant::now());
         let v = decode(&Encoding::default().value(&del));
         assert_eq!(v["op"], "d");
         assert!(v["after"].is_null());
         assert_eq!(v["before"]["metadata"]["resourceVersion"], "2");
+        assert_eq!(v["source"]["resourceVersion"], "12");
         assert_eq!(v["source"]["finalStateUnknown"], true);
 
         for (mark, want) in [
@@ -570,8 +572,7 @@ mod tests {
             .expect("the object as JSON text");
         assert_eq!(after, *obj("8", 3));
 
-        let mut del = builder().build(Op::Delete, obj("9", 3), None, None, Instant::now());
-        del.final_state_unknown = true;
+        let del = builder().build_unseen_delete(Doc::new(obj("9", 3)), "12", Instant::now());
         let framed = decode(&Encoding { schemas: true }.value(&del));
         check_connect(&framed["schema"], &framed["payload"], "payload");
         assert!(framed["payload"]["after"].is_null());

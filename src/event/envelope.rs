@@ -311,6 +311,25 @@ impl EnvelopeBuilder {
         self.build_doc(op, Doc::new(object), old.map(Doc::new), patch, observed)
     }
 
+    /// A delete that was inferred, not seen (`finalStateUnknown`): `last_known` is the last
+    /// state known of the object, and the envelope's resourceVersion is `gone_at`, the one at
+    /// which the object was found gone (newer than all its states; the last known state's
+    /// when empty). Consumers that order by resourceVersion then apply it even if they hold
+    /// a newer state than `last_known`, and (uid, resourceVersion) names no earlier change.
+    pub fn build_unseen_delete(
+        &self,
+        last_known: Arc<Doc>,
+        gone_at: &str,
+        observed: Instant,
+    ) -> Envelope {
+        let mut e = self.build_doc(Op::Delete, last_known, None, None, observed);
+        e.final_state_unknown = true;
+        if !gone_at.is_empty() {
+            gone_at.clone_into(&mut e.resource_version);
+        }
+        e
+    }
+
     /// [`EnvelopeBuilder::build`] from states that may be known as compact JSON already
     /// (the cache's), which the envelope then writes as they are.
     pub fn build_doc(

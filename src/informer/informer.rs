@@ -29,7 +29,7 @@ use super::config::InitialList;
 use super::machine::{Change, Machine, Output, RestartReason, Settings, State};
 use super::prepare::{Ahead, Preparer};
 use super::store::{Entry, Staging, Store};
-use super::{ChangedBy, Handler, InformerKey, RawObject};
+use super::{ChangedBy, Gone, Handler, InformerKey, RawObject};
 use crate::event::changed_by::Managers;
 use crate::event::diff;
 use crate::event::object;
@@ -181,14 +181,28 @@ pub struct SharedInformer {
     handlers: Mutex<Vec<Arc<dyn Handler>>>,
     stats: InformerStats,
     /// Held while a change goes from the cache to the handlers, so that a re-sync against
-    /// delivered state (leader takeover) never interleaves with live changes.
-    processing: Arc<tokio::sync::Mutex<()>>,
+    /// delivered state (leader takeover) never interleaves with live changes. It guards the
+    /// resourceVersion the cache is at (the last list's, or the last watch event's): what a
+    /// holder reads there is true of the cache it sees.
+    processing: Arc<tokio::sync::Mutex<String>>,
     /// The cache was seeded from delivered state: first-list adds are real adds then.
     seeded: AtomicBool,
     /// Per cache key, the `managedFields` summaries `changedBy` is computed from (when
     /// changes are attributed): kept beside the cached object, never the full tree.
     managers: Mutex<HashMap<Box<str>, Attribution>>,
     task: Mutex<Option<(CancellationToken, JoinHandle<()>)>>,
+}
+
+/// An informer held still ([`SharedInformer::hold`]): no change reaches the cache or the
+/// handlers until it is dropped.
+pub struct Held(tokio::sync::OwnedMutexGuard<String>);
+
+impl Held {
+    /// The resourceVersion the cache is at: its last list's, or its last watch event's
+    /// (empty before the first list). Every object missing from the cache was gone by then.
+    pub fn resource_version(&self) -> &str {
+        &self.0
+    }
 }
 
 /// What an object's next change is attributed against.
@@ -271,7 +285,7 @@ impl SharedInformer {
             store,
             handlers: Mutex::new(Vec::new()),
             stats: InformerStats::default(),
-            processing: Arc::new(tokio::sync::Mutex::new(())),
+            processing: Arc::new(tokio::sync::Mutex::new(String::new())),
             seeded: AtomicBool::new(false),
             managers: Mutex::new(HashMap::new()),
             task: Mutex::new(None),
@@ -333,8 +347,8 @@ impl SharedInformer {
 
     /// Pauses the delivery of changes to handlers until the guard is dropped (the cache keeps
     /// its state; the watch waits).
-    pub async fn hold(&self) -> tokio::sync::OwnedMutexGuard<()> {
-        self.processing.clone().lock_owned().await
+    pub async fn hold(&self) -> Held {
+        Held(self.processing.clone().lock_owned().await)
     }
 
     /// Registers a handler. Register before `start` to see the initial list.
@@ -396,13 +410,16 @@ impl SharedInformer {
             };
             state = next;
             match output {
-                Some(Output::Listed(staged)) => {
+                Some(Output::Listed {
+                    staged,
+                    resource_version,
+                }) => {
                     // `initialList` marks a snapshot add; after a restart from delivered
                     // state, an add in the first list is an object created while away.
                     let initial = first_list && !self.seeded.load(Ordering::Acquire);
                     tokio::select! {
                         _ = cancel.cancelled() => return,
-                        () = self.swap_in(staged, initial) => {}
+                        () = self.swap_in(staged, resource_version, initial) => {}
                     }
                     if !first_list {
                         self.stats.relists.fetch_add(1, Ordering::Relaxed);
@@ -500,11 +517,14 @@ impl SharedInformer {
         (!diff::only_ignored_changes(&patch, &self.transform.ignore)).then_some(patch)
     }
 
-    /// Swaps a completed list in as the cache, then tells the handlers what it changed:
-    /// changed → update, new → add, re-created under the same name (new uid) → delete +
-    /// add, vanished → delete with `finalStateUnknown` (nobody will send its DELETED event).
-    async fn swap_in(&self, staged: Staging, initial: bool) {
-        let _held = self.processing.lock().await;
+    /// Swaps a completed list (at `resource_version`) in as the cache, then tells the
+    /// handlers what it changed: changed → update, new → add, re-created under the same name
+    /// (new uid) → delete + add, vanished → delete with `finalStateUnknown` (nobody will send
+    /// its DELETED event), found gone at the list's resourceVersion.
+    async fn swap_in(&self, staged: Staging, resource_version: String, initial: bool) {
+        let mut at = self.processing.lock().await;
+        *at = resource_version;
+        let gone = Gone::Unseen { at: &at };
         let mut swapped = self.store.swap_in(staged);
         // The initial list is a snapshot: its adds are reads, marked once all are known.
         // Only their keys are collected: each object is decoded when its read is emitted,
@@ -526,7 +546,7 @@ impl SharedInformer {
                     self.emit_add(&new, false, by).await;
                 }
                 Some(old) if object::uid(&old.current) != object::uid(&new) => {
-                    self.emit_delete(&Doc::new(old.current), true).await;
+                    self.emit_delete(&Doc::new(old.current), gone).await;
                     let by = self.attribute(&key, true);
                     self.emit_add(&new, initial, by).await;
                 }
@@ -546,23 +566,27 @@ impl SharedInformer {
                     .await;
             }
         }
-        for gone in swapped.vanished() {
-            self.forget(&object::cache_key(&gone));
-            self.emit_delete(&Doc::new(gone), true).await;
+        for vanished in swapped.vanished() {
+            self.forget(&object::cache_key(&vanished));
+            self.emit_delete(&Doc::new(vanished), gone).await;
         }
         debug!(informer = %self.key, objects = self.store.len(), "list swapped in");
     }
 
     /// Brings one watch event into the cache and tells the handlers.
     async fn apply(&self, change: Change) {
-        let _held = self.processing.lock().await;
+        let mut at = self.processing.lock().await;
         match change {
-            Change::Applied(doc, ahead) => self.upsert(doc, ahead).await,
+            Change::Applied(doc, ahead) => {
+                doc.ident().resource_version.clone_into(&mut at);
+                self.upsert(doc, ahead).await
+            }
             Change::Deleted(obj) => {
+                object::resource_version(&obj).clone_into(&mut at);
                 let key = object::cache_key(&obj);
                 self.forget(&key);
                 if self.store.remove(&key).is_some() {
-                    self.emit_delete(&Doc::new(Arc::new(obj)), false).await;
+                    self.emit_delete(&Doc::new(Arc::new(obj)), Gone::Seen).await;
                 }
             }
         }
@@ -615,9 +639,13 @@ impl SharedInformer {
         });
         // Equal uids leave `/metadata/uid` untouched; only then is the base's name needed.
         if diff::touches(&patch, "/metadata/uid") && base.ident().uid != new.ident().uid {
-            // Deleted and re-created under the same name while we were not watching.
+            // Deleted and re-created under the same name while we were not watching: the
+            // old one was gone by the new one's resourceVersion.
             if let Some(entry) = self.store.remove(&key) {
-                self.emit_delete(&Doc::new(entry.current), true).await;
+                let gone = Gone::Unseen {
+                    at: &new.ident().resource_version,
+                };
+                self.emit_delete(&Doc::new(entry.current), gone).await;
             }
             return Box::pin(self.upsert(new, None)).await;
         }
@@ -661,9 +689,9 @@ impl SharedInformer {
         }
     }
 
-    async fn emit_delete(&self, last_known: &Arc<Doc>, final_state_unknown: bool) {
+    async fn emit_delete(&self, last_known: &Arc<Doc>, gone: Gone<'_>) {
         for h in self.handlers() {
-            h.on_delete(last_known, final_state_unknown).await;
+            h.on_delete(last_known, gone).await;
         }
     }
 }
@@ -695,7 +723,8 @@ mod tests {
     use crate::informer::api::{RawEvent, RequestError};
     use crate::informer::testing::{Script, Then, cm, configmaps, page};
 
-    /// Records every call as a line: `add a (initial)`, `update a 1→6`, `delete b (unknown)`.
+    /// Records every call as a line: `add a (initial)`, `update a 1→6`, `delete b`, `delete c
+    /// (gone at 20)` (inferred, with the resourceVersion it was found gone at).
     struct Collect(mpsc::UnboundedSender<String>);
 
     #[async_trait]
@@ -715,11 +744,10 @@ mod tests {
                 object::resource_version(new)
             ));
         }
-        async fn on_delete(&self, last: &Arc<Doc>, final_state_unknown: bool) {
-            let tag = if final_state_unknown {
-                " (unknown)"
-            } else {
-                ""
+        async fn on_delete(&self, last: &Arc<Doc>, gone: Gone<'_>) {
+            let tag = match gone {
+                Gone::Unseen { at } => format!(" (gone at {at})"),
+                Gone::Seen => String::new(),
             };
             let _ = self.0.send(format!("delete {}{tag}", object::name(last)));
         }
@@ -794,7 +822,7 @@ mod tests {
         async fn on_update(&self, _: &Arc<Doc>, new: &Arc<Doc>, _: Patch) {
             self.0.lock().unwrap().push(new.json().clone());
         }
-        async fn on_delete(&self, _: &Arc<Doc>, _: bool) {}
+        async fn on_delete(&self, _: &Arc<Doc>, _: Gone<'_>) {}
     }
 
     #[tokio::test]
@@ -846,7 +874,7 @@ mod tests {
         async fn on_update(&self, _: &Arc<Doc>, _: &Arc<Doc>, patch: Patch) {
             self.0.lock().unwrap().push(patch);
         }
-        async fn on_delete(&self, _: &Arc<Doc>, _: bool) {}
+        async fn on_delete(&self, _: &Arc<Doc>, _: Gone<'_>) {}
     }
 
     #[tokio::test]
@@ -944,10 +972,10 @@ mod tests {
             take(&mut rx, 5).await,
             [
                 "update b 2→12",
-                "delete same (unknown)",
+                "delete same (gone at 20)",
                 "add same",
                 "add fresh",
-                "delete gone (unknown)"
+                "delete gone (gone at 20)"
             ]
         );
         until("re-list counted", || {
@@ -982,11 +1010,12 @@ mod tests {
             [
                 "add a (initial)",
                 "update a 1→2",
-                "delete a (unknown)",
+                "delete a (gone at 3)",
                 "add a",
                 "update a 3→4"
             ]
         );
+        assert_eq!(informer.hold().await.resource_version(), "4");
         let cached = informer.store().current("default/a").unwrap();
         assert_eq!(object::uid(&cached), "uid-a-2");
         informer.stop().await;
@@ -1022,7 +1051,7 @@ mod tests {
         gate.notify_one();
         assert_eq!(
             take(&mut rx, 3).await,
-            ["update a 1→11", "add c", "delete b (unknown)"]
+            ["update a 1→11", "add c", "delete b (gone at 20)"]
         );
         assert_eq!(store.len(), 2);
         assert!(store.current("default/b").is_none());
@@ -1050,7 +1079,7 @@ mod tests {
         informer.start();
         assert_eq!(
             take(&mut rx, 3).await,
-            ["update changed 2→5", "add new", "delete gone (unknown)"],
+            ["update changed 2→5", "add new", "delete gone (gone at 10)"],
             "an add after a restart is not part of a snapshot"
         );
         until("synced", || informer.has_synced()).await;
@@ -1090,7 +1119,7 @@ mod tests {
                 std::future::pending::<()>().await
             }
             async fn on_update(&self, _: &Arc<Doc>, _: &Arc<Doc>, _: Patch) {}
-            async fn on_delete(&self, _: &Arc<Doc>, _: bool) {}
+            async fn on_delete(&self, _: &Arc<Doc>, _: Gone<'_>) {}
         }
         let script = Script::default()
             .list(Ok(page(&[cm("a", "1")], "10", None)))

@@ -125,7 +125,12 @@ impl fmt::Debug for State {
 #[derive(Debug)]
 pub(super) enum Output {
     /// A complete list (transformed objects): swap it in and announce the differences.
-    Listed(Staging),
+    Listed {
+        /// The objects.
+        staged: Staging,
+        /// The list's resourceVersion: the cache is this state once swapped in.
+        resource_version: String,
+    },
     /// A change from the watch (transformed object).
     Changed(Change),
     /// An open watch was abandoned and will be opened again.
@@ -449,7 +454,10 @@ impl<'a> Machine<'a> {
                 State::Empty,
             ),
             None => (
-                Some(Output::Listed(staged)),
+                Some(Output::Listed {
+                    staged,
+                    resource_version: page.resource_version.clone(),
+                }),
                 State::Resuming {
                     resource_version: page.resource_version,
                 },
@@ -492,7 +500,10 @@ impl<'a> Machine<'a> {
             })) => {
                 self.delivered();
                 (
-                    Some(Output::Listed(staged)),
+                    Some(Output::Listed {
+                        staged,
+                        resource_version: resource_version.clone(),
+                    }),
                     State::Watching {
                         resource_version,
                         stream,
@@ -915,7 +926,7 @@ mod tests {
 
     fn listed(out: Option<Output>) -> Staging {
         match out {
-            Some(Output::Listed(s)) => s,
+            Some(Output::Listed { staged, .. }) => staged,
             other => panic!("expected a list, got {other:?}"),
         }
     }

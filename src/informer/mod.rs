@@ -34,7 +34,7 @@ pub type ChangedBy = Option<Arc<[ManagerEntry]>>;
 pub use api::RequestError;
 pub use config::{CONNECT_TIMEOUT, ClientError, InitialList, WatchConfig, client};
 pub use factory::{InformerError, InformerFactory};
-pub use informer::{InformerSettings, InformerStats, Problem, RestartCounts, SharedInformer};
+pub use informer::{Held, InformerSettings, InformerStats, Problem, RestartCounts, SharedInformer};
 pub use machine::{RestartReason, Verb, WatchError};
 pub use raw::{DropManagedFields, KeepAll, ParsePolicy, RawObject, SummarizeManagedFields};
 pub use snapshot::SnapshotFilter;
@@ -88,6 +88,30 @@ pub(crate) async fn arrived_at<F: std::future::Future>(at: std::time::Instant, f
     ARRIVAL.scope(at, f).await
 }
 
+/// How an informer learned that an object is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gone<'a> {
+    /// Its DELETED event: the last known state is the final one, at the deletion's
+    /// resourceVersion.
+    Seen,
+    /// Inferred, its DELETED event never seen (`finalStateUnknown`): it was missing from a
+    /// list, or replaced by an object of another uid, whose resourceVersion is `at`. `at` is
+    /// newer than the deletion, so newer than every state of the object: a consumer that
+    /// orders changes by resourceVersion applies the delete, and one that deduplicates by
+    /// (uid, resourceVersion) never takes it for a state it already has.
+    Unseen {
+        /// The resourceVersion at which the object was found gone.
+        at: &'a str,
+    },
+}
+
+impl Gone<'_> {
+    /// The delete was inferred.
+    pub fn final_state_unknown(self) -> bool {
+        matches!(self, Gone::Unseen { .. })
+    }
+}
+
 /// Receives an informer's changes, in order, one object at a time.
 ///
 /// Calls are awaited one after the other: a handler that waits (a full sink queue) slows the
@@ -98,9 +122,9 @@ pub trait Handler: Send + Sync + 'static {
     async fn on_add(&self, obj: &Arc<Doc>, initial_list: bool);
     /// An object changed; `patch` turns `old` (the last emitted state) into `new`.
     async fn on_update(&self, old: &Arc<Doc>, new: &Arc<Doc>, patch: Patch);
-    /// An object is gone; `last_known` is its final (or last seen) state.
-    /// `final_state_unknown`: inferred from a re-list, the delete itself was not seen.
-    async fn on_delete(&self, last_known: &Arc<Doc>, final_state_unknown: bool);
+    /// An object is gone; `last_known` is its final (or last seen) state, and `gone` says
+    /// how that was learned.
+    async fn on_delete(&self, last_known: &Arc<Doc>, gone: Gone<'_>);
     /// A read of the object's current state (the initial list, or a snapshot), not a change;
     /// `mark` tells where it stands in its snapshot. Handlers that do not tell reads apart
     /// see an add.

@@ -159,7 +159,7 @@ mod tests {
     impl Handler for Reads {
         async fn on_add(&self, _: &Arc<Doc>, _: bool) {}
         async fn on_update(&self, _: &Arc<Doc>, _: &Arc<Doc>, _: Patch) {}
-        async fn on_delete(&self, _: &Arc<Doc>, _: bool) {}
+        async fn on_delete(&self, _: &Arc<Doc>, _: crate::informer::Gone<'_>) {}
         async fn on_read(&self, obj: &Arc<Doc>, mark: SnapshotMark, _: bool) {
             self.0.lock().unwrap().push((
                 object::cache_key(obj),
@@ -231,7 +231,7 @@ mod tests {
     impl Handler for DeleteOnFirstRead {
         async fn on_add(&self, _: &Arc<Doc>, _: bool) {}
         async fn on_update(&self, _: &Arc<Doc>, _: &Arc<Doc>, _: Patch) {}
-        async fn on_delete(&self, _: &Arc<Doc>, _: bool) {}
+        async fn on_delete(&self, _: &Arc<Doc>, _: crate::informer::Gone<'_>) {}
         async fn on_read(&self, obj: &Arc<Doc>, mark: SnapshotMark, _: bool) {
             if self.2.0.lock().unwrap().len() == 1 {
                 self.0.store().remove(self.1);

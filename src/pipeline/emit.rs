@@ -16,7 +16,7 @@ use tracing::debug;
 
 use crate::delivery::{ObjectId, Tracker};
 use crate::event::{Doc, Envelope, EnvelopeBuilder, Op, SnapshotMark};
-use crate::informer::{ChangedBy, Handler};
+use crate::informer::{ChangedBy, Gone, Handler};
 use crate::router::Router;
 use crate::server::Metrics;
 use crate::sinks::util::SinkQueue;
@@ -122,11 +122,17 @@ impl Handler for EmitHandler {
         self.on_update_by(old, new, patch, None).await;
     }
 
-    async fn on_delete(&self, last_known: &Arc<Doc>, final_state_unknown: bool) {
-        let mut e = self
-            .builder
-            .build_doc(Op::Delete, last_known.clone(), None, None, arrival());
-        e.final_state_unknown = final_state_unknown;
+    async fn on_delete(&self, last_known: &Arc<Doc>, gone: Gone<'_>) {
+        let e = match gone {
+            Gone::Seen => {
+                self.builder
+                    .build_doc(Op::Delete, last_known.clone(), None, None, arrival())
+            }
+            Gone::Unseen { at } => {
+                self.builder
+                    .build_unseen_delete(last_known.clone(), at, arrival())
+            }
+        };
         self.emit(e).await;
     }
 

@@ -112,14 +112,16 @@ impl Parts {
         for intake in &self.intakes {
             held.push(intake.informer.hold().await);
         }
-        for i in &self.intakes {
+        for (i, held) in self.intakes.iter().zip(&held) {
             if intake.is_cancelled() {
                 break;
             }
-            if let Err(e) = reconcile(&forwarding, i, store.as_deref(), &sinks, intake).await {
+            // Whatever the cache lacks was gone by the resourceVersion it is at.
+            let at = held.resource_version();
+            if let Err(e) = reconcile(&forwarding, i, at, store.as_deref(), &sinks, intake).await {
                 warn!(informer = %i.key, error = %e,
                     "cannot read the delivered state; sending every object as an add");
-                let _ = reconcile(&forwarding, i, None, &sinks, intake).await;
+                let _ = reconcile(&forwarding, i, at, None, &sinks, intake).await;
             }
         }
         if !intake.is_cancelled() {
@@ -174,10 +176,11 @@ async fn open_when_unlocked(
 }
 
 /// Brings every sink from what it holds of one informer's objects (`store`; nothing without
-/// one) to the informer's cache: the start-up comparison.
+/// one) to the informer's cache, which is at resourceVersion `at`: the start-up comparison.
 async fn reconcile(
     fwd: &Forwarding,
     intake: &Intake,
+    at: &str,
     store: Option<&StateStore>,
     sinks: &[String],
     stop: &CancellationToken,
@@ -212,7 +215,7 @@ async fn reconcile(
         };
         // A first start reads the whole cache: a snapshot, marked first … last.
         let read = first_start.then(|| SnapshotMark::at(index, last));
-        changed += usize::from(reconcile_object(fwd, intake, &key, current, held, read).await);
+        changed += usize::from(reconcile_object(fwd, intake, &key, current, held, read, at).await);
         seen.insert(key);
     }
     if let Some(b) = &baseline {
@@ -222,7 +225,7 @@ async fn reconcile(
             }
             // Gone while nobody watched: nobody will ever send its DELETED event.
             changed +=
-                usize::from(reconcile_object(fwd, intake, key, None, b.get(key)?, None).await);
+                usize::from(reconcile_object(fwd, intake, key, None, b.get(key)?, None, at).await);
         }
     }
     if changed > 0 {
@@ -241,7 +244,9 @@ fn version(obj: &Value) -> (&str, &str) {
 /// routes judge it; a sink that may hold a newer state than its base (a change was in flight
 /// at a crash) gets the current state whatever the diff says (forced: it may be a duplicate,
 /// never a loss). `read`: on a first start, the add is a read of the initial list, with its
-/// place in it. Returns whether anything was registered.
+/// place in it. A delete is inferred, found gone at `at` (the cache's resourceVersion): newer
+/// than any state of the object a sink may hold, the one in flight at a crash included.
+/// Returns whether anything was registered.
 async fn reconcile_object(
     fwd: &Forwarding,
     intake: &Intake,
@@ -249,6 +254,7 @@ async fn reconcile_object(
     current: Option<Arc<Value>>,
     held: Vec<SinkBase>,
     read: Option<SnapshotMark>,
+    at: &str,
 ) -> bool {
     let same = |base: &Option<Value>| match (base, &current) {
         (None, None) => true,
@@ -264,11 +270,8 @@ async fn reconcile_object(
         Arc::new(intake.builder.build(op, obj, old, patch, Instant::now()))
     };
     let delete = |last: Value| {
-        let mut e = intake
-            .builder
-            .build(Op::Delete, Arc::new(last), None, None, Instant::now());
-        e.final_state_unknown = true;
-        Arc::new(e)
+        let last = Doc::new(Arc::new(last));
+        Arc::new(intake.builder.build_unseen_delete(last, at, Instant::now()))
     };
     // Sinks holding the same base share its envelopes.
     let mut groups: Vec<(&Option<Value>, Vec<usize>)> = Vec::new();
