@@ -204,45 +204,83 @@ async fn a_change_owed_to_a_down_webhook_survives_another_sink_acknowledging_a_l
     assert_eq!(last["object"]["data"], json!({"mode": "b", "other": "2"}));
 }
 
+/// A ConfigMap `ghost` forwarded to a webhook, one event per request, by an agent with a state
+/// directory: the scenarios of a delete made while the agent was down after a SIGKILL.
+struct Ghost {
+    sim: kubesim::KubeSim,
+    hook: Hook,
+    /// The state directory, kept across the restart.
+    _state: tempfile::TempDir,
+    config: String,
+}
+
+impl Ghost {
+    /// The cluster, the webhook (up) and an agent forwarding; `ghost` does not exist yet.
+    async fn start() -> (Ghost, Agent) {
+        let sim = sim().await;
+        let hook = Hook::start().await;
+        let state = tempfile::tempdir().unwrap();
+        let config = format!(
+            "cluster: test\nresources:\n  - apiVersion: v1\n    kind: ConfigMap\n\
+             sinks:\n  - name: hook\n    type: webhook\n    url: {}\n    batch: {{maxEvents: 1}}\n\
+             state:\n  dir: {}\nserver:\n  listen: 127.0.0.1:0\n",
+            hook.url(),
+            state.path().display()
+        );
+        let agent = Agent::start(&sim, &config).await;
+        agent.wait_log("watching; forwarding changes").await;
+        let g = Ghost {
+            sim,
+            hook,
+            _state: state,
+            config,
+        };
+        (g, agent)
+    }
+
+    /// Creates `ghost` and waits until the webhook took its add in; its uid.
+    async fn create(&self, agent: &Agent) -> String {
+        let created = self
+            .sim
+            .create(
+                "v1",
+                "ConfigMap",
+                configmap("default", "ghost", json!({"v": "1"})),
+            )
+            .unwrap();
+        let uid = created["metadata"]["uid"].as_str().unwrap().to_string();
+        wait_hook(&self.hook, agent, "the add", |e| e["uid"] == uid.as_str()).await;
+        uid
+    }
+
+    /// SIGKILL; `ghost` deleted while the agent is down; the webhook up; a restart. Returns
+    /// the new agent and the delete the webhook got.
+    async fn kill_delete_restart(&self, mut agent: Agent, uid: &str) -> (Agent, Value) {
+        kill(&mut agent);
+        let _ = agent.child.wait().await;
+        self.sim
+            .delete("v1", "ConfigMap", Some("default"), "ghost")
+            .unwrap();
+        self.hook.set(Mode::Up).await;
+        let again = Agent::start(&self.sim, &self.config).await;
+        let e = wait_hook(&self.hook, &again, "the delete", |e| {
+            e["uid"] == uid && e["op"] == "delete"
+        })
+        .await;
+        assert_eq!(e["finalStateUnknown"], true, "{e}");
+        assert_eq!(e["name"], "ghost");
+        (again, e)
+    }
+}
+
 #[tokio::test]
 async fn a_change_the_sink_got_just_before_a_crash_is_followed_by_the_delete_made_while_the_agent_was_down()
  {
-    let sim = sim().await;
-    let hook = Hook::start().await;
-    let state = tempfile::tempdir().unwrap();
-    let config = format!(
-        "cluster: test\nresources:\n  - apiVersion: v1\n    kind: ConfigMap\n\
-         sinks:\n  - name: hook\n    type: webhook\n    url: {}\n    batch: {{maxEvents: 1}}\n\
-         state:\n  dir: {}\nserver:\n  listen: 127.0.0.1:0\n",
-        hook.url(),
-        state.path().display()
-    );
-    let mut agent = Agent::start(&sim, &config).await;
-    agent.wait_log("watching; forwarding changes").await;
+    let (g, agent) = Ghost::start().await;
     // The receiver takes the add in, but the agent never hears back: it cannot know.
-    hook.set(Mode::Swallow).await;
-    let created = sim
-        .create(
-            "v1",
-            "ConfigMap",
-            configmap("default", "ghost", json!({"v": "1"})),
-        )
-        .unwrap();
-    let uid = created["metadata"]["uid"].as_str().unwrap().to_string();
-    wait_hook(&hook, &agent, "the add", |e| e["uid"] == uid.as_str()).await;
-    kill(&mut agent);
-    let _ = agent.child.wait().await;
-    sim.delete("v1", "ConfigMap", Some("default"), "ghost")
-        .unwrap();
-
-    hook.set(Mode::Up).await;
-    let again = Agent::start(&sim, &config).await;
-    let e = wait_hook(&hook, &again, "the delete", |e| {
-        e["uid"] == uid.as_str() && e["op"] == "delete"
-    })
-    .await;
-    assert_eq!(e["finalStateUnknown"], true, "{e}");
-    assert_eq!(e["name"], "ghost");
+    g.hook.set(Mode::Swallow).await;
+    let uid = g.create(&agent).await;
+    let (again, _) = g.kill_delete_restart(agent, &uid).await;
     let (status, _, log) = again.terminate().await;
     assert!(status.success(), "{log}");
 }
@@ -253,41 +291,14 @@ async fn a_change_the_sink_got_just_before_a_crash_is_followed_by_the_delete_mad
 /// consumer ordering by resourceVersion drops it and keeps the object for ever.
 #[tokio::test]
 async fn a_delete_made_while_the_agent_was_down_is_newer_than_the_update_in_flight_at_the_crash() {
-    let sim = sim().await;
-    let hook = Hook::start().await;
-    let state = tempfile::tempdir().unwrap();
-    let config = format!(
-        "cluster: test\nresources:\n  - apiVersion: v1\n    kind: ConfigMap\n\
-         sinks:\n  - name: hook\n    type: webhook\n    url: {}\n    batch: {{maxEvents: 1}}\n\
-         state:\n  dir: {}\nserver:\n  listen: 127.0.0.1:0\n",
-        hook.url(),
-        state.path().display()
-    );
-    let mut agent = Agent::start(&sim, &config).await;
-    agent.wait_log("watching; forwarding changes").await;
-    let created = sim
-        .create(
-            "v1",
-            "ConfigMap",
-            configmap("default", "ghost", json!({"v": "1"})),
-        )
-        .unwrap();
-    let uid = created["metadata"]["uid"].as_str().unwrap().to_string();
-    wait_hook(&hook, &agent, "the add", |e| e["uid"] == uid.as_str()).await;
+    let (g, agent) = Ghost::start().await;
+    let uid = g.create(&agent).await;
     // The acknowledged add becomes the sink's base on disk (the scenario's pause).
     tokio::time::sleep(Duration::from_millis(500)).await;
-    hook.set(Mode::Swallow).await;
-    patch(&sim, "ghost", json!({"v": "2"})).await;
-    let update = wait_hook(&hook, &agent, "the update", |e| e["op"] == "update").await;
-    kill(&mut agent);
-    let _ = agent.child.wait().await;
-    sim.delete("v1", "ConfigMap", Some("default"), "ghost")
-        .unwrap();
-
-    hook.set(Mode::Up).await;
-    let again = Agent::start(&sim, &config).await;
-    let delete = wait_hook(&hook, &again, "the delete", |e| e["op"] == "delete").await;
-    assert_eq!(delete["finalStateUnknown"], true, "{delete}");
+    g.hook.set(Mode::Swallow).await;
+    patch(&g.sim, "ghost", json!({"v": "2"})).await;
+    let update = wait_hook(&g.hook, &agent, "the update", |e| e["op"] == "update").await;
+    let (again, delete) = g.kill_delete_restart(agent, &uid).await;
     let rv = |e: &Value| {
         e["resourceVersion"]
             .as_str()
@@ -301,7 +312,7 @@ async fn a_delete_made_while_the_agent_was_down_is_newer_than_the_update_in_flig
     );
     // A consumer applying changes by resourceVersion ends with the object gone.
     let mut consumer = AtLeastOnce::default();
-    consumer.consume_all(&hook.received());
+    consumer.consume_all(&g.hook.received());
     assert!(consumer.objects.is_empty(), "{:?}", consumer.objects);
     let (status, _, log) = again.terminate().await;
     assert!(status.success(), "{log}");
