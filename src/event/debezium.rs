@@ -13,7 +13,7 @@
 //! | `source.ts_ms`         | when the API server made the change, as far as the object tells: adds its `creationTimestamp`, attributed updates the newest `changedBy` time (whole seconds); else, and for reads and deletes, the envelope `time` |
 //! | `source.snapshot`      | `first`, `true`, `last` on reads; `false` on changes            |
 //! | `source.apiVersion`, `.kind`, `.namespace` (`null` when cluster-scoped), `.objectName`, `.uid`, `.resourceVersion` | the object's identity (on an inferred delete, `resourceVersion` is the one it was found gone at) |
-//! | `source.finalStateUnknown` | `true` on deletes inferred at a re-list, else absent        |
+//! | `source.finalStateUnknown` | `true` on deletes inferred at a re-list or a restart, else absent |
 //! | `source.changedBy`     | the envelope's `changedBy`, when attributed                     |
 //!
 //! With `debezium.schemas: true` the value (and the Kafka key) are framed for Kafka Connect's
