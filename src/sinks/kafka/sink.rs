@@ -1,12 +1,12 @@
 //! Produces batches to Kafka and reports success only on delivery reports.
 //!
-//! A batch is encoded and enqueued on the sink's own task, a chunk of messages at a time:
-//! a few microseconds a message, so a chunk holds a runtime worker about as long as a burst
-//! of watch events does. It used to run on a blocking thread; on the two-core benchmark host
-//! that extra thread, woken for every batch beside the runtime's two, librdkafka's and the
-//! broker's, cost more than the encoding it moved (end to end / blackhole 0.696, 0.785,
-//! 0.692 against 0.617, 0.656, 0.645, rounds alternating). Only this task enqueues the
-//! batch: once it is dropped (the driver gave up), nothing more of it is produced.
+//! A batch is encoded and enqueued on the sink's own task, 256 events between yields: a few
+//! microseconds an event, so a chunk holds a runtime worker about as long as a burst of watch
+//! events does. It used to run on a blocking thread; on the two-core benchmark host that
+//! thread, woken for every batch beside the runtime's two, librdkafka's and the broker's, cost
+//! about as much as the encoding it moved (see BENCHMARKS.md, "Reading the figures"). Only
+//! this task enqueues the batch: once it is dropped (the driver gave up), nothing more of it
+//! is produced, and the sink's purge catches what librdkafka holds.
 //!
 //! Delivery reports arrive on librdkafka's polling thread through the producer context
 //! ([`Deliveries`]): each one settles its event's fate in the batch it belongs to, and only
