@@ -190,29 +190,36 @@ pub fn compare(
     // from the previous state), produced by a bare rdkafka producer with the sink's key,
     // headers, value and timestamp, and by the sink alone behind its driver.
     let envelopes = envelopes(before, objects);
-    let mut raw = Vec::new();
-    let mut alone = Vec::new();
+    let broker_pid = broker.0.id() as i32;
+    let mut raw = Runs::default();
+    let mut alone = Runs::default();
     for _ in 0..runs {
-        raw.push(raw_producer(&bootstrap, &envelopes)?);
-        alone.push(sink_alone(rt, &bootstrap, envelopes.clone())?);
+        raw.push(raw_producer(&bootstrap, &envelopes, broker_pid)?);
+        alone.push(sink_alone(rt, &bootstrap, envelopes.clone(), broker_pid)?);
     }
     let ratio = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x / y).collect::<Vec<_>>();
+    // What Kafka costs beyond the pipeline, per event: the sink alone and the broker. On a
+    // host whose cores the agent and the broker fill (both agents do on two cores), the end to
+    // end ratio can reach at most the blackhole agent's CPU per event over that plus Kafka's.
+    let reachable: Vec<f64> = (0..runs)
+        .map(|i| cpu_blackhole[i] / (cpu_blackhole[i] + alone.cpu[i] + alone.broker[i]))
+        .collect();
     Ok(vec![
         (
             "raw rdkafka producer, same keys, headers, values".into(),
-            raw.clone(),
+            raw.rate.clone(),
             "events/s",
             None,
         ),
         (
             "Kafka sink + driver alone (envelopes pre-built)".into(),
-            alone.clone(),
+            alone.rate.clone(),
             "events/s",
             None,
         ),
         (
             "Kafka sink alone / raw producer".into(),
-            ratio(&alone, &raw),
+            ratio(&alone.rate, &raw.rate),
             "ratio",
             Some(Target::AtLeast(0.8)),
         ),
@@ -252,7 +259,76 @@ pub fn compare(
             "µs",
             None,
         ),
+        (
+            "raw producer CPU per event (its process: producing, librdkafka)".into(),
+            raw.cpu,
+            "µs",
+            None,
+        ),
+        (
+            "Kafka sink + driver alone, CPU per event".into(),
+            alone.cpu,
+            "µs",
+            None,
+        ),
+        (
+            "tansu CPU per event (the sink alone)".into(),
+            alone.broker,
+            "µs",
+            None,
+        ),
+        (
+            "end to end reachable: blackhole CPU / (it + sink alone + tansu)".into(),
+            reachable,
+            "ratio",
+            None,
+        ),
     ])
+}
+
+/// Per run: events/s, and CPU per event of the producing process and of the broker, from the
+/// clock's start to the last delivery report.
+#[derive(Default)]
+struct Runs {
+    rate: Vec<f64>,
+    cpu: Vec<f64>,
+    broker: Vec<f64>,
+}
+
+impl Runs {
+    fn push(&mut self, (rate, cpu, broker): (f64, f64, f64)) {
+        self.rate.push(rate);
+        self.cpu.push(cpu);
+        self.broker.push(broker);
+    }
+}
+
+/// Measures from now: [`Clock::stop`] gives (events/s, µs of this process's CPU per event,
+/// µs of the broker's CPU per event).
+struct Clock {
+    start: Instant,
+    cpu: Duration,
+    broker_pid: i32,
+    broker: Duration,
+}
+
+impl Clock {
+    fn start(broker_pid: i32) -> Self {
+        Self {
+            start: Instant::now(),
+            cpu: agent::proc_cpu(std::process::id() as i32),
+            broker_pid,
+            broker: agent::proc_cpu(broker_pid),
+        }
+    }
+
+    fn stop(self, events: u64) -> (f64, f64, f64) {
+        let secs = self.start.elapsed().as_secs_f64();
+        let cpu = agent::proc_cpu(std::process::id() as i32).saturating_sub(self.cpu);
+        let broker = agent::proc_cpu(self.broker_pid).saturating_sub(self.broker);
+        let per_event = |d: Duration| d.as_secs_f64() * 1e6 / events as f64;
+        (events as f64 / secs, per_event(cpu), per_event(broker))
+    }
 }
 
 fn strip(mut v: Value) -> Value {
@@ -316,9 +392,13 @@ impl ProducerContext for Counting {
 
 /// Sends every envelope as the Kafka sink would (key = uid, the sink's six headers, the
 /// envelope JSON as value, the envelope time as timestamp), as fast as librdkafka takes
-/// them; events/s from the first send to the last delivery report. Messages are built
-/// before the clock starts.
-fn raw_producer(bootstrap: &str, envelopes: &[Arc<Envelope>]) -> Result<f64, String> {
+/// them, from the first send to the last delivery report. Messages are built before the
+/// clock starts.
+fn raw_producer(
+    bootstrap: &str,
+    envelopes: &[Arc<Envelope>],
+    broker_pid: i32,
+) -> Result<(f64, f64, f64), String> {
     let mut cc = ClientConfig::new();
     // The sink's own defaults, so the two never drift apart.
     for (k, v) in DEFAULT_PROPERTIES {
@@ -379,7 +459,7 @@ fn raw_producer(bootstrap: &str, envelopes: &[Arc<Envelope>]) -> Result<f64, Str
             .map_err(|e| format!("raw producer warm-up: {e}"))?;
         producer.context().delivered.store(0, Ordering::Relaxed);
     }
-    let t = Instant::now();
+    let clock = Clock::start(broker_pid);
     for (key, value, headers, ts) in messages {
         send(
             &producer,
@@ -393,7 +473,7 @@ fn raw_producer(bootstrap: &str, envelopes: &[Arc<Envelope>]) -> Result<f64, Str
     producer
         .flush(Duration::from_secs(120))
         .map_err(|e| e.to_string())?;
-    let secs = t.elapsed().as_secs_f64();
+    let measured = clock.stop(count);
     let ctx = producer.context();
     let ok = ctx.delivered.swap(0, Ordering::Relaxed);
     if ok < count {
@@ -402,7 +482,7 @@ fn raw_producer(bootstrap: &str, envelopes: &[Arc<Envelope>]) -> Result<f64, Str
             ctx.failed.load(Ordering::Relaxed)
         ));
     }
-    Ok(count as f64 / secs)
+    Ok(measured)
 }
 
 /// Enqueues `record`, serving delivery reports while librdkafka's queue is full.
@@ -431,7 +511,8 @@ fn sink_alone(
     rt: &tokio::runtime::Runtime,
     bootstrap: &str,
     envelopes: Vec<Arc<Envelope>>,
-) -> Result<f64, String> {
+    broker_pid: i32,
+) -> Result<(f64, f64, f64), String> {
     let config: KafkaSinkConfig = serde_json::from_value(serde_json::json!({
         "brokers": [bootstrap], "topic": TOPIC,
     }))
@@ -463,7 +544,7 @@ fn sink_alone(
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let t = Instant::now();
+        let clock = Clock::start(broker_pid);
         for e in envelopes {
             h.send(e).await;
         }
@@ -474,9 +555,9 @@ fn sink_alone(
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let secs = t.elapsed().as_secs_f64();
+        let measured = clock.stop(n);
         h.close();
         h.join().await;
-        Ok(n as f64 / secs)
+        Ok(measured)
     })
 }
